@@ -1,0 +1,1 @@
+"""Synthetic chest radiographs and DICOM instances with exact ground truth."""

@@ -1,0 +1,188 @@
+"""Graph node 1: read a single-frame grayscale radiograph and bring it to display values.
+
+Decoding is tolerant where a source is merely sloppy (Rescale Slope 0, a window
+of width 0, missing VOI) and strict where the pixels cannot be trusted: every
+such file is rejected with one line that names the reason and never the
+patient.  Reasons are built from our own words and DICOM attribute values
+that carry no identity (modality, SOP class, photometric interpretation,
+frame count, transfer syntax).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+
+logger = logging.getLogger(__name__)
+
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+SUPPORTED_SOP_CLASSES = {
+    CR_IMAGE_STORAGE: "CR Image Storage",
+    DX_FOR_PRESENTATION: "Digital X-Ray Image Storage - For Presentation",
+    DX_FOR_PROCESSING: "Digital X-Ray Image Storage - For Processing",
+    SECONDARY_CAPTURE: "Secondary Capture Image Storage",
+}
+
+INPUT_PORT_PATHS = "paths"
+OUTPUT_PORT_IMAGE = "source_image"
+
+
+class RejectedInput(Exception):
+    """An input that cannot be analysed; ``str()`` is the one-line reason."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason.splitlines()[0] if reason else "unknown reason"
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    allowed_modalities: frozenset[str] = frozenset({"CR", "DX", "OT"})
+    allowed_sop_classes: frozenset[str] = frozenset(SUPPORTED_SOP_CLASSES)
+
+
+@dataclass
+class SourceImage:
+    """A decoded source: display pixels in [0, 1] (bright = dense) and its dataset."""
+
+    path: Path
+    dataset: Dataset = field(repr=False)
+    pixels: np.ndarray = field(repr=False)
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.dataset.SOPInstanceUID)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pixels.shape  # type: ignore[return-value]
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+
+
+def _read_dataset(path: Path) -> Dataset:
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise RejectedInput(path, f"cannot read file ({error.strerror})") from None
+    if size == 0:
+        raise RejectedInput(path, "empty file (0 bytes)")
+    try:
+        return dcmread(path)
+    except InvalidDicomError:
+        raise RejectedInput(path, "not a DICOM file (no DICM prefix and no valid header)") from None
+    except (EOFError, OSError, ValueError, KeyError, TypeError) as error:
+        raise RejectedInput(path, f"truncated or corrupt DICOM header ({_short(error)})") from None
+
+
+def _check_header(path: Path, ds: Dataset, config: LoaderConfig) -> None:
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class not in config.allowed_sop_classes:
+        name = SUPPORTED_SOP_CLASSES.get(sop_class) or getattr(ds.get("SOPClassUID"), "name", "")
+        raise RejectedInput(path, f"SOP class {sop_class or 'missing'} {name}".rstrip()
+                            + " is not a supported radiograph class")
+    modality = str(ds.get("Modality", "")) or "missing"
+    if modality not in config.allowed_modalities:
+        allowed = ", ".join(sorted(config.allowed_modalities))
+        raise RejectedInput(path, f"modality {modality} is not allowed (allowed: {allowed})")
+    if "PixelData" not in ds:
+        raise RejectedInput(path, "no pixel data")
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise RejectedInput(path, f"colour or non-grayscale image (PhotometricInterpretation "
+                                  f"{photometric or 'missing'}) is not supported")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise RejectedInput(path, f"multi-frame image ({frames} frames) is not supported")
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2 windowing to [0, 1]."""
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - (center - width / 2)) / width, 0.0, 1.0)
+    return np.clip((values - (center - 0.5)) / max(width - 1, 1e-6) + 0.5, 0.0, 1.0)
+
+
+def _first_number(value) -> float | None:
+    if isinstance(value, MultiValue):
+        value = value[0] if len(value) else None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def display_values(ds: Dataset, stored: np.ndarray) -> np.ndarray:
+    """Modality LUT, then VOI LUT or window, then MONOCHROME1 inversion; float32 in [0, 1]."""
+    from pydicom.pixels import apply_modality_lut, apply_voi
+
+    if float(ds.get("RescaleSlope", 1) or 0) == 0:
+        values = stored.astype(np.float64)  # a zero slope would flatten the image: ignore it
+    else:
+        values = apply_modality_lut(stored, ds).astype(np.float64)
+
+    center = _first_number(ds.get("WindowCenter"))
+    width = _first_number(ds.get("WindowWidth"))
+    if ds.get("VOILUTSequence"):
+        lut_item = ds.VOILUTSequence[0]
+        bits = int(lut_item.LUTDescriptor[2])
+        display = apply_voi(values, ds, index=0).astype(np.float64) / (2**bits - 1)
+    elif center is not None and width is not None and width > 0:
+        function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+        display = _window(values, center, width, function)
+    else:
+        low, high = float(values.min()), float(values.max())
+        display = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        display = 1.0 - display
+    return np.clip(display, 0.0, 1.0).astype(np.float32)
+
+
+def load_source_image(path: Path | str, config: LoaderConfig = LoaderConfig()) -> SourceImage:
+    """Read, check and decode one file.
+
+    Raises
+    ------
+    RejectedInput
+        The file is not a usable single-frame grayscale CR/DX/SC radiograph.
+    """
+    path = Path(path)
+    ds = _read_dataset(path)
+    _check_header(path, ds, config)
+    try:
+        stored = ds.pixel_array
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a rejection, not a crash
+        syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
+        syntax_name = getattr(syntax, "name", str(syntax))
+        raise RejectedInput(path, f"pixel data cannot be decoded ({syntax_name}): {_short(error)}") from None
+    if stored.ndim != 2:
+        raise RejectedInput(path, f"pixel data has shape {stored.shape}, expected rows x columns")
+    return SourceImage(path, ds, display_values(ds, stored))
+
+
+def expand_inputs(inputs: Iterable[Path | str]) -> Iterator[Path]:
+    """Files as given and folders recursively (sorted, hidden files skipped)."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
+                    yield child
+        else:
+            yield path

@@ -1,0 +1,132 @@
+"""Graph node 3: DeepLabV3+ foreign-object segmentation from MONAI bundles.
+
+A bundle folder holds ``configs/metadata.json`` (MONAI bundle metadata plus an
+``xiqa`` block: network spec, metrics, training command) and
+``models/model.pt`` (a state dict).  A folder of bundles (one per fold) is an
+ensemble: probabilities are averaged before the threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+INPUT_PORT_TENSOR = "network_input"
+OUTPUT_PORT_SEGMENTATION = "segmentation"
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "app_package" / "bundles" / "xiqa_phantom_seg"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What ``build_network`` needs; ResNet50 is the method's architecture for real data."""
+
+    architecture: str = "DeepLabV3Plus"
+    encoder: str = "resnet50"
+    in_channels: int = 3
+    classes: int = 1
+
+    @classmethod
+    def from_dict(cls, values: dict) -> NetworkSpec:
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f'Argument "values" has unknown network keys {sorted(unknown)}')
+        return cls(**values)
+
+
+def build_network(spec: NetworkSpec = NetworkSpec()) -> nn.Module:
+    """An untrained network (no encoder weights are fetched from any hub)."""
+    import segmentation_models_pytorch as smp
+
+    architecture = getattr(smp, spec.architecture, None)
+    if architecture is None:
+        raise ValueError(f'Argument "architecture" is not a segmentation-models-pytorch model: '
+                         f"{spec.architecture!r}")
+    return architecture(encoder_name=spec.encoder, encoder_weights=None,
+                        in_channels=spec.in_channels, classes=spec.classes)
+
+
+@dataclass
+class SegmentationModel:
+    networks: list[nn.Module]
+    spec: NetworkSpec
+    model_id: str
+    device: torch.device
+    threshold: float = 0.5
+
+    def probability(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean over the ensemble of sigmoid(logits); batch is (N, C, H, W) in [0, 1]."""
+        batch = batch.to(self.device)
+        with torch.no_grad():
+            return torch.stack([torch.sigmoid(net(batch)) for net in self.networks]).mean(dim=0)
+
+
+def pick_device(prefer: str = "auto") -> torch.device:
+    if prefer == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(prefer)
+
+
+def bundle_folders(path: Path) -> list[Path]:
+    """The bundle at ``path``, or the bundles directly under it (an ensemble of folds)."""
+    path = Path(path)
+    if (path / "configs" / "metadata.json").is_file():
+        return [path]
+    folders = sorted(p for p in path.iterdir() if (p / "configs" / "metadata.json").is_file()) \
+        if path.is_dir() else []
+    if not folders:
+        raise FileNotFoundError(f"no MONAI bundle (configs/metadata.json) at or under {path}")
+    return folders
+
+
+def read_metadata(bundle: Path) -> dict:
+    return json.loads((Path(bundle) / "configs" / "metadata.json").read_text())
+
+
+def load_segmentation_model(path: Path = DEFAULT_BUNDLE, device: str = "auto") -> SegmentationModel:
+    """Load one bundle or an ensemble of bundles; all must share one network spec."""
+    folders = bundle_folders(path)
+    target = pick_device(device)
+    networks, specs, digests = [], set(), []
+    for folder in folders:
+        spec = NetworkSpec.from_dict(read_metadata(folder)["xiqa"]["network"])
+        specs.add(spec)
+        weights = folder / "models" / "model.pt"
+        digests.append(hashlib.sha256(weights.read_bytes()).hexdigest())
+        network = build_network(spec)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        network.load_state_dict({key: value.float() for key, value in state.items()})
+        networks.append(network.to(target).eval())
+    if len(specs) != 1:
+        raise ValueError(f"bundles under {path} disagree on the network: {sorted(map(str, specs))}")
+    name = read_metadata(folders[0]).get("name", folders[0].name)
+    digest = hashlib.sha256("".join(digests).encode()).hexdigest()[:12]
+    model_id = f"{name}@{digest}" + (f"x{len(folders)}" if len(folders) > 1 else "")
+    logger.info("segmentation model %s (%d network(s)) on %s", model_id, len(folders), target)
+    return SegmentationModel(networks, specs.pop(), model_id, target)
+
+
+@dataclass
+class SegmentationResult:
+    probability: np.ndarray  # float32 (H, W) on the analysis grid
+    mask: np.ndarray  # uint8 (H, W)
+
+
+def segment(model: SegmentationModel, network_input: np.ndarray) -> SegmentationResult:
+    """Probability map and binary mask for one (C, H, W) input."""
+    batch = torch.from_numpy(np.ascontiguousarray(network_input))[None]
+    probability = model.probability(batch)[0, 0].cpu().numpy().astype(np.float32)
+    return SegmentationResult(probability, (probability > model.threshold).astype(np.uint8))
+
+
+def spec_dict(spec: NetworkSpec) -> dict:
+    return asdict(spec)

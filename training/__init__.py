@@ -1,0 +1,1 @@
+"""Training of the segmentation network (MONAI engines) and its metrics."""
