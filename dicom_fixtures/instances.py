@@ -91,11 +91,19 @@ def fixture_uid(*parts: object) -> str:
 
 
 def expected_display(display: np.ndarray, variant: InstanceVariant) -> np.ndarray:
-    """What a correct loader returns for ``display`` encoded with ``variant``."""
+    """What a correct loader returns for ``display`` encoded with ``variant``.
+
+    The VOI LUT acts on stored values, before the MONOCHROME1 inversion; without
+    any VOI the loader stretches the image's own range.
+    """
     max_value = 2**variant.bits_stored - 1
-    quantised = np.round(display * max_value) / max_value
+    quantised = np.round(np.clip(display, 0, 1) * max_value) / max_value
     if variant.voi == "lut":
+        if variant.photometric == "MONOCHROME1":
+            return 1 - (1 - quantised) ** VOI_LUT_GAMMA
         return quantised**VOI_LUT_GAMMA
+    if variant.voi == "none":
+        return (quantised - quantised.min()) / (quantised.max() - quantised.min())
     return quantised
 
 
@@ -124,12 +132,13 @@ def _pixel_module(ds: Dataset, display: np.ndarray, variant: InstanceVariant) ->
         entries = int(slope * max_value) + 1
         positions = np.arange(entries) / (entries - 1)
         lut = Dataset()
-        lut.LUTDescriptor = [entries if entries < 65536 else 0, first, VOI_LUT_BITS]
-        lut.LUTData = np.round((2**VOI_LUT_BITS - 1) * positions**VOI_LUT_GAMMA).astype(np.uint16).tolist()
-        lut.LUTExplanation = "gamma 0.8"
+        # US/SS and OW are the VRs the standard allows; a 64k-entry LUT only fits in OW.
+        lut.add_new("LUTDescriptor", "SS" if first < 0 else "US",
+                    [entries if entries < 65536 else 0, first, VOI_LUT_BITS])
+        table = np.round((2**VOI_LUT_BITS - 1) * positions**VOI_LUT_GAMMA).astype("<u2")
+        lut.add_new("LUTData", "OW", table.tobytes())
+        lut.LUTExplanation = f"gamma {VOI_LUT_GAMMA}"
         ds.VOILUTSequence = [lut]
-        if first < 0:
-            ds["VOILUTSequence"][0]["LUTDescriptor"].VR = "SS"
     ds.PresentationLUTShape = "INVERSE" if variant.photometric == "MONOCHROME1" else "IDENTITY"
     if variant.modality == "OT":
         del ds.PresentationLUTShape

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -128,5 +128,12 @@ def segment(model: SegmentationModel, network_input: np.ndarray) -> Segmentation
     return SegmentationResult(probability, (probability > model.threshold).astype(np.uint8))
 
 
-def spec_dict(spec: NetworkSpec) -> dict:
-    return asdict(spec)
+def mask_at_source(probability: np.ndarray, shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
+    """The binary mask at the source's rows x columns.
+
+    The probability map is resized (bilinear) before thresholding, so edges at
+    source resolution are smooth rather than 256-grid staircases.
+    """
+    from .preprocess import resize_image
+
+    return (resize_image(probability, shape[0], shape[1]) > threshold).astype(np.uint8)

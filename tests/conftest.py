@@ -1,0 +1,37 @@
+"""Shared fixtures: a small synthetic fixture set written once per test session."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from xiqa.dicom_fixtures.generate import FixtureRecord, write_fixture_set
+
+# Holoscan warns about the stack size and missing CUDA on import; neither matters to the tests.
+warnings.filterwarnings("ignore", message=".*stack size.*")
+
+FIXTURE_SEED = 7
+
+
+@pytest.fixture(scope="session")
+def fixture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One instance of every DICOM variant (plus masks, Object-CXR JPEG/CSV, manifest)."""
+    from xiqa.dicom_fixtures.instances import VARIANTS
+
+    folder = tmp_path_factory.mktemp("fixtures")
+    write_fixture_set(folder, count=len(VARIANTS), seed=FIXTURE_SEED, size_range=(300, 640))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fixture_records(fixture_dir: Path) -> list[FixtureRecord]:
+    from xiqa.dicom_fixtures.generate import FixtureRecord
+    from xiqa.dicom_fixtures.instances import VARIANTS_BY_NAME
+
+    manifest = json.loads((fixture_dir / "manifest.json").read_text())
+    return [FixtureRecord(entry["name"], fixture_dir / entry["dicom"], fixture_dir / entry["mask"],
+                          VARIANTS_BY_NAME[entry["variant"]],
+                          tuple(o["kind"] for o in entry["objects"])) for entry in manifest]
