@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+
+from .case import CASE_PORT, Case
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +35,6 @@ SUPPORTED_SOP_CLASSES = {
     DX_FOR_PROCESSING: "Digital X-Ray Image Storage - For Processing",
     SECONDARY_CAPTURE: "Secondary Capture Image Storage",
 }
-
-INPUT_PORT_PATHS = "paths"
-OUTPUT_PORT_IMAGE = "source_image"
 
 
 class RejectedInput(Exception):
@@ -91,9 +91,11 @@ def _read_dataset(path: Path) -> Dataset:
 
 def _check_header(path: Path, ds: Dataset, config: LoaderConfig) -> None:
     sop_class = str(ds.get("SOPClassUID", ""))
+    if not sop_class:
+        raise RejectedInput(path, "no SOP Class UID (truncated or incomplete header)")
     if sop_class not in config.allowed_sop_classes:
         name = SUPPORTED_SOP_CLASSES.get(sop_class) or getattr(ds.get("SOPClassUID"), "name", "")
-        raise RejectedInput(path, f"SOP class {sop_class or 'missing'} {name}".rstrip()
+        raise RejectedInput(path, f"SOP class {sop_class} {name}".rstrip()
                             + " is not a supported radiograph class")
     modality = str(ds.get("Modality", "")) or "missing"
     if modality not in config.allowed_modalities:
@@ -142,7 +144,9 @@ def display_values(ds: Dataset, stored: np.ndarray) -> np.ndarray:
     if ds.get("VOILUTSequence"):
         lut_item = ds.VOILUTSequence[0]
         bits = int(lut_item.LUTDescriptor[2])
-        display = apply_voi(values, ds, index=0).astype(np.float64) / (2**bits - 1)
+        # LUT lookup needs integer indices; Modality LUT outputs are integral for integer slopes
+        lookup = values.astype(np.int64) if np.array_equal(values, np.round(values)) else values
+        display = apply_voi(lookup, ds, index=0).astype(np.float64) / (2**bits - 1)
     elif center is not None and width is not None and width > 0:
         function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
         display = _window(values, center, width, function)
@@ -186,3 +190,34 @@ def expand_inputs(inputs: Iterable[Path | str]) -> Iterator[Path]:
                     yield child
         else:
             yield path
+
+
+def load_case(path: Path | str, config: LoaderConfig = LoaderConfig()) -> Case:
+    """A new case for ``path``; a rejected file gives a case that carries the reason."""
+    case = Case(Path(path))
+    with case.timed("load"):
+        try:
+            case.source = load_source_image(path, config)
+        except RejectedInput as rejection:
+            case.error, case.rejected = rejection.reason, True
+    return case
+
+
+class LoaderOperator(Operator):
+    """Source node. Named output ``case``: one ``Case`` per input path and compute call.
+
+    Give it ``CountCondition(fragment, len(paths))`` so the graph runs once per path.
+    """
+
+    def __init__(self, fragment: Fragment, *args, paths: list[Path], config: LoaderConfig = LoaderConfig(),
+                 **kwargs) -> None:
+        self.paths, self.config, self._next = list(paths), config, 0
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.output(CASE_PORT)
+
+    def compute(self, op_input, op_output, context) -> None:
+        path = self.paths[self._next]
+        self._next += 1
+        op_output.emit(load_case(path, self.config), CASE_PORT)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from monai.deploy.core import Fragment
 
-INPUT_PORT_IMAGE = "source_image"
-OUTPUT_PORT_TENSOR = "network_input"
+from .case import Case, CaseOperator
 
 
 @dataclass(frozen=True)
@@ -40,3 +40,17 @@ def to_network_input(pixels: np.ndarray, config: PreprocessConfig = PreprocessCo
         raise ValueError(f'Argument "pixels" must be 2-D, got shape {pixels.shape}')
     square = np.clip(resize_image(pixels, config.size, config.size), 0.0, 1.0)
     return np.repeat(square[None], config.channels, axis=0)
+
+
+class PreprocessOperator(CaseOperator):
+    """Sets ``case.network_input`` from ``case.source.pixels``."""
+
+    stage = "preprocess"
+
+    def __init__(self, fragment: Fragment, *args, config: PreprocessConfig = PreprocessConfig(),
+                 **kwargs) -> None:
+        self.config = config
+        super().__init__(fragment, *args, **kwargs)
+
+    def step(self, case: Case) -> None:
+        case.network_input = to_network_input(case.source.pixels, self.config)

@@ -20,10 +20,9 @@ from enum import Enum
 
 import cv2
 import numpy as np
+from monai.deploy.core import Fragment
 
-INPUT_PORT_MASK = "mask"
-INPUT_PORT_SALIENCY = "saliency"
-OUTPUT_PORT_QUALITY = "quality"
+from .case import Case, CaseOperator
 
 
 class Verdict(str, Enum):
@@ -160,3 +159,17 @@ def score_mask(mask: np.ndarray, saliency: np.ndarray | None = None,
     q_filtered = float(np.prod([1.0 - f.severity for f in kept])) if kept else 1.0
     return QualityResult(q_img, q_filtered, verdict_for(q_img, config), verdict_for(q_filtered, config),
                          tuple(findings), (height, width))
+
+
+class ScoringOperator(CaseOperator):
+    """Sets ``case.quality`` from the mask and, when present, the combined saliency map."""
+
+    stage = "scoring"
+
+    def __init__(self, fragment: Fragment, *args, config: ScoringConfig = ScoringConfig(), **kwargs) -> None:
+        self.config = config
+        super().__init__(fragment, *args, **kwargs)
+
+    def step(self, case: Case) -> None:
+        saliency = case.saliency.combined if case.saliency is not None else None
+        case.quality = score_mask(case.segmentation.mask, saliency, self.config)

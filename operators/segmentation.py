@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.deploy.core import Fragment
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from .case import Case, CaseOperator
 
-INPUT_PORT_TENSOR = "network_input"
-OUTPUT_PORT_SEGMENTATION = "segmentation"
+logger = logging.getLogger(__name__)
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "app_package" / "bundles" / "xiqa_phantom_seg"
 
@@ -119,13 +119,14 @@ def load_segmentation_model(path: Path = DEFAULT_BUNDLE, device: str = "auto") -
 class SegmentationResult:
     probability: np.ndarray  # float32 (H, W) on the analysis grid
     mask: np.ndarray  # uint8 (H, W)
+    model_id: str
 
 
 def segment(model: SegmentationModel, network_input: np.ndarray) -> SegmentationResult:
     """Probability map and binary mask for one (C, H, W) input."""
     batch = torch.from_numpy(np.ascontiguousarray(network_input))[None]
     probability = model.probability(batch)[0, 0].cpu().numpy().astype(np.float32)
-    return SegmentationResult(probability, (probability > model.threshold).astype(np.uint8))
+    return SegmentationResult(probability, (probability > model.threshold).astype(np.uint8), model.model_id)
 
 
 def mask_at_source(probability: np.ndarray, shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
@@ -137,3 +138,16 @@ def mask_at_source(probability: np.ndarray, shape: tuple[int, int], threshold: f
     from .preprocess import resize_image
 
     return (resize_image(probability, shape[0], shape[1]) > threshold).astype(np.uint8)
+
+
+class SegmentationOperator(CaseOperator):
+    """Sets ``case.segmentation`` (probability map and mask on the analysis grid)."""
+
+    stage = "segmentation"
+
+    def __init__(self, fragment: Fragment, *args, model: SegmentationModel, **kwargs) -> None:
+        self.model = model
+        super().__init__(fragment, *args, **kwargs)
+
+    def step(self, case: Case) -> None:
+        case.segmentation = segment(self.model, case.network_input)

@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from xiqa.dicom_fixtures.generate import FixtureRecord, write_fixture_set
 
 # Holoscan warns about the stack size and missing CUDA on import; neither matters to the tests.

@@ -7,7 +7,6 @@ is the same image whatever else is drawn, and two seeds never share images.
 from __future__ import annotations
 
 import numpy as np
-
 from xiqa.dicom_fixtures.phantom import render_phantom
 from xiqa.operators.preprocess import PreprocessConfig, resize_mask, to_network_input
 

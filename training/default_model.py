@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from xiqa.operators.segmentation import DEFAULT_BUNDLE, NetworkSpec
 
 from .datasets import render_phantom_samples

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from xiqa.operators.segmentation import NetworkSpec, build_network, pick_device
 
 from .losses import FocalTverskyLoss
@@ -48,10 +47,10 @@ def _augment():
 def train_network(train_samples: list[dict], validation_samples: list[dict],
                   config: TrainConfig) -> tuple[torch.nn.Module, list[dict]]:
     """Train from scratch; returns the network with the best validation Dice and the history."""
+    from ignite.engine import Events
     from monai.data import DataLoader, Dataset
     from monai.engines import SupervisedTrainer
     from monai.utils import set_determinism
-    from ignite.engine import Events
 
     set_determinism(seed=config.seed)
     if config.num_threads:

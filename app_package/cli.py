@@ -1,0 +1,151 @@
+"""The ``xiqa`` command: analyze, fixtures, train.
+
+Exit codes follow the contract in DESIGN.md: 0 when every input was
+processed, 1 when any was rejected or failed, 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+SALIENCY_METHODS = ("gradcam", "normgrad0", "normgrad1")
+
+logger = logging.getLogger("xiqa")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xiqa", description="Chest X-ray quality edge node.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    analyze = commands.add_parser("analyze", help="analyse DICOM files or folders (recursively)")
+    analyze.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    analyze.add_argument("--output", type=Path, required=True, metavar="DIR")
+    analyze.add_argument("--saliency", choices=SALIENCY_METHODS, default="gradcam",
+                         help="saliency method (default: %(default)s)")
+    analyze.add_argument("--model", type=Path, default=None,
+                         help="MONAI bundle folder, or a folder of fold bundles (default: shipped model)")
+    analyze.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    analyze.add_argument("--modalities", default="CR,DX,OT",
+                         help="comma-separated modalities to accept (default: %(default)s)")
+    analyze.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    demo = commands.add_parser("demo", help="write a bundled synthetic study and analyse it")
+    demo.add_argument("--output", type=Path, default=Path("xiqa-demo"), metavar="DIR",
+                      help="input/ and output/ go here (default: %(default)s)")
+    demo.add_argument("--saliency", choices=SALIENCY_METHODS, default="gradcam",
+                      help="saliency method (default: %(default)s)")
+
+    fixtures = commands.add_parser("fixtures", help="write synthetic chest phantoms (DICOM, masks, Object-CXR)")
+    fixtures.add_argument("--output", type=Path, required=True, metavar="DIR")
+    fixtures.add_argument("--count", type=int, default=16, help="default: %(default)s")
+    fixtures.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    fixtures.add_argument("--min-size", type=int, default=480, help="smallest side in pixels (default: %(default)s)")
+    fixtures.add_argument("--max-size", type=int, default=1024, help="largest side in pixels (default: %(default)s)")
+    return parser
+
+
+def _prepare_runtime(verbose: bool) -> None:
+    """Quiet Holoscan's start-up chatter and give it the stack it asks for, before it is imported."""
+    import os
+    import resource
+    import warnings
+
+    os.environ.setdefault("HOLOSCAN_LOG_LEVEL", "DEBUG" if verbose else "ERROR")
+    wanted = 32 * 1024 * 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_STACK, (wanted if hard == resource.RLIM_INFINITY
+                                                   else min(wanted, hard), hard))
+    warnings.filterwarnings("ignore", message="Current stack size", category=RuntimeWarning)
+
+
+def _configure_logging(verbose: bool) -> None:
+    from pynetdicom import _config
+
+    # identifiers in DIMSE requests and responses may carry patient data
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def run_fixtures(args: argparse.Namespace) -> int:
+    from xiqa.dicom_fixtures.generate import write_fixture_set
+
+    records = write_fixture_set(args.output, args.count, args.seed, (args.min_size, args.max_size))
+    print(f"wrote {len(records)} phantoms to {args.output}")
+    return EXIT_OK
+
+
+DEMO_SEED, DEMO_COUNT = 2026, 4
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The bundled default: a deterministic synthetic study through the whole graph."""
+    from xiqa.dicom_fixtures.generate import write_fixture_set
+
+    write_fixture_set(args.output / "input", DEMO_COUNT, DEMO_SEED, (512, 1024))
+    analyze = argparse.Namespace(inputs=[args.output / "input" / "dicom"], output=args.output / "output",
+                                 saliency=args.saliency, model=None, device="auto",
+                                 modalities="CR,DX,OT", no_progress=False)
+    status = run_analyze(analyze)
+    print(f"outputs under {args.output / 'output'} (one folder per SOP Instance UID)")
+    return status
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+    from xiqa.app import RunSettings, run_graph
+    from xiqa.operators.loader import LoaderConfig, expand_inputs
+    from xiqa.operators.segmentation import DEFAULT_BUNDLE, load_segmentation_model
+
+    missing = [path for path in args.inputs if not path.exists()]
+    paths = [path for path in expand_inputs(args.inputs) if path.exists()]
+    for path in missing:
+        print(f"rejected {path}: no such file or folder", file=sys.stderr)
+    model = load_segmentation_model(args.model or DEFAULT_BUNDLE, device=args.device)
+    loader = LoaderConfig(allowed_modalities=frozenset(m.strip().upper() for m in args.modalities.split(",")))
+    settings = RunSettings(paths=paths, output=args.output, model=model, loader=loader)
+    progress = tqdm(total=len(paths), unit="image", disable=args.no_progress or len(paths) < 2,
+                    file=sys.stderr)
+
+    def report(case) -> None:
+        progress.update(1)
+        if case.rejected:
+            progress.write(f"rejected {case.path}: {case.error}", file=sys.stderr)
+        elif not case.ok:
+            progress.write(f"failed {case.path}: {case.error}", file=sys.stderr)
+        else:
+            quality = case.quality
+            progress.write(f"{case.path}: Q_img {quality.q_img:.3f} Q_filtered {quality.q_filtered:.3f} "
+                           f"verdict {quality.verdict.value} objects {len(quality.objects)}", file=sys.stdout)
+
+    started = time.perf_counter()
+    args.output.mkdir(parents=True, exist_ok=True)
+    cases = run_graph(settings, on_case=report)
+    progress.close()
+    failed = len(missing) + sum(not case.ok for case in cases)
+    logger.info("%d inputs, %d failed, %.1f s", len(paths), failed, time.perf_counter() - started)
+    return EXIT_REJECTED if failed else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return EXIT_USAGE if exit_.code else EXIT_OK
+    _prepare_runtime(args.verbose)
+    _configure_logging(args.verbose)
+    handlers = {"analyze": run_analyze, "demo": run_demo, "fixtures": run_fixtures}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

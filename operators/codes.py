@@ -1,0 +1,203 @@
+"""Every coded concept and every UID rule that xiqa's DICOM outputs use, in one place.
+
+Standard concepts come from pydicom's code dictionaries (``codes.SCT``,
+``codes.DCM``, ``codes.UCUM``); nothing here invents a SNOMED CT or DICOM code.
+The one standard code that pydicom's dictionary lacks, the TID 1500
+"Qualitative Evaluations" container, is spelled out with the row it comes from.
+
+Where the standard has no concept for something the method defines (Q_img,
+the size penalty, ...), the concept lives in our private coding scheme:
+
+=================  ==========================================================
+designator         ``99XIQA`` (the ``99`` prefix marks a private scheme, PS3.16 8.2)
+name               xiqa chest X-ray image quality concepts
+version            1 (bump when a meaning changes; never reuse a code value)
+responsible        the xiqa project
+=================  ==========================================================
+
+==========  =========================================  ==========================
+code value  meaning                                    used as
+==========  =========================================  ==========================
+XQ-0001     Image quality score Q_img                  NUM, unit 1, range [0, 1]
+XQ-0002     Saliency-filtered image quality score      NUM, unit 1 (Q_filtered)
+XQ-0003     Image quality verdict                      CODE, value XQ-0010..12
+XQ-0004     Saliency-filtered image quality verdict    CODE, value XQ-0010..12
+XQ-0005     Number of foreign objects                  NUM, unit 1
+XQ-0010     Good image quality                         verdict Q > 0.8
+XQ-0011     Acceptable image quality                   verdict 0.5 < Q <= 0.8
+XQ-0012     Poor image quality                         verdict Q <= 0.5
+XQ-0020     Object area fraction                       NUM, unit 1 (RelS)
+XQ-0021     Object location weight                     NUM, unit 1 (ImpL)
+XQ-0022     Object size penalty                        NUM, unit 1 (Pen_S)
+XQ-0023     Object severity                            NUM, unit 1 (S_i)
+XQ-0024     Total foreign object area fraction         NUM, unit 1 (sum of RelS)
+XQ-0030     Summary source                             CODE, value XQ-0031/32
+XQ-0031     Local language model                       the summary came from the LLM
+XQ-0032     Deterministic template                     the summary came from the template
+==========  =========================================  ==========================
+
+Mean saliency per object is standard: (130404, DCM, "Saliency") with the TID 300
+derivation (373098007, SCT, "Mean").  All fractions are relative to the
+analysis grid (256 x 256) on which the objects were scored.
+
+UIDs
+----
+Outputs get UIDs derived from the source SOP Instance UID, the kind of output,
+the algorithm name and version, the model id and any further parameters, so
+processing the same source twice with the same model gives the same UIDs and a
+PACS sees an update instead of a duplicate.  By default they are UUID-derived
+``2.25.`` UIDs (ISO/IEC 9834-8, name-based UUID version 5), which need no
+registered root; an organisation with its own root can pass it instead.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import UID, generate_uid
+
+from .scoring import Verdict
+
+# --- our private coding scheme ------------------------------------------------
+
+PRIVATE_SCHEME_DESIGNATOR = "99XIQA"
+PRIVATE_SCHEME_NAME = "xiqa chest X-ray image quality concepts"
+PRIVATE_SCHEME_VERSION = "1"
+PRIVATE_SCHEME_RESPONSIBLE_ORGANIZATION = "xiqa project"
+
+
+def _private(value: str, meaning: str) -> Code:
+    return Code(value, PRIVATE_SCHEME_DESIGNATOR, meaning)
+
+
+Q_IMG = _private("XQ-0001", "Image quality score Q_img")
+Q_FILTERED = _private("XQ-0002", "Saliency-filtered image quality score")
+VERDICT = _private("XQ-0003", "Image quality verdict")
+VERDICT_FILTERED = _private("XQ-0004", "Saliency-filtered image quality verdict")
+OBJECT_COUNT = _private("XQ-0005", "Number of foreign objects")
+VERDICT_GOOD = _private("XQ-0010", "Good image quality")
+VERDICT_ACCEPTABLE = _private("XQ-0011", "Acceptable image quality")
+VERDICT_POOR = _private("XQ-0012", "Poor image quality")
+AREA_FRACTION = _private("XQ-0020", "Object area fraction")
+LOCATION_WEIGHT = _private("XQ-0021", "Object location weight")
+SIZE_PENALTY = _private("XQ-0022", "Object size penalty")
+SEVERITY = _private("XQ-0023", "Object severity")
+TOTAL_AREA_FRACTION = _private("XQ-0024", "Total foreign object area fraction")
+SUMMARY_SOURCE = _private("XQ-0030", "Summary source")
+SUMMARY_FROM_LLM = _private("XQ-0031", "Local language model")
+SUMMARY_FROM_TEMPLATE = _private("XQ-0032", "Deterministic template")
+
+PRIVATE_CODES: tuple[Code, ...] = (
+    Q_IMG, Q_FILTERED, VERDICT, VERDICT_FILTERED, OBJECT_COUNT,
+    VERDICT_GOOD, VERDICT_ACCEPTABLE, VERDICT_POOR,
+    AREA_FRACTION, LOCATION_WEIGHT, SIZE_PENALTY, SEVERITY, TOTAL_AREA_FRACTION,
+    SUMMARY_SOURCE, SUMMARY_FROM_LLM, SUMMARY_FROM_TEMPLATE,
+)
+
+VERDICT_CODES: dict[Verdict, Code] = {
+    Verdict.GOOD: VERDICT_GOOD,
+    Verdict.ACCEPTABLE: VERDICT_ACCEPTABLE,
+    Verdict.POOR: VERDICT_POOR,
+}
+
+
+def private_coding_scheme() -> CodingSchemeIdentificationItem:
+    """The Coding Scheme Identification item that documents ``99XIQA`` inside an SR."""
+    return CodingSchemeIdentificationItem(
+        designator=PRIVATE_SCHEME_DESIGNATOR,
+        name=PRIVATE_SCHEME_NAME,
+        version=PRIVATE_SCHEME_VERSION,
+        responsible_organization=PRIVATE_SCHEME_RESPONSIBLE_ORGANIZATION,
+    )
+
+
+# --- standard concepts ---------------------------------------------------------
+
+#: SEG segment: CID 7150 category "Physical object" and CID 7193 type "Foreign body".
+#: Our objects (jewellery, buttons, wires, clips, devices) are things on or in the
+#: patient, not tissue, so "Morphologically abnormal structure" would be wrong.
+SEGMENT_CATEGORY = codes.SCT.PhysicalObject
+SEGMENT_TYPE = codes.SCT.ForeignBody
+SEGMENT_LABEL = "Foreign body"
+
+#: Algorithm family (CID 7162) of the SEG's algorithm identification.
+ALGORITHM_FAMILY = codes.DCM.ArtificialIntelligence
+
+#: TID 1500 "Procedure reported": (133887000, SCT, "Image quality analysis").
+PROCEDURE_REPORTED = codes.SCT.ImageQualityAnalysis
+
+#: TID 1501/1410 finding type and category of a detected object.
+FINDING_TYPE = codes.SCT.ForeignBody
+FINDING_CATEGORY = codes.SCT.PhysicalObject
+
+#: Per-object mean saliency: TID 300 measurement "Saliency", derivation "Mean".
+SALIENCY = codes.DCM.Saliency
+MEAN = codes.SCT.Mean
+
+#: UCUM unit of every dimensionless number we report (scores, fractions, counts).
+UNITLESS = codes.UCUM.NoUnits
+
+#: The summary text (TEXT item) and the SR observer type (TID 1002).
+NARRATIVE_SUMMARY = codes.DCM.NarrativeSummary
+DEVICE_OBSERVER = codes.DCM.Device
+
+#: PS3.16 TID 1500 row 12, "Qualitative Evaluations" container; missing from pydicom's
+#: dictionary, so written out here (a standard code, not an invented one).
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+
+#: Purpose of reference (CID 7202) from the SC to its source image.
+SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
+
+
+# --- UIDs ------------------------------------------------------------------------
+
+#: Default root for output UIDs: ``None`` means UUID-derived ``2.25.`` UIDs.
+DEFAULT_UID_ROOT: str | None = None
+
+# Namespace of our name-based UUIDs; derived from a fixed name so it never changes.
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:xiqa:dicom-outputs")
+_UID_ROOT_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.$")
+_MAX_ROOT_LENGTH = 54  # leaves at least ten digits for the derived part of a 64-char UID
+
+
+def check_uid_root(root: str) -> str:
+    """A UID root as ``generate_uid`` expects it: digits and dots, ending in a dot.
+
+    Raises
+    ------
+    TypeError
+        ``root`` is not a string.
+    ValueError
+        ``root`` is not a valid UID prefix or longer than 54 characters.
+    """
+    if not isinstance(root, str):
+        raise TypeError(f'Argument "root" must be a str, got {type(root).__name__}')
+    candidate = root if root.endswith(".") else root + "."
+    if len(candidate) > _MAX_ROOT_LENGTH or not _UID_ROOT_PATTERN.match(candidate):
+        raise ValueError(f'Argument "root" must be a UID prefix of digits and dots of at most '
+                         f'{_MAX_ROOT_LENGTH} characters, got {root!r}')
+    return candidate
+
+
+def derive_uid(parts: Iterable[object], root: str | None = DEFAULT_UID_ROOT) -> UID:
+    """A UID that depends only on ``parts`` (and ``root``): the same parts, the same UID.
+
+    Parts are joined with a separator that cannot occur in UIDs or ids, so
+    ``("ab", "c")`` and ``("a", "bc")`` give different UIDs.
+
+    Raises
+    ------
+    ValueError
+        ``parts`` is empty, or ``root`` is not a valid UID prefix.
+    """
+    text = "\x1f".join(str(part) for part in parts)
+    if not text:
+        raise ValueError('Argument "parts" must not be empty')
+    if root is None:
+        return UID(f"2.25.{uuid.uuid5(_UID_NAMESPACE, text).int}")
+    return generate_uid(check_uid_root(root), entropy_srcs=[text])
