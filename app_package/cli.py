@@ -41,12 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--saliency", choices=SALIENCY_METHODS, default="gradcam",
                       help="saliency method (default: %(default)s)")
 
-    fixtures = commands.add_parser("fixtures", help="write synthetic chest phantoms (DICOM, masks, Object-CXR)")
+    fixtures = commands.add_parser("fixtures",
+                                   help="write synthetic chest phantoms (DICOM, masks, Object-CXR)")
     fixtures.add_argument("--output", type=Path, required=True, metavar="DIR")
     fixtures.add_argument("--count", type=int, default=16, help="default: %(default)s")
     fixtures.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    fixtures.add_argument("--min-size", type=int, default=480, help="smallest side in pixels (default: %(default)s)")
-    fixtures.add_argument("--max-size", type=int, default=1024, help="largest side in pixels (default: %(default)s)")
+    fixtures.add_argument("--min-size", type=int, default=480,
+                          help="smallest side in pixels (default: %(default)s)")
+    fixtures.add_argument("--max-size", type=int, default=1024,
+                          help="largest side in pixels (default: %(default)s)")
     return parser
 
 

@@ -259,7 +259,8 @@ def render_phantom(
         object_kinds = [str(k) for k in rng.choice(OBJECT_KINDS, size=count)]
     unknown = set(object_kinds) - set(OBJECT_KINDS)
     if unknown:
-        raise ValueError(f'Argument "object_kinds" has unknown kinds {sorted(unknown)}; allowed: {OBJECT_KINDS}')
+        raise ValueError(f'Argument "object_kinds" has unknown kinds {sorted(unknown)}; '
+                         f"allowed: {OBJECT_KINDS}")
 
     image = _anatomy(rng, height, width)
     unit = 0.012 * min(height, width)

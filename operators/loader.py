@@ -186,7 +186,8 @@ def expand_inputs(inputs: Iterable[Path | str]) -> Iterator[Path]:
         path = Path(item)
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
+                hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
+                if child.is_file() and not hidden:
                     yield child
         else:
             yield path

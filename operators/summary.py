@@ -348,6 +348,7 @@ _ANATOMY = re.compile(
     r"clavic\w*|ribs?|spine|spinal|vertebr\w*|lungs?|pulmonary|apex|apical|apices|bases?|basal|"
     r"chest wall|throat|arms?|breasts?|stomach|trachea\w*|sternum|thora\w*|pleura\w*|"
     r"lateral|medial|costophrenic|hemithorax|field)\b", re.I)
+_LOWER_VERB = re.compile(r"\blower(?=\s+(the|its|their|this|image|quality|score|overall)\b)")
 _ALLOWED_CAPITALISED = {"good", "acceptable", "poor", "x-ray", "q_img", "x", "ray"}
 _SIZE_LARGE = re.compile(r"\b(large|larger|big|bigger|huge|massive|extensive)\b", re.I)
 _SIZE_SMALL = re.compile(r"\b(tiny|small|smaller|little|minute)\b", re.I)
@@ -442,7 +443,8 @@ def _check_count(text: str, facts: Facts) -> list[str]:
 
 
 def _check_locations(text: str, facts: Facts) -> list[str]:
-    normalised = _normalise(text)
+    # "they lower the score" is a verb, not a place
+    normalised = _LOWER_VERB.sub("reduce", _normalise(text))
     problems = [f"anatomical place {m.group(0)!r} is not in the findings"
                 for m in _ANATOMY.finditer(normalised)]
     allowed = set()

@@ -26,7 +26,8 @@ TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 1, 2, 3
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m xiqa.training.default_model", description=__doc__)
-    parser.add_argument("--output", type=Path, default=DEFAULT_BUNDLE, help="bundle folder (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_BUNDLE,
+                        help="bundle folder (default: %(default)s)")
     parser.add_argument("--encoder", default="mobilenet_v2", help="default: %(default)s")
     parser.add_argument("--train-count", type=int, default=640, help="default: %(default)s")
     parser.add_argument("--validation-count", type=int, default=64, help="default: %(default)s")
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     network, history = train_network(train, validation, config)
     metrics = {"held_out": evaluate_network(network, held_out), "held_out_images": len(held_out),
                "held_out_seed": HELD_OUT_SEED, "validation_best": max(h["dice"] for h in history)}
-    command = "python -m xiqa.training.default_model " + shlex.join(argv if argv is not None else sys.argv[1:])
+    arguments = argv if argv is not None else sys.argv[1:]
+    command = "python -m xiqa.training.default_model " + shlex.join(arguments)
     training = {"command": command.strip(), "train_seed": TRAIN_SEED, "validation_seed": VALIDATION_SEED,
                 "train_images": len(train), "epochs": args.epochs, "batch_size": args.batch_size,
                 "learning_rate": args.learning_rate, "loss": "FocalTversky(0.7, 0.3, 0.75, 1)",

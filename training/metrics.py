@@ -185,3 +185,14 @@ def mean_std(values: list[float]) -> dict[str, float | int]:
     if not finite.size:
         return {"mean": math.nan, "std": math.nan, "n": 0}
     return {"mean": float(finite.mean()), "std": float(finite.std()), "n": int(finite.size)}
+
+
+def json_safe(value):
+    """NaN is not JSON: written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value

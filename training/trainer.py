@@ -14,7 +14,7 @@ import torch
 from xiqa.operators.segmentation import NetworkSpec, build_network, pick_device
 
 from .losses import FocalTverskyLoss
-from .metrics import pooled_dice_recall
+from .metrics import json_safe, pooled_dice_recall
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,13 @@ def evaluate_network(network: torch.nn.Module, samples: list[dict], device: torc
 
 
 def write_bundle(folder: Path, network: torch.nn.Module, spec: NetworkSpec, *, name: str,
-                 description: str, metrics: dict, training: dict, half_precision: bool = False) -> Path:
-    """Write a MONAI bundle: configs/metadata.json, configs/inference.json, models/model.pt."""
+                 description: str, metrics: dict, training: dict, half_precision: bool = False,
+                 image_size: int = 256) -> Path:
+    """Write a MONAI bundle: configs/metadata.json, configs/inference.json, models/model.pt.
+
+    ``image_size`` is the grid the network was trained on (the app always
+    feeds 256 x 256).  Undefined metrics (NaN) are written as JSON null.
+    """
     import monai
 
     folder = Path(folder)
@@ -128,13 +133,15 @@ def write_bundle(folder: Path, network: torch.nn.Module, spec: NetworkSpec, *, n
         "copyright": "Apache-2.0",
         "network_data_format": {
             "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "CR/DX",
-                                 "num_channels": spec.in_channels, "spatial_shape": [256, 256],
+                                 "num_channels": spec.in_channels,
+                                 "spatial_shape": [image_size, image_size],
                                  "dtype": "float32", "value_range": [0, 1], "is_patch_data": False}},
             "outputs": {"pred": {"type": "image", "format": "logits", "num_channels": spec.classes,
-                                 "spatial_shape": [256, 256], "dtype": "float32",
-                                 "value_range": [], "is_patch_data": False}},
+                                 "spatial_shape": [image_size, image_size],
+                                 "dtype": "float32", "value_range": [], "is_patch_data": False}},
         },
-        "xiqa": {"network": asdict(spec), "metrics": metrics, "training": training,
+        "xiqa": {"network": asdict(spec), "metrics": json_safe(metrics),
+                 "training": json_safe(training),
                  "platform": platform.platform()},
     }
     (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))

@@ -1,0 +1,300 @@
+"""Graph node 7b: the saliency heatmap over the radiograph as an RGB Secondary Capture.
+
+What the radiographer sees, at the source's rows x columns:
+
+- the source in display values (VOI applied, MONOCHROME1 inverted) as grey;
+- the saliency map, min-max normalised for display only, as a JET colour map
+  whose opacity grows with saliency (unimportant areas stay readable);
+- the outlines of the segmented objects;
+- a legend in the top-left corner: algorithm and version, Q_img and verdict,
+  Q_filtered and its verdict, number of objects, and the colour scale.
+
+The legend carries no patient identity, so Burned In Annotation is ``NO``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import highdicom as hd
+import numpy as np
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from .codes import DEFAULT_UID_ROOT, SOURCE_IMAGE_PURPOSE
+from .loader import SourceImage
+from .preprocess import resize_image
+from .scoring import QualityResult
+from .seg_writer import check_source_mask
+from .writer_common import (
+    MANUFACTURER,
+    OUTPUT_CHARACTER_SET,
+    AlgorithmInfo,
+    OutputKind,
+    output_identity,
+    output_path,
+    patient_orientation,
+    pixel_spacing,
+    reference_dataset,
+    save_atomically,
+)
+
+INPUT_PORT_IMAGE = "source_image"
+INPUT_PORT_SALIENCY = "saliency"
+INPUT_PORT_MASK = "mask_at_source"
+INPUT_PORT_QUALITY = "quality"
+OUTPUT_PORT_SC = "sc"
+
+#: Opacity of the heatmap where saliency is 1 (it falls linearly to 0 at saliency 0).
+HEATMAP_MAX_ALPHA = 0.55
+#: Object outline colour (RGB): cyan stands out against both grey and JET.
+CONTOUR_RGB = (0, 255, 255)
+LEGEND_TEXT_RGB = (255, 255, 255)
+LEGEND_BACKGROUND_ALPHA = 0.65
+
+
+def _check_map(name: str, values: object) -> np.ndarray:
+    if not isinstance(values, np.ndarray):
+        raise TypeError(f'Argument "{name}" must be a numpy array, got {type(values).__name__}')
+    if values.ndim != 2 or min(values.shape) < 1:
+        raise ValueError(f'Argument "{name}" must be a non-empty 2-D array, got shape {values.shape}')
+    if not np.issubdtype(values.dtype, np.floating) and not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f'Argument "{name}" must be numeric, got dtype {values.dtype}')
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f'Argument "{name}" must be finite (no NaN or inf)')
+    return values.astype(np.float32)
+
+
+def display_saliency(saliency: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Saliency resized to ``shape`` and min-max normalised to [0, 1]; all zeros when flat."""
+    resized = resize_image(saliency, shape[0], shape[1])
+    low, high = float(resized.min()), float(resized.max())
+    if high - low < 1e-6:
+        return np.zeros(shape, np.float32)
+    return ((resized - low) / (high - low)).astype(np.float32)
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """RGB uint8 JET colours of values in [0, 1]."""
+    indices = np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(indices, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
+def _legend_lines(quality: QualityResult, algorithm: AlgorithmInfo) -> list[str]:
+    return [
+        f"{algorithm.name} {algorithm.version}",
+        f"Q_img {quality.q_img:.2f}  {quality.verdict.value}",
+        f"Q_filtered {quality.q_filtered:.2f}  {quality.verdict_filtered.value}",
+        f"objects {len(quality.objects)}",
+        "saliency  low -> high",
+    ]
+
+
+def _draw_legend(image: np.ndarray, lines: list[str]) -> None:
+    """Draw the legend box in place, scaled to the image and shrunk until it fits."""
+    height, width = image.shape[:2]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale = max(0.3, min(height, width) / 900)
+    while True:
+        thickness = max(1, int(round(scale * 1.6)))
+        sizes = [cv2.getTextSize(line, font, scale, thickness)[0] for line in lines]
+        line_height = int(max(h for _, h in sizes) * 1.8) + 1
+        margin = max(2, line_height // 3)
+        box_width = max(w for w, _ in sizes) + 2 * margin
+        box_height = line_height * (len(lines) + 1) + 2 * margin  # one row for the colour bar
+        if (box_width <= width - 2 and box_height <= height - 2) or scale <= 0.2:
+            break
+        scale *= 0.85
+    box_width, box_height = min(box_width, width - 2), min(box_height, height - 2)
+    x0, y0 = 1, 1
+    region = image[y0:y0 + box_height, x0:x0 + box_width].astype(np.float32)
+    image[y0:y0 + box_height, x0:x0 + box_width] = np.round(
+        region * (1 - LEGEND_BACKGROUND_ALPHA)).astype(np.uint8)
+    for index, line in enumerate(lines):
+        baseline = y0 + margin + line_height * (index + 1) - line_height // 4
+        cv2.putText(image, line, (x0 + margin, baseline), font, scale, LEGEND_TEXT_RGB,
+                    thickness, cv2.LINE_AA)
+    bar_width = max(1, box_width - 2 * margin)
+    bar_height = max(1, line_height // 2)
+    bar_top = y0 + margin + line_height * len(lines) + line_height // 4
+    bar = _jet(np.tile(np.linspace(0, 1, bar_width, dtype=np.float32), (bar_height, 1)))
+    bottom = min(bar_top + bar_height, height)
+    image[bar_top:bottom, x0 + margin:x0 + margin + bar_width] = bar[:bottom - bar_top]
+
+
+def render_heatmap(
+    pixels: np.ndarray,
+    saliency: np.ndarray,
+    mask: np.ndarray,
+    quality: QualityResult,
+    algorithm: AlgorithmInfo,
+) -> np.ndarray:
+    """The RGB picture of the SC: grey image, heatmap, object outlines and legend.
+
+    Parameters
+    ----------
+    pixels: numpy.ndarray
+        Display values in [0, 1] at source resolution (``SourceImage.pixels``).
+    saliency: numpy.ndarray
+        Saliency map of any 2-D shape (normally 256 x 256), resized to the source.
+    mask: numpy.ndarray
+        Binary object mask at source resolution.
+    quality, algorithm:
+        What the legend shows.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 array of shape (rows, columns, 3), RGB.
+
+    Raises
+    ------
+    TypeError
+        An array argument is not a numeric numpy array.
+    ValueError
+        ``pixels`` or ``saliency`` is not 2-D and finite, or ``mask`` does not
+        match ``pixels``.
+    """
+    display = np.clip(_check_map("pixels", pixels), 0.0, 1.0)
+    shape = display.shape
+    binary = check_source_mask(mask, shape)
+    heat_level = display_saliency(_check_map("saliency", saliency), shape)
+    grey = np.repeat(np.round(display * 255)[..., None], 3, axis=2)
+    alpha = HEATMAP_MAX_ALPHA * heat_level[..., None]
+    image = np.round(grey * (1 - alpha) + _jet(heat_level).astype(np.float32) * alpha)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    if binary.any():
+        contours, _ = cv2.findContours(binary.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_NONE)
+        thickness = max(1, int(round(min(shape) / 300)))
+        cv2.drawContours(image, contours, -1, CONTOUR_RGB, thickness, cv2.LINE_8)
+    _draw_legend(image, _legend_lines(quality, algorithm))
+    return image
+
+
+def build_heatmap_capture(
+    source: SourceImage,
+    saliency: np.ndarray,
+    mask: np.ndarray,
+    quality: QualityResult,
+    algorithm: AlgorithmInfo,
+    uid_root: str | None = DEFAULT_UID_ROOT,
+) -> hd.sc.SCImage:
+    """An RGB Secondary Capture of :func:`render_heatmap` in the source's study.
+
+    Parameters
+    ----------
+    source: xiqa.operators.loader.SourceImage
+        The analysed image (display pixels and dataset).
+    saliency: numpy.ndarray
+        Combined saliency map (normally 256 x 256, values in [0, 1]).
+    mask: numpy.ndarray
+        Binary object mask at source resolution.
+    quality: xiqa.operators.scoring.QualityResult
+        Scores shown in the legend.
+    algorithm: AlgorithmInfo
+        Name, version and model id.
+    uid_root: str | None, optional
+        Root for the derived UIDs; ``None`` gives ``2.25.`` UIDs.
+
+    Raises
+    ------
+    TypeError
+        An argument has the wrong type.
+    ValueError
+        A map has the wrong shape or values, or the source lacks the UIDs
+        needed to reference it.
+    """
+    if not isinstance(source, SourceImage):
+        raise TypeError(f'Argument "source" must be a SourceImage, got {type(source).__name__}')
+    if not isinstance(quality, QualityResult):
+        raise TypeError(f'Argument "quality" must be a QualityResult, got {type(quality).__name__}')
+    if not isinstance(algorithm, AlgorithmInfo):
+        raise TypeError('Argument "algorithm" must be an AlgorithmInfo, got '
+                        f"{type(algorithm).__name__}")
+    rgb = render_heatmap(source.pixels, saliency, mask, quality, algorithm)
+    reference = reference_dataset(source.dataset)
+    identity = output_identity(source.dataset, OutputKind.SC, algorithm, uid_root)
+    orientation = patient_orientation(source.dataset)
+    single_letters = orientation is not None and all(len(v) == 1 for v in orientation)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=reference,
+        pixel_array=rgb,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=identity.series_instance_uid,
+        series_number=identity.series_number,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=identity.instance_number,
+        manufacturer=MANUFACTURER,
+        pixel_spacing=pixel_spacing(source.dataset),
+        # highdicom accepts only single-letter orientations (and demands one for PATIENT);
+        # the real value, or an empty Type 2 value, is set below.
+        patient_orientation=orientation if single_letters else ("L", "F"),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=identity.series_description,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=algorithm.model_id,
+        specific_character_set=OUTPUT_CHARACTER_SET,
+    )
+    sc.PatientOrientation = list(orientation) if orientation else ""
+    sc.copy_patient_and_study_information(reference)
+    _describe_derivation(sc, source.dataset, algorithm)
+    return sc
+
+
+def _describe_derivation(sc: hd.sc.SCImage, source: Dataset, algorithm: AlgorithmInfo) -> None:
+    """General Image references to the source and a word on how the picture was made."""
+    sc.BurnedInAnnotation = "NO"
+    sc.RecognizableVisualFeatures = "NO"
+    sc.LossyImageCompression = "01" if str(source.get("LossyImageCompression", "")) == "01" \
+        else "00"
+    parameters = ", ".join(algorithm.parameters)
+    sc.DerivationDescription = (
+        f"Saliency heatmap{' (' + parameters + ')' if parameters else ''} and object outlines of "
+        f"{algorithm.name} {algorithm.version} over the source image"
+    )[:1024]
+    purpose = hd.sr.CodedConcept.from_code(SOURCE_IMAGE_PURPOSE)
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    item.PurposeOfReferenceCodeSequence = [purpose]
+    sc.SourceImageSequence = [item]
+
+
+def write_heatmap_capture(sc: hd.sc.SCImage, path: Path) -> Path:
+    """Save ``sc`` as a DICOM file (PS3.10) at ``path``, atomically (temp file, fsync, rename)."""
+    return save_atomically(sc, Path(path))
+
+
+class ScWriterOperator(Operator):
+    """Writes one heatmap Secondary Capture per source image.
+
+    Named inputs: ``source_image`` (SourceImage), ``saliency`` (2-D ndarray),
+    ``mask_at_source`` (binary ndarray), ``quality`` (QualityResult).  Named
+    output: ``sc`` (the SCImage).  File output: ``<source SOP Instance UID>_sc.dcm``.
+    """
+
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, algorithm: AlgorithmInfo,
+                 **kwargs) -> None:
+        self.output_folder = Path(output_folder)
+        self.algorithm = algorithm
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        for port in (INPUT_PORT_IMAGE, INPUT_PORT_SALIENCY, INPUT_PORT_MASK, INPUT_PORT_QUALITY):
+            spec.input(port)
+        spec.output(OUTPUT_PORT_SC)
+
+    def compute(self, op_input, op_output, context) -> None:
+        source = op_input.receive(INPUT_PORT_IMAGE)
+        sc = build_heatmap_capture(source, op_input.receive(INPUT_PORT_SALIENCY),
+                                   op_input.receive(INPUT_PORT_MASK),
+                                   op_input.receive(INPUT_PORT_QUALITY), self.algorithm)
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        write_heatmap_capture(sc, output_path(self.output_folder, source.dataset, OutputKind.SC))
+        op_output.emit(sc, OUTPUT_PORT_SC)

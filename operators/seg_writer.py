@@ -1,0 +1,165 @@
+"""Graph node 7a: the foreign-object mask as a DICOM Segmentation (SEG).
+
+One BINARY segment, "Foreign body" (category SCT 260787004 "Physical object",
+type SCT 19227008 "Foreign body"), at the source's rows x columns, derived
+from and referencing the source image, with the algorithm (name, version,
+model id) in the segment's Algorithm Identification.
+
+An image without objects still gets a SEG: its one frame is empty
+(``omit_empty_frames=False``).  "Analysed, nothing found" then looks the same
+to a PACS as "analysed, something found", and the SR can always reference
+segment 1, frame 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from .codes import DEFAULT_UID_ROOT, SEGMENT_CATEGORY, SEGMENT_LABEL, SEGMENT_TYPE, derive_uid
+from .loader import SourceImage
+from .writer_common import (
+    MANUFACTURER,
+    OUTPUT_CHARACTER_SET,
+    AlgorithmInfo,
+    OutputKind,
+    output_identity,
+    output_path,
+    reference_dataset,
+    save_atomically,
+)
+
+INPUT_PORT_IMAGE = "source_image"
+INPUT_PORT_MASK = "mask_at_source"
+OUTPUT_PORT_SEG = "seg"
+
+#: Number of the only segment, and of the only frame, of every xiqa SEG.
+SEGMENT_NUMBER = 1
+FRAME_NUMBER = 1
+
+
+def check_source_mask(mask: object, shape: tuple[int, int]) -> np.ndarray:
+    """The mask as a boolean array, after checking it matches the source.
+
+    Raises
+    ------
+    TypeError
+        ``mask`` is not a numpy array of bool or integer type.
+    ValueError
+        ``mask`` is not ``shape`` or holds values other than 0 and 1.
+    """
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f'Argument "mask" must be a numpy array, got {type(mask).__name__}')
+    if mask.dtype != np.bool_ and not np.issubdtype(mask.dtype, np.integer):
+        raise TypeError(f'Argument "mask" must be bool or integer, got dtype {mask.dtype}')
+    if mask.shape != tuple(shape):
+        raise ValueError(f'Argument "mask" must have the source\'s shape {tuple(shape)} '
+                         f"(rows, columns), got {mask.shape}")
+    if mask.dtype != np.bool_ and mask.size and (mask.min() < 0 or mask.max() > 1):
+        raise ValueError('Argument "mask" must hold only 0 and 1, got values in '
+                         f"[{mask.min()}, {mask.max()}]")
+    return mask.astype(bool)
+
+
+def build_segmentation(
+    source: SourceImage,
+    mask: np.ndarray,
+    algorithm: AlgorithmInfo,
+    uid_root: str | None = DEFAULT_UID_ROOT,
+) -> hd.seg.Segmentation:
+    """A BINARY SEG of ``mask`` (source rows x columns) in the source's study.
+
+    Parameters
+    ----------
+    source: xiqa.operators.loader.SourceImage
+        The analysed image; its dataset gives study, patient and references.
+    mask: numpy.ndarray
+        Binary mask (bool or 0/1 integers) at the source's resolution, e.g.
+        from :func:`xiqa.operators.segmentation.mask_at_source`.
+    algorithm: AlgorithmInfo
+        Name, version and model id, written to the segment description.
+    uid_root: str | None, optional
+        Root for the derived UIDs; ``None`` gives ``2.25.`` UIDs.
+
+    Raises
+    ------
+    TypeError
+        ``source`` is not a SourceImage, ``algorithm`` not an AlgorithmInfo, or
+        ``mask`` not a bool/integer numpy array.
+    ValueError
+        ``mask`` does not match the source's shape or is not binary, or the
+        source lacks the UIDs needed to reference it.
+    """
+    if not isinstance(source, SourceImage):
+        raise TypeError(f'Argument "source" must be a SourceImage, got {type(source).__name__}')
+    if not isinstance(algorithm, AlgorithmInfo):
+        raise TypeError('Argument "algorithm" must be an AlgorithmInfo, got '
+                        f"{type(algorithm).__name__}")
+    binary = check_source_mask(mask, (int(source.dataset.Rows), int(source.dataset.Columns)))
+    reference = reference_dataset(source.dataset)
+    identity = output_identity(source.dataset, OutputKind.SEG, algorithm, uid_root)
+    description = hd.seg.SegmentDescription(
+        segment_number=SEGMENT_NUMBER,
+        segment_label=SEGMENT_LABEL,
+        segmented_property_category=SEGMENT_CATEGORY,
+        segmented_property_type=SEGMENT_TYPE,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm.identification_sequence(),
+        tracking_uid=derive_uid(("segment", identity.sop_instance_uid, SEGMENT_NUMBER), uid_root),
+        tracking_id="xiqa foreign bodies",
+    )
+    return hd.seg.Segmentation(
+        source_images=[reference],
+        pixel_array=binary,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=identity.series_instance_uid,
+        series_number=identity.series_number,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=identity.instance_number,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=algorithm.model_id,
+        content_label="XIQA_OBJECTS",
+        content_description="Foreign objects that degrade the radiograph",
+        omit_empty_frames=False,
+        series_description=identity.series_description,
+        specific_character_set=OUTPUT_CHARACTER_SET,
+    )
+
+
+def write_segmentation(seg: hd.seg.Segmentation, path: Path) -> Path:
+    """Save ``seg`` as a DICOM file (PS3.10) at ``path``, atomically (temp file, fsync, rename)."""
+    return save_atomically(seg, Path(path))
+
+
+class SegWriterOperator(Operator):
+    """Writes one SEG per source image.
+
+    Named inputs: ``source_image`` (SourceImage), ``mask_at_source`` (binary
+    ndarray, source rows x columns).  Named output: ``seg`` (the Segmentation,
+    for the SR writer).  File output: ``<SOP Instance UID of source>_seg.dcm``
+    in ``output_folder``.
+    """
+
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, algorithm: AlgorithmInfo,
+                 **kwargs) -> None:
+        self.output_folder = Path(output_folder)
+        self.algorithm = algorithm
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input(INPUT_PORT_IMAGE)
+        spec.input(INPUT_PORT_MASK)
+        spec.output(OUTPUT_PORT_SEG)
+
+    def compute(self, op_input, op_output, context) -> None:
+        source = op_input.receive(INPUT_PORT_IMAGE)
+        seg = build_segmentation(source, op_input.receive(INPUT_PORT_MASK), self.algorithm)
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        write_segmentation(seg, output_path(self.output_folder, source.dataset, OutputKind.SEG))
+        op_output.emit(seg, OUTPUT_PORT_SEG)

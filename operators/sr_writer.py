@@ -1,0 +1,362 @@
+"""Graph node 7c: Q_img, the per-object findings and the summary as a TID 1500 Structured Report.
+
+Comprehensive SR (it holds the SCOORD outlines; no 3-D coordinates are needed,
+and more PACS know Comprehensive SR than Comprehensive 3D SR).  Content tree::
+
+    Imaging Measurement Report (TID 1500)
+      language, device observer (TID 1004: name, model id), procedure reported
+      Image Library (TID 1600): the source image
+      Imaging Measurements
+        Measurement Group (TID 1501) "xiqa image quality", source image,
+            algorithm (TID 4019), Q_img, Q_filtered, number of objects,
+            verdict, filtered verdict
+        Measurement Group (TID 1410) "xiqa foreign bodies": SEG segment 1,
+            frame 1 (its tracking UID is the segment's), total area fraction,
+            number of objects
+        Measurement Group (TID 1410) "Object N", one per object: its outline as
+            a closed SCOORD POLYLINE on the source image, area fraction,
+            location weight, size penalty, severity, mean saliency
+      Qualitative Evaluations (TID 1500 row 12)
+        Narrative Summary (TEXT) and where it came from (LLM or template)
+
+Why objects are outlines and not SEG segments: the SEG has one segment for all
+objects (DESIGN), and TID 1410 lets a group reference a region or a segment,
+not part of a segment.  The object outline is its 8-connected component on the
+analysis grid, scaled to source pixels; a group whose component cannot be
+found (no grid mask given) uses the object's bounding box.
+
+Codes: see :mod:`xiqa.operators.codes` (private scheme ``99XIQA`` documented
+there and in the SR's Coding Scheme Identification Sequence).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+
+import cv2
+import highdicom as hd
+import numpy as np
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+from pydicom import Dataset
+from pydicom.uid import SegmentationStorage
+
+from . import codes as xc
+from .loader import SourceImage
+from .scoring import ObjectFinding, QualityResult
+from .seg_writer import FRAME_NUMBER, SEGMENT_NUMBER
+from .writer_common import (
+    MANUFACTURER,
+    OUTPUT_CHARACTER_SET,
+    AlgorithmInfo,
+    OutputKind,
+    output_identity,
+    output_path,
+    reference_dataset,
+    save_atomically,
+)
+
+INPUT_PORT_IMAGE = "source_image"
+INPUT_PORT_QUALITY = "quality"
+INPUT_PORT_SEG = "seg"
+INPUT_PORT_SUMMARY = "summary"
+INPUT_PORT_GRID_MASK = "mask"
+OUTPUT_PORT_SR = "sr"
+
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")  # UT keeps TAB, LF, FF, CR
+
+
+class SummarySource(str, Enum):
+    """Where the summary text came from."""
+
+    LLM = "llm"
+    """The local language model wrote it and it passed the consistency check."""
+    TEMPLATE = "template"
+    """The deterministic template wrote it (no model, or the model's text disagreed)."""
+
+    @property
+    def code(self):
+        return xc.SUMMARY_FROM_LLM if self is SummarySource.LLM else xc.SUMMARY_FROM_TEMPLATE
+
+
+def object_outlines(quality: QualityResult, grid_mask: np.ndarray | None,
+                    source_shape: tuple[int, int]) -> list[np.ndarray]:
+    """One closed outline per object, as (column, row) points in source pixel coordinates.
+
+    Coordinates follow DICOM SCOORD: (0, 0) is the top-left corner of the
+    top-left pixel.  The last point repeats the first.
+
+    Raises
+    ------
+    ValueError
+        ``grid_mask`` is given and its shape is not ``quality.grid_shape``.
+    """
+    grid_rows, grid_columns = quality.grid_shape
+    labels = None
+    if grid_mask is not None:
+        if grid_mask.shape != tuple(quality.grid_shape):
+            raise ValueError(f'Argument "grid_mask" must have the grid shape {quality.grid_shape}, '
+                             f"got {grid_mask.shape}")
+        _, labels = cv2.connectedComponents((grid_mask > 0).astype(np.uint8), connectivity=8)
+    scale = np.array([source_shape[1] / grid_columns, source_shape[0] / grid_rows])
+    outlines = []
+    for finding in quality.objects:
+        points = _component_contour(labels, finding) if labels is not None else None
+        if points is None:
+            y0, x0, y1, x1 = finding.bbox
+            points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
+        points = np.clip(points * scale, 0, [source_shape[1], source_shape[0]])
+        outlines.append(np.vstack([points, points[:1]]).astype(np.float32))
+    return outlines
+
+
+def _component_contour(labels: np.ndarray, finding: ObjectFinding) -> np.ndarray | None:
+    """The outer contour (pixel centres) of the component that ``finding`` was scored from."""
+    y0, x0, y1, x1 = finding.bbox
+    for label in np.unique(labels[y0:y1, x0:x1]):
+        if label == 0:
+            continue
+        component = labels == label
+        ys, xs = np.nonzero(component)
+        if ys.size != finding.area_pixels or (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1) \
+                != tuple(finding.bbox):
+            continue
+        contours, _ = cv2.findContours(component.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_SIMPLE)
+        contour = max(contours, key=cv2.contourArea)
+        if cv2.contourArea(contour) <= 0:
+            return None  # a line or a dot: its bounding box outlines it better
+        return contour[:, 0, :].astype(np.float64) + 0.5
+    return None
+
+
+def _number(name, value: float, **kwargs) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=float(value), unit=xc.UNITLESS, **kwargs)
+
+
+def _check_summary(summary: object) -> str:
+    if not isinstance(summary, str):
+        raise TypeError(f'Argument "summary" must be a str, got {type(summary).__name__}')
+    text = _TEXT_CONTROL.sub("", summary).strip()
+    if not text:
+        raise ValueError('Argument "summary" must not be empty')
+    return text
+
+
+def build_report(
+    source: SourceImage,
+    quality: QualityResult,
+    seg: Dataset,
+    summary: str,
+    summary_source: SummarySource | str,
+    algorithm: AlgorithmInfo,
+    grid_mask: np.ndarray | None = None,
+    uid_root: str | None = xc.DEFAULT_UID_ROOT,
+) -> hd.sr.ComprehensiveSR:
+    """The TID 1500 measurement report for one source image.
+
+    Parameters
+    ----------
+    source: xiqa.operators.loader.SourceImage
+        The analysed image.
+    quality: xiqa.operators.scoring.QualityResult
+        Q_img, Q_filtered, verdicts and per-object findings.
+    seg: pydicom.Dataset
+        The SEG written for this source (:func:`build_segmentation`); referenced.
+    summary: str
+        Plain-language summary for the radiographer.
+    summary_source: SummarySource | str
+        ``"llm"`` or ``"template"``.
+    algorithm: AlgorithmInfo
+        Name, version, model id and parameters.
+    grid_mask: numpy.ndarray | None, optional
+        The binary mask on the analysis grid that ``quality`` was scored from;
+        gives exact object outlines (bounding boxes without it).
+    uid_root: str | None, optional
+        Root for the derived UIDs; ``None`` gives ``2.25.`` UIDs.
+
+    Raises
+    ------
+    TypeError
+        An argument has the wrong type.
+    ValueError
+        ``summary`` is empty, ``summary_source`` unknown, ``seg`` is not a
+        Segmentation of this source, or ``grid_mask`` has the wrong shape.
+    """
+    if not isinstance(source, SourceImage):
+        raise TypeError(f'Argument "source" must be a SourceImage, got {type(source).__name__}')
+    if not isinstance(quality, QualityResult):
+        raise TypeError(f'Argument "quality" must be a QualityResult, got {type(quality).__name__}')
+    if not isinstance(seg, Dataset):
+        raise TypeError(f'Argument "seg" must be a pydicom Dataset, got {type(seg).__name__}')
+    if not isinstance(algorithm, AlgorithmInfo):
+        raise TypeError('Argument "algorithm" must be an AlgorithmInfo, got '
+                        f"{type(algorithm).__name__}")
+    try:
+        summary_source = SummarySource(summary_source)
+    except ValueError:
+        raise ValueError(f'Argument "summary_source" must be one of '
+                         f'{[s.value for s in SummarySource]}, got {summary_source!r}') from None
+    text = _check_summary(summary)
+    reference = reference_dataset(source.dataset)
+    _check_seg_references(seg, reference)
+    identity = output_identity(source.dataset, OutputKind.SR, algorithm, uid_root)
+    sop_uid = identity.sop_instance_uid
+
+    def tracking(key: object, label: str) -> hd.sr.TrackingIdentifier:
+        return hd.sr.TrackingIdentifier(uid=xc.derive_uid(("tracking", sop_uid, key), uid_root),
+                                        identifier=label)
+
+    source_class, source_uid = reference.SOPClassUID, reference.SOPInstanceUID
+    groups: list = [hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking("image", "xiqa image quality"),
+        algorithm_id=algorithm.sr_identification(),
+        source_images=[hd.sr.SourceImageForMeasurementGroup(source_class, source_uid)],
+        measurements=[
+            _number(xc.Q_IMG, quality.q_img),
+            _number(xc.Q_FILTERED, quality.q_filtered),
+            _number(xc.OBJECT_COUNT, len(quality.objects)),
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(xc.VERDICT, xc.VERDICT_CODES[quality.verdict]),
+            hd.sr.QualitativeEvaluation(xc.VERDICT_FILTERED,
+                                        xc.VERDICT_CODES[quality.verdict_filtered]),
+        ],
+    )]
+    segment = seg.SegmentSequence[SEGMENT_NUMBER - 1]
+    groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.TrackingUID,
+                                                     identifier=str(segment.TrackingID)),
+        # Built by hand: from_segmentation() looks for per-frame segment identification,
+        # which highdicom moves to the shared functional groups for a one-frame SEG.
+        referenced_segment=hd.sr.ReferencedSegmentationFrame(
+            sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+            frame_number=FRAME_NUMBER, segment_number=SEGMENT_NUMBER,
+            source_image=hd.sr.SourceImageForSegmentation(source_class, source_uid)),
+        finding_type=xc.FINDING_TYPE,
+        finding_category=xc.FINDING_CATEGORY,
+        algorithm_id=algorithm.sr_identification(),
+        measurements=[
+            _number(xc.TOTAL_AREA_FRACTION, sum(f.area_fraction for f in quality.objects)),
+            _number(xc.OBJECT_COUNT, len(quality.objects)),
+        ],
+    ))
+    shape = (int(reference.Rows), int(reference.Columns))
+    for number, (finding, outline) in enumerate(
+            zip(quality.objects, object_outlines(quality, grid_mask, shape), strict=True), start=1):
+        measurements = [
+            _number(xc.AREA_FRACTION, finding.area_fraction),
+            _number(xc.LOCATION_WEIGHT, finding.location_weight),
+            _number(xc.SIZE_PENALTY, finding.size_penalty),
+            _number(xc.SEVERITY, finding.severity),
+        ]
+        if finding.mean_saliency is not None:
+            measurements.append(_number(xc.SALIENCY, finding.mean_saliency, derivation=xc.MEAN))
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking(("object", number), f"Object {number}"),
+            referenced_region=hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline,
+                source_image=hd.sr.SourceImageForRegion(source_class, source_uid)),
+            finding_type=xc.FINDING_TYPE,
+            finding_category=xc.FINDING_CATEGORY,
+            algorithm_id=algorithm.sr_identification(),
+            measurements=measurements,
+        ))
+
+    observer = hd.sr.ObserverContext(
+        observer_type=xc.DEVICE_OBSERVER,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=xc.derive_uid(("device", *algorithm.uid_parts), uid_root),
+            name=algorithm.name, manufacturer_name=MANUFACTURER, model_name=algorithm.model_id,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=xc.PROCEDURE_REPORTED,
+        imaging_measurements=groups,
+        referenced_images=[reference],
+    )
+    report[0].ContentSequence.append(_qualitative_evaluations(text, summary_source))
+    return hd.sr.ComprehensiveSR(
+        evidence=[reference, seg],
+        content=report[0],
+        series_instance_uid=identity.series_instance_uid,
+        series_number=identity.series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=identity.instance_number,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=True,
+        is_verified=False,
+        series_description=identity.series_description,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=algorithm.model_id,
+        coding_schemes=[xc.private_coding_scheme()],
+        specific_character_set=OUTPUT_CHARACTER_SET,
+    )
+
+
+def _qualitative_evaluations(text: str, summary_source: SummarySource) -> hd.sr.ContainerContentItem:
+    container = hd.sr.ContainerContentItem(
+        name=xc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.TextContentItem(name=xc.NARRATIVE_SUMMARY, value=text,
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+        hd.sr.CodeContentItem(name=xc.SUMMARY_SOURCE, value=summary_source.code,
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+    ])
+    return container
+
+
+def _check_seg_references(seg: Dataset, reference: Dataset) -> None:
+    if str(seg.get("SOPClassUID", "")) != SegmentationStorage:
+        raise ValueError('Argument "seg" must be a Segmentation Storage instance')
+    if str(seg.get("StudyInstanceUID", "")) != str(reference.StudyInstanceUID):
+        raise ValueError('Argument "seg" must belong to the source\'s study')
+    referenced = {
+        str(instance.ReferencedSOPInstanceUID)
+        for series in seg.get("ReferencedSeriesSequence", [])
+        for instance in series.get("ReferencedInstanceSequence", [])
+    }
+    if str(reference.SOPInstanceUID) not in referenced:
+        raise ValueError('Argument "seg" must reference the source image')
+
+
+def write_report(sr: hd.sr.ComprehensiveSR, path: Path) -> Path:
+    """Save ``sr`` as a DICOM file (PS3.10) at ``path``, atomically (temp file, fsync, rename)."""
+    return save_atomically(sr, Path(path))
+
+
+class SrWriterOperator(Operator):
+    """Writes one TID 1500 SR per source image.
+
+    Named inputs: ``source_image`` (SourceImage), ``quality`` (QualityResult),
+    ``seg`` (the SEG from :class:`SegWriterOperator`), ``summary`` (a
+    ``(text, source)`` pair, source ``"llm"`` or ``"template"``), ``mask`` (the
+    analysis-grid mask).  Named output: ``sr``.  File output:
+    ``<source SOP Instance UID>_sr.dcm``.
+    """
+
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, algorithm: AlgorithmInfo,
+                 **kwargs) -> None:
+        self.output_folder = Path(output_folder)
+        self.algorithm = algorithm
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        for port in (INPUT_PORT_IMAGE, INPUT_PORT_QUALITY, INPUT_PORT_SEG, INPUT_PORT_SUMMARY,
+                     INPUT_PORT_GRID_MASK):
+            spec.input(port)
+        spec.output(OUTPUT_PORT_SR)
+
+    def compute(self, op_input, op_output, context) -> None:
+        source = op_input.receive(INPUT_PORT_IMAGE)
+        text, summary_source = op_input.receive(INPUT_PORT_SUMMARY)
+        sr = build_report(source, op_input.receive(INPUT_PORT_QUALITY),
+                          op_input.receive(INPUT_PORT_SEG), text, summary_source, self.algorithm,
+                          grid_mask=op_input.receive(INPUT_PORT_GRID_MASK))
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        write_report(sr, output_path(self.output_folder, source.dataset, OutputKind.SR))
+        op_output.emit(sr, OUTPUT_PORT_SR)

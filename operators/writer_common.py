@@ -1,0 +1,434 @@
+"""What the SEG, SC and SR writers share: identity of an output, and a clean copy of the source.
+
+Placement of outputs
+--------------------
+Every output goes into the source's study.  Each kind (SEG, SC, SR) has its own
+series per study, algorithm version and model: the series UID is derived from
+the Study Instance UID and those, the SOP Instance UID from the source's SOP
+Instance UID and those (see :func:`xiqa.operators.codes.derive_uid`), so
+reprocessing a source replaces its outputs instead of duplicating them, and
+all images of a study analysed by one model land in the same three series.
+Series Date/Time are left out (Type 3): a series spans instances made at
+different times.  The Instance Number is the source's, so outputs sort like
+their sources.
+
+The reference copy
+------------------
+highdicom copies patient, study and equipment attributes from the dataset it
+is given.  Real CR/DX files break the rules in ways highdicom then faithfully
+copies (a name over 64 characters, a date "2024-01-31", Pixel Spacing 0\\0, no
+Accession Number at all), so the writers hand highdicom :func:`reference_dataset`
+instead of the source: a header-only copy of a fixed list of attributes, each
+checked and repaired or dropped.  Repairs never touch an identifier (Patient ID,
+Issuer of Patient ID, Accession Number, Study ID, UIDs): a truncated identifier
+could point at another patient, so an identifier that breaks its VR is copied
+unchanged (and the output repeats the source's error) rather than altered.
+Repairs are logged by attribute keyword only, never by value.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import highdicom as hd
+from pydicom import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
+
+from .codes import ALGORITHM_FAMILY, DEFAULT_UID_ROOT, check_uid_root, derive_uid
+
+logger = logging.getLogger(__name__)
+
+#: Manufacturer (General Equipment) of every output.
+MANUFACTURER = "xiqa project"
+
+#: Every output is written in UTF-8, which can hold any name the source decodes to.
+OUTPUT_CHARACTER_SET = "ISO_IR 192"
+
+# highdicom's check_person_name warns with the name in the message text; warnings end up in
+# logs, and logs must never carry patient names.  The filter matches only that warning.
+warnings.filterwarnings(
+    "ignore", message=r"The string .* is unlikely to represent the intended person name",
+    category=UserWarning,
+)
+
+
+class _DropPersonNames(logging.Filter):
+    """Drops highdicom log records that would quote a person name."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "patient_name" not in str(record.msg) and "person name" not in str(record.msg)
+
+
+logging.getLogger("highdicom").addFilter(_DropPersonNames())
+logging.getLogger("highdicom.base").addFilter(_DropPersonNames())
+
+
+class OutputKind(str, Enum):
+    """The three DICOM objects written per source image."""
+
+    SEG = "seg"
+    SC = "sc"
+    SR = "sr"
+
+    @property
+    def series_number(self) -> int:
+        """Fixed per kind, high enough to sort after the modality's own series."""
+        return {"seg": 9101, "sc": 9102, "sr": 9103}[self.value]
+
+    @property
+    def series_description(self) -> str:
+        return {
+            "seg": "xiqa foreign objects (SEG)",
+            "sc": "xiqa saliency heatmap (SC)",
+            "sr": "xiqa image quality report (SR)",
+        }[self.value]
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """Who made an output: algorithm name and version, model id and run parameters.
+
+    ``parameters`` (e.g. ``("saliency=gradcam",)``) are recorded in the outputs
+    and take part in UID derivation, so another saliency method gives other UIDs.
+
+    Raises
+    ------
+    TypeError
+        A field has the wrong type.
+    ValueError
+        A field is empty, longer than DICOM allows (64 characters, LO), or
+        contains a backslash.
+    """
+
+    name: str
+    version: str
+    model_id: str
+    parameters: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for key in ("name", "version", "model_id"):
+            value = getattr(self, key)
+            if not isinstance(value, str):
+                raise TypeError(f'Argument "{key}" must be a str, got {type(value).__name__}')
+            _check_long_string(key, value)
+        if not isinstance(self.parameters, tuple) or \
+                not all(isinstance(p, str) for p in self.parameters):
+            raise TypeError('Argument "parameters" must be a tuple of str')
+        for parameter in self.parameters:
+            _check_long_string("parameters", parameter)
+
+    @property
+    def uid_parts(self) -> tuple[str, ...]:
+        return (self.name, self.version, self.model_id, *self.parameters)
+
+    def identification_sequence(self) -> hd.AlgorithmIdentificationSequence:
+        """SEG Segment Algorithm Identification (name, family, version, model id)."""
+        parameters = {"model_id": self.model_id}
+        for index, parameter in enumerate(self.parameters, start=1):
+            key, sep, value = parameter.partition("=")
+            parameters[key if sep else f"parameter_{index}"] = value if sep else parameter
+        return hd.AlgorithmIdentificationSequence(
+            name=self.name, family=ALGORITHM_FAMILY, version=self.version, parameters=parameters,
+        )
+
+    def sr_identification(self) -> hd.sr.AlgorithmIdentification:
+        """TID 4019 Algorithm Identification; the model id is the first parameter."""
+        return hd.sr.AlgorithmIdentification(
+            name=self.name, version=self.version,
+            parameters=[f"model_id={self.model_id}", *self.parameters],
+        )
+
+
+def _check_long_string(key: str, value: str) -> None:
+    if not value:
+        raise ValueError(f'Argument "{key}" must not be empty')
+    if len(value.encode("utf-8")) > 64 or "\\" in value:
+        raise ValueError(f'Argument "{key}" must fit DICOM LO (at most 64 bytes, no backslash), '
+                         f"got {value!r}")
+
+
+@dataclass(frozen=True)
+class OutputIdentity:
+    """Where one output sits: study, its series, its own UID and numbers."""
+
+    kind: OutputKind
+    study_instance_uid: str
+    series_instance_uid: UID
+    sop_instance_uid: UID
+    series_number: int
+    instance_number: int
+
+    @property
+    def series_description(self) -> str:
+        return self.kind.series_description
+
+
+def output_identity(source: Dataset, kind: OutputKind | str, algorithm: AlgorithmInfo,
+                    uid_root: str | None = DEFAULT_UID_ROOT) -> OutputIdentity:
+    """Derived, reproducible UIDs and numbers of the ``kind`` output for ``source``.
+
+    Raises
+    ------
+    ValueError
+        ``kind`` is not an output kind, ``uid_root`` is invalid, or the source
+        has no Study or SOP Instance UID (it cannot be placed in its study).
+    """
+    kind = OutputKind(kind)
+    if uid_root is not None:
+        uid_root = check_uid_root(uid_root)
+    study_uid = str(source.get("StudyInstanceUID", "") or "")
+    sop_uid = str(source.get("SOPInstanceUID", "") or "")
+    if not study_uid or not sop_uid:
+        raise ValueError('Argument "source" must have a Study Instance UID and a SOP Instance UID')
+    return OutputIdentity(
+        kind=kind,
+        study_instance_uid=study_uid,
+        series_instance_uid=derive_uid(("series", study_uid, kind.value, *algorithm.uid_parts),
+                                       uid_root),
+        sop_instance_uid=derive_uid(("instance", sop_uid, kind.value, *algorithm.uid_parts),
+                                    uid_root),
+        series_number=kind.series_number,
+        instance_number=_instance_number(source),
+    )
+
+
+def _instance_number(source: Dataset) -> int:
+    try:
+        number = int(source.get("InstanceNumber", 1))
+    except (TypeError, ValueError):
+        return 1
+    return number if 1 <= number <= 2**31 - 1 else 1
+
+
+# --- files ------------------------------------------------------------------------
+
+def output_path(folder: Path, source: Dataset, kind: OutputKind | str) -> Path:
+    """``folder / <source SOP Instance UID>_<kind>.dcm``; the UID is sanitised for file systems.
+
+    Raises
+    ------
+    ValueError
+        ``kind`` is not an output kind.
+    """
+    uid = str(source.get("SOPInstanceUID", "") or "")
+    safe_uid = _UNSAFE_FILE_CHARACTERS.sub("_", uid)[:128] or "unknown"
+    return Path(folder) / f"{safe_uid}_{OutputKind(kind).value}.dcm"
+
+
+def save_atomically(dataset: Dataset, path: Path) -> Path:
+    """Write ``dataset`` to a temporary file beside ``path``, fsync it, then rename it."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            dataset.save_as(stream, enforce_file_format=True)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --- the reference copy ---------------------------------------------------------
+
+# Identifiers: copied unchanged whatever they hold (see the module docstring).
+_IDENTIFIERS = ("PatientID", "IssuerOfPatientID", "AccessionNumber", "StudyID",
+                "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+# Type 2 attributes of the Patient and General Study modules: present, maybe empty.
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_PERSON_NAMES = ("PatientName", "ReferringPhysicianName")
+_DATES = ("PatientBirthDate", "StudyDate")
+_TIMES = ("StudyTime",)
+# Free text, with the VR's length in bytes (UTF-8 bytes: safe whether a checker counts
+# characters or bytes).
+_TEXTS = {"StudyDescription": 64, "Manufacturer": 64, "ManufacturerModelName": 64,
+          "DeviceSerialNumber": 64, "InstitutionName": 64, "InstitutionalDepartmentName": 64,
+          "StationName": 16}
+_PIXEL_MODULE = ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation",
+                 "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation")
+_CODE_STRING = re.compile(r"^[A-Z0-9_ ]{0,16}$")
+_ORIENTATION = re.compile(r"^[APRLHF]{1,3}$")
+_AGE = re.compile(r"^[0-9]{3}[DWMY]$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE_FILE_CHARACTERS = re.compile(r"[^0-9A-Za-z.\-]")
+
+
+def reference_dataset(source: Dataset) -> Dataset:
+    """A header-only copy of ``source`` that highdicom can copy from without breaking VRs.
+
+    Holds the source's SOP, study and series identity, pixel geometry, patient and
+    study attributes (repaired where they break their VR) and acquisition
+    equipment; no pixel data, no private tags, no sequences.
+
+    Raises
+    ------
+    TypeError
+        ``source`` is not a pydicom Dataset.
+    ValueError
+        ``source`` lacks an attribute without which no output can be placed
+        (SOP Class/Instance UID, Study/Series Instance UID, Rows, Columns).
+    """
+    if not isinstance(source, Dataset):
+        raise TypeError(f'Argument "source" must be a pydicom Dataset, got {type(source).__name__}')
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                    "Rows", "Columns"):
+        if not source.get(keyword):
+            raise ValueError(f'Argument "source" has no {keyword}; no output can reference it')
+    ref = Dataset()
+    ref.SpecificCharacterSet = OUTPUT_CHARACTER_SET
+    repaired: list[str] = []
+    for keyword in _IDENTIFIERS:
+        if keyword in source:
+            value = source[keyword].value
+            setattr(ref, keyword, "" if value is None else value)
+    for keyword in _TYPE2:
+        if keyword not in ref:
+            setattr(ref, keyword, "")
+    for keyword in _PERSON_NAMES:
+        if source.get(keyword):
+            name = _person_name(source[keyword].value)
+            repaired += [keyword] if name != str(source[keyword].value) else []
+            setattr(ref, keyword, name)
+    for keyword in _DATES:
+        if source.get(keyword):
+            value = _date(source[keyword].value)
+            repaired += [keyword] if value != str(source[keyword].value) else []
+            setattr(ref, keyword, value)
+    for keyword in _TIMES:
+        if source.get(keyword):
+            value = _time(source[keyword].value)
+            repaired += [keyword] if value != str(source[keyword].value).strip() else []
+            setattr(ref, keyword, value)
+    sex = str(source.get("PatientSex", "") or "").strip().upper()
+    ref.PatientSex = sex if sex in ("M", "F", "O") else ""
+    age = str(source.get("PatientAge", "") or "").strip()
+    if _AGE.match(age):
+        ref.PatientAge = age
+    for keyword, limit in _TEXTS.items():
+        text = _text(source.get(keyword), limit)
+        if text:
+            setattr(ref, keyword, text)
+    for keyword in _PIXEL_MODULE:
+        if keyword in source:
+            setattr(ref, keyword, source[keyword].value)
+    modality = str(source.get("Modality", "") or "").strip()
+    ref.Modality = modality if modality and _CODE_STRING.match(modality) else "OT"
+    spacing = _positive_pair(source.get("PixelSpacing"))
+    if spacing is not None:
+        ref.PixelSpacing = spacing
+    elif "PixelSpacing" in source:
+        repaired.append("PixelSpacing")
+    orientation = patient_orientation(source)
+    if orientation is not None:
+        ref.PatientOrientation = list(orientation)
+    ref.InstanceNumber = _instance_number(source)
+    if repaired:
+        logger.info("source %s: repaired or dropped %s for the outputs",
+                    source.SOPInstanceUID, ", ".join(sorted(set(repaired))))
+    return ref
+
+
+def patient_orientation(source: Dataset) -> tuple[str, str] | None:
+    """The source's Patient Orientation when it is two valid values (e.g. ``L``, ``FH``)."""
+    value = source.get("PatientOrientation")
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else \
+        ([value] if value else [])
+    values = [str(v).strip().upper() for v in values]
+    if len(values) == 2 and all(_ORIENTATION.match(v) for v in values):
+        return values[0], values[1]
+    return None
+
+
+def pixel_spacing(source: Dataset) -> tuple[float, float] | None:
+    """Pixel Spacing when present and two positive numbers; Imager Pixel Spacing is not used.
+
+    Imager Pixel Spacing is measured at the detector, not in the patient, so
+    writing it as Pixel Spacing would claim a calibration the source never made.
+    """
+    pair = _positive_pair(source.get("PixelSpacing"))
+    return (float(pair[0]), float(pair[1])) if pair else None
+
+
+def _positive_pair(value: object) -> list[str] | None:
+    if not isinstance(value, (list, tuple, MultiValue)) or len(value) != 2:
+        return None
+    try:
+        numbers = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    if not all(0 < n < 1e6 for n in numbers):
+        return None
+    return [_decimal_string(n) for n in numbers]
+
+
+def _decimal_string(number: float) -> str:
+    """At most 16 characters, as DS demands."""
+    for digits in range(10, 0, -1):
+        text = f"{number:.{digits}g}"
+        if len(text) <= 16:
+            return text
+    return f"{number:.1e}"
+
+
+def _truncate_bytes(text: str, limit: int) -> str:
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit].decode("utf-8", errors="ignore")
+
+
+def _text(value: object, limit: int) -> str:
+    """Single-line LO/SH text: control characters and backslashes removed, fitted to ``limit``."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        value = value[0] if len(value) else ""
+    text = _CONTROL.sub(" ", str(value)).replace("\\", "/").strip()
+    return _truncate_bytes(text, limit).strip()
+
+
+def _person_name(value: object) -> str:
+    """PN: at most three component groups of at most five components and 64 bytes each."""
+    text = _CONTROL.sub("", str(value)).replace("\\", " ")
+    groups = []
+    for group in text.split("=")[:3]:
+        components = group.split("^")[:5]
+        groups.append(_truncate_bytes("^".join(components), 64))
+    return "=".join(groups).rstrip("=")
+
+
+def _date(value: object) -> str:
+    """DA as YYYYMMDD; the old ``YYYY.MM.DD`` and ISO ``YYYY-MM-DD`` forms are converted."""
+    text = re.sub(r"[.\-]", "", str(value).strip()) if re.match(
+        r"^\d{4}([.\-])\d{2}\1\d{2}$", str(value).strip()) else str(value).strip()
+    try:
+        datetime.datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return ""
+    return text if len(text) == 8 else ""
+
+
+def _time(value: object) -> str:
+    """TM as HH[MM[SS[.F{1,6}]]]; the old ``HH:MM:SS`` form is converted."""
+    text = str(value).strip()
+    if re.match(r"^\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?$", text):
+        text = text.replace(":", "")
+    match = re.match(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$", text)
+    if not match or (match.group(4) and not match.group(3)):
+        return ""
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups()[:3])
+    if hours > 23 or minutes > 59 or seconds > 60:
+        return ""
+    return text

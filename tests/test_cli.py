@@ -1,0 +1,75 @@
+"""`xiqa analyze` contract: outputs per source, rejection lines, exit codes, no patient identity."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xiqa.cli import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, main
+
+
+@pytest.fixture(scope="module")
+def random_bundle(tmp_path_factory) -> Path:
+    """An untrained bundle: the contract does not depend on what the network finds."""
+    from xiqa.operators.segmentation import NetworkSpec, build_network
+    from xiqa.training.trainer import write_bundle
+
+    spec = NetworkSpec(encoder="mobilenet_v2")
+    folder = tmp_path_factory.mktemp("bundle") / "random"
+    return write_bundle(folder, build_network(spec), spec, name="random", description="untrained",
+                        metrics={}, training={})
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "xiqa.cli", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_analyze_writes_reports_and_rejects_broken_file_with_exit_1(tmp_path, fixture_dir, random_bundle):
+    inputs = tmp_path / "in"
+    shutil.copytree(fixture_dir / "dicom", inputs)
+    (inputs / "broken.dcm").write_text("CANARY^PHI^LEAK")
+    result = _run("analyze", str(inputs), "--output", str(tmp_path / "out"), "--model", str(random_bundle),
+                  "--no-progress")
+    assert result.returncode == EXIT_REJECTED, result.stderr
+    rejected = [line for line in result.stderr.splitlines() if line.startswith("rejected ")]
+    assert rejected == [f"rejected {inputs / 'broken.dcm'}: not a DICOM file (no DICM prefix and no valid header)"]
+    reports = sorted((tmp_path / "out").glob("*/report.json"))
+    assert len(reports) == len(list(fixture_dir.glob("dicom/*/*.dcm")))
+    report = json.loads(reports[0].read_text())
+    for key in ("source_sop_instance_uid", "q_img", "q_filtered", "verdict", "objects", "saliency_method",
+                "model_id", "summary", "timings_seconds"):
+        assert key in report
+    assert report["model_id"].startswith("random@")
+    assert {"load", "preprocess", "segmentation", "scoring"} <= set(report["timings_seconds"])
+    assert (reports[0].parent / "report.png").stat().st_size > 10_000
+    for stream in (result.stdout, result.stderr):
+        assert "CANARY" not in stream and "DOE^JANE" not in stream and "XQ0" not in stream
+
+
+def test_analyze_exits_0_when_every_input_is_processed(tmp_path, fixture_records, random_bundle, capsys):
+    # in-process on purpose: the graph must run more than once in one process (service, tests)
+    status = main(["analyze", str(fixture_records[0].dicom_path), "--output", str(tmp_path),
+                   "--model", str(random_bundle)])
+    captured = capsys.readouterr()
+    assert status == EXIT_OK, captured.err
+    assert "verdict" in captured.out and "Q_img" in captured.out
+
+
+def test_missing_input_is_rejected_by_name(tmp_path, fixture_records, random_bundle, capsys):
+    status = main(["analyze", str(tmp_path / "nope.dcm"), str(fixture_records[1].dicom_path),
+                   "--output", str(tmp_path / "o"), "--model", str(random_bundle)])
+    assert status == EXIT_REJECTED
+    assert f"rejected {tmp_path / 'nope.dcm'}: no such file or folder" in capsys.readouterr().err
+    assert len(list((tmp_path / "o").glob("*/report.json"))) == 1
+
+
+def test_usage_errors_exit_2():
+    assert main(["analyze", "x.dcm"]) == EXIT_USAGE  # --output missing
+    assert main(["analyze", "x.dcm", "--output", "o", "--saliency", "lime"]) == EXIT_USAGE
+    assert main(["frobnicate"]) == EXIT_USAGE
