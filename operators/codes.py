@@ -153,6 +153,31 @@ QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 #: Purpose of reference (CID 7202) from the SC to its source image.
 SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
 
+#: TID 1600 Image Library, TID 1601 entry and TID 1602/1603 descriptors.  Written by us
+#: because highdicom's descriptors for CR/DX demand Patient Orientation and Imager Pixel
+#: Spacing, which TID 1603 only asks for when the image has them.
+IMAGE_LIBRARY = codes.DCM.ImageLibrary
+IMAGE_LIBRARY_GROUP = codes.DCM.ImageLibraryGroup
+IMAGE_LIBRARY_ENTRY = codes.SCT.Source
+MODALITY = codes.DCM.Modality
+PIXEL_DATA_ROWS = codes.DCM.PixelDataRows
+PIXEL_DATA_COLUMNS = codes.DCM.PixelDataColumns
+PATIENT_ORIENTATION_ROW = codes.DCM.PatientOrientationRow
+PATIENT_ORIENTATION_COLUMN = codes.DCM.PatientOrientationColumn
+HORIZONTAL_PIXEL_SPACING = codes.DCM.HorizontalPixelSpacing
+VERTICAL_PIXEL_SPACING = codes.DCM.VerticalPixelSpacing
+MILLIMETRE = codes.UCUM.Millimeter
+#: UCUM annotation unit for pixel counts (the unit highdicom writes for TID 1602 rows/columns).
+PIXELS = Code("{pixels}", "UCUM", "Pixels")
+
+#: CID 29 acquisition modality of each source SOP class the loader accepts.
+MODALITY_BY_SOP_CLASS: dict[str, Code] = {
+    "1.2.840.10008.5.1.4.1.1.1": codes.DCM.ComputedRadiography,
+    "1.2.840.10008.5.1.4.1.1.1.1": codes.DCM.DigitalRadiography,
+    "1.2.840.10008.5.1.4.1.1.1.1.1": codes.DCM.DigitalRadiography,
+    "1.2.840.10008.5.1.4.1.1.7": codes.DCM.Other,
+}
+
 
 # --- UIDs ------------------------------------------------------------------------
 

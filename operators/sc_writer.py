@@ -33,6 +33,7 @@ from .writer_common import (
     OUTPUT_CHARACTER_SET,
     AlgorithmInfo,
     OutputKind,
+    body_part_examined,
     output_identity,
     output_path,
     patient_orientation,
@@ -242,6 +243,13 @@ def build_heatmap_capture(
         specific_character_set=OUTPUT_CHARACTER_SET,
     )
     sc.PatientOrientation = list(orientation) if orientation else ""
+    # General Series: Laterality is Type 2C (paired body parts); a chest is not paired, and
+    # saying which body part this is lets a checker see that.  Unknown: empty Laterality.
+    body_part = body_part_examined(source.dataset)
+    if body_part:
+        sc.BodyPartExamined = body_part
+    else:
+        sc.Laterality = ""
     sc.copy_patient_and_study_information(reference)
     _describe_derivation(sc, source.dataset, algorithm)
     return sc

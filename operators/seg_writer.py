@@ -28,6 +28,7 @@ from .writer_common import (
     OutputKind,
     output_identity,
     output_path,
+    patient_orientation,
     reference_dataset,
     save_atomically,
 )
@@ -111,7 +112,7 @@ def build_segmentation(
         tracking_uid=derive_uid(("segment", identity.sop_instance_uid, SEGMENT_NUMBER), uid_root),
         tracking_id="xiqa foreign bodies",
     )
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=[reference],
         pixel_array=binary,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -130,6 +131,12 @@ def build_segmentation(
         series_description=identity.series_description,
         specific_character_set=OUTPUT_CHARACTER_SET,
     )
+    # General Image: Patient Orientation is Type 2C, required here because a SEG of a
+    # projection image has no Frame of Reference; highdicom leaves it out.  The SEG's pixels
+    # are the source's, so is its orientation (empty when the source has none).
+    orientation = patient_orientation(source.dataset)
+    seg.PatientOrientation = list(orientation) if orientation else ""
+    return seg
 
 
 def write_segmentation(seg: hd.seg.Segmentation, path: Path) -> Path:

@@ -51,8 +51,10 @@ from .writer_common import (
     OUTPUT_CHARACTER_SET,
     AlgorithmInfo,
     OutputKind,
+    imager_pixel_spacing,
     output_identity,
     output_path,
+    patient_orientation,
     reference_dataset,
     save_atomically,
 )
@@ -131,6 +133,29 @@ def _component_contour(labels: np.ndarray, finding: ObjectFinding) -> np.ndarray
     return None
 
 
+def _segment_reference(seg: Dataset, source_class: str,
+                       source_uid: str) -> hd.sr.ReferencedSegmentationFrame:
+    """TID 1410 "Referenced Segmentation Frame" to segment 1 of ``seg``.
+
+    Built by hand: ``from_segmentation()`` looks for per-frame segment
+    identification, which highdicom puts in the shared functional groups of a
+    one-frame SEG.  The Referenced Frame Number is then removed: the Image SOP
+    Instance Reference Macro (PS3.3 10.3) lets a reference name the segment or
+    the frame, not both (dciodvfy: "Shall not be present when
+    ReferencedFrameNumber is present"), and with a single frame the segment
+    number says it all.
+    """
+    reference = hd.sr.ReferencedSegmentationFrame(
+        sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+        frame_number=FRAME_NUMBER, segment_number=SEGMENT_NUMBER,
+        source_image=hd.sr.SourceImageForSegmentation(source_class, source_uid))
+    for item in reference:
+        for referenced in item.get("ReferencedSOPSequence", []):
+            if "ReferencedSegmentNumber" in referenced and "ReferencedFrameNumber" in referenced:
+                del referenced.ReferencedFrameNumber
+    return reference
+
+
 def _number(name, value: float, **kwargs) -> hd.sr.Measurement:
     return hd.sr.Measurement(name=name, value=float(value), unit=xc.UNITLESS, **kwargs)
 
@@ -200,6 +225,9 @@ def build_report(
                          f'{[s.value for s in SummarySource]}, got {summary_source!r}') from None
     text = _check_summary(summary)
     reference = reference_dataset(source.dataset)
+    if str(reference.SOPClassUID) not in xc.MODALITY_BY_SOP_CLASS:
+        raise ValueError(f'Argument "source" has SOP class {reference.SOPClassUID}, not one of '
+                         f"{sorted(xc.MODALITY_BY_SOP_CLASS)}")
     _check_seg_references(seg, reference)
     identity = output_identity(source.dataset, OutputKind.SR, algorithm, uid_root)
     sop_uid = identity.sop_instance_uid
@@ -228,12 +256,7 @@ def build_report(
     groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.TrackingUID,
                                                      identifier=str(segment.TrackingID)),
-        # Built by hand: from_segmentation() looks for per-frame segment identification,
-        # which highdicom moves to the shared functional groups for a one-frame SEG.
-        referenced_segment=hd.sr.ReferencedSegmentationFrame(
-            sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
-            frame_number=FRAME_NUMBER, segment_number=SEGMENT_NUMBER,
-            source_image=hd.sr.SourceImageForSegmentation(source_class, source_uid)),
+        referenced_segment=_segment_reference(seg, source_class, source_uid),
         finding_type=xc.FINDING_TYPE,
         finding_category=xc.FINDING_CATEGORY,
         algorithm_id=algorithm.sr_identification(),
@@ -275,9 +298,11 @@ def build_report(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=xc.PROCEDURE_REPORTED,
         imaging_measurements=groups,
-        referenced_images=[reference],
     )
-    report[0].ContentSequence.append(_qualitative_evaluations(text, summary_source))
+    content = report[0].ContentSequence
+    # TID 1500 order: ..., procedure reported, Image Library, Imaging Measurements, ...
+    content.insert(len(content) - 1, _image_library(reference, source.dataset))
+    content.append(_qualitative_evaluations(text, summary_source))
     return hd.sr.ComprehensiveSR(
         evidence=[reference, seg],
         content=report[0],
@@ -296,6 +321,47 @@ def build_report(
         coding_schemes=[xc.private_coding_scheme()],
         specific_character_set=OUTPUT_CHARACTER_SET,
     )
+
+
+def _image_library(reference: Dataset, source: Dataset) -> hd.sr.ContainerContentItem:
+    """TID 1600 with one entry; TID 1603 descriptors only where the source has valid values."""
+    acquisition = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
+    descriptors = [
+        hd.sr.CodeContentItem(xc.MODALITY, xc.MODALITY_BY_SOP_CLASS[str(reference.SOPClassUID)],
+                              relationship_type=acquisition),
+        hd.sr.NumContentItem(xc.PIXEL_DATA_ROWS, int(reference.Rows), unit=xc.PIXELS,
+                             relationship_type=acquisition),
+        hd.sr.NumContentItem(xc.PIXEL_DATA_COLUMNS, int(reference.Columns), unit=xc.PIXELS,
+                             relationship_type=acquisition),
+    ]
+    orientation = patient_orientation(source)
+    if orientation is not None:
+        descriptors += [
+            hd.sr.TextContentItem(xc.PATIENT_ORIENTATION_ROW, orientation[0],
+                                  relationship_type=acquisition),
+            hd.sr.TextContentItem(xc.PATIENT_ORIENTATION_COLUMN, orientation[1],
+                                  relationship_type=acquisition),
+        ]
+    spacing = imager_pixel_spacing(source)
+    if spacing is not None:
+        descriptors += [
+            hd.sr.NumContentItem(xc.HORIZONTAL_PIXEL_SPACING, spacing[1], unit=xc.MILLIMETRE,
+                                 relationship_type=acquisition),
+            hd.sr.NumContentItem(xc.VERTICAL_PIXEL_SPACING, spacing[0], unit=xc.MILLIMETRE,
+                                 relationship_type=acquisition),
+        ]
+    entry = hd.sr.ImageContentItem(
+        name=xc.IMAGE_LIBRARY_ENTRY, referenced_sop_class_uid=reference.SOPClassUID,
+        referenced_sop_instance_uid=reference.SOPInstanceUID,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    entry.ContentSequence = hd.sr.ContentSequence(descriptors)
+    group = hd.sr.ContainerContentItem(name=xc.IMAGE_LIBRARY_GROUP,
+                                       relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    group.ContentSequence = hd.sr.ContentSequence([entry])
+    library = hd.sr.ContainerContentItem(name=xc.IMAGE_LIBRARY,
+                                         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    library.ContentSequence = hd.sr.ContentSequence([group])
+    return library
 
 
 def _qualitative_evaluations(text: str, summary_source: SummarySource) -> hd.sr.ContainerContentItem:

@@ -361,6 +361,18 @@ def pixel_spacing(source: Dataset) -> tuple[float, float] | None:
     return (float(pair[0]), float(pair[1])) if pair else None
 
 
+def body_part_examined(source: Dataset) -> str | None:
+    """Body Part Examined when it is a valid code string (e.g. ``CHEST``)."""
+    value = str(source.get("BodyPartExamined", "") or "").strip().upper()
+    return value if value and _CODE_STRING.match(value) else None
+
+
+def imager_pixel_spacing(source: Dataset) -> tuple[float, float] | None:
+    """Imager Pixel Spacing (row, column spacing at the detector) when two positive numbers."""
+    pair = _positive_pair(source.get("ImagerPixelSpacing"))
+    return (float(pair[0]), float(pair[1])) if pair else None
+
+
 def _positive_pair(value: object) -> list[str] | None:
     if not isinstance(value, (list, tuple, MultiValue)) or len(value) != 2:
         return None

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from xiqa.cli import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, main
 
 

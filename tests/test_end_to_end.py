@@ -8,7 +8,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-
 from xiqa.app import RunSettings, run_graph
 from xiqa.dicom_fixtures.generate import write_fixture_set
 from xiqa.operators.loader import expand_inputs

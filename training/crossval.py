@@ -8,7 +8,8 @@ Layout under the output folder::
     work/fold_K/checkpoint.pt    last epoch (weights, optimizer, engine, best weights, counters)
     work/fold_K/history.csv      per epoch: train loss, validation Dice, best so far, seconds
     work/fold_K/per_image.csv    held-out metrics per test image
-    bundles/fold_K/              MONAI bundle (configs/metadata.json, inference.json, models/model.pt)
+    bundles/fold_K/              MONAI bundle: configs/metadata.json, configs/inference.json,
+                                 models/model.pt
     cv_summary.json / .md / .png mean ± std over folds
 
 ``load_segmentation_model(OUTPUT / "bundles")`` loads the K folds as an
@@ -43,7 +44,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from xiqa.operators.segmentation import NetworkSpec, build_network, pick_device
 
 from .datasets import evaluation_transforms, training_transforms
@@ -137,7 +137,8 @@ class PooledDiceMetric:
         from monai.metrics import CumulativeIterationMetric
 
         class _PooledDice(CumulativeIterationMetric):
-            def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs):
+            def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None,
+                                **kwargs):
                 prediction, truth = y_pred > 0.5, y > 0.5
                 dims = tuple(range(1, prediction.ndim))
                 return torch.stack([(prediction & truth).sum(dims), prediction.sum(dims),
@@ -181,7 +182,8 @@ class PerImageCollector:
 def _postprocessing():
     from monai.transforms import Activationsd, AsDiscreted, Compose
 
-    return Compose([Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=0.5)])
+    return Compose([Activationsd(keys="pred", sigmoid=True),
+                    AsDiscreted(keys="pred", threshold=0.5)])
 
 
 def _loader(samples: list[dict], transform, batch_size: int, workers: int, sampler=None,
@@ -202,11 +204,10 @@ def evaluate_samples(network: torch.nn.Module, samples: list[dict], config: Cros
     from monai.engines import SupervisedEvaluator
 
     collector = PerImageCollector(config.boundary_dilation_ratio)
-    evaluator = SupervisedEvaluator(
-        device=device, val_data_loader=_loader(samples, evaluation_transforms(config.spec.in_channels),
-                                               config.batch_size, config.workers),
-        network=network, postprocessing=_postprocessing(), val_handlers=[collector],
-    )
+    loader = _loader(samples, evaluation_transforms(config.spec.in_channels), config.batch_size,
+                     config.workers)
+    evaluator = SupervisedEvaluator(device=device, val_data_loader=loader, network=network,
+                                    postprocessing=_postprocessing(), val_handlers=[collector])
     evaluator.run()
     summary = summarise(collector.rows)
     if collector.rows:
@@ -220,7 +221,7 @@ def evaluate_samples(network: torch.nn.Module, samples: list[dict], config: Cros
 
 def train_fold(fold: Fold, samples: list[dict], config: CrossValConfig, folder: Path,
                device: torch.device) -> tuple[torch.nn.Module, FoldCheckpointer]:
-    """Train one fold (resuming from ``folder/checkpoint.pt`` if there); returns the best network."""
+    """Train one fold (resumes from ``folder/checkpoint.pt``); returns the best network."""
     from monai.engines import SupervisedEvaluator, SupervisedTrainer
     from monai.handlers import CheckpointLoader, IgniteMetricHandler, ValidationHandler
     from monai.handlers.utils import from_engine
@@ -236,7 +237,8 @@ def train_fold(fold: Fold, samples: list[dict], config: CrossValConfig, folder: 
     augment = training_transforms(config.spec.in_channels, config.augment, config.image_size)
     sampler = EpochSampler(len(train_samples), derive_seed(config.seed, fold.index, 0))
     generator = torch.Generator()
-    train_loader = _loader(train_samples, augment, config.batch_size, config.workers, sampler, generator)
+    train_loader = _loader(train_samples, augment, config.batch_size, config.workers, sampler,
+                           generator)
     validation_loader = _loader(validation_samples, evaluation_transforms(config.spec.in_channels),
                                 config.batch_size, config.workers)
 
@@ -329,7 +331,7 @@ def run_cross_validation(samples: list[dict], output: Path, config: CrossValConf
     output.mkdir(parents=True, exist_ok=True)
     ids = [sample["id"] for sample in samples]
     if len(set(ids)) != len(ids):
-        raise ValueError('Argument "samples" has duplicate ids; folds could not be disjoint by image')
+        raise ValueError('Argument "samples" has duplicate ids: folds could not be disjoint')
     fingerprint = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     _check_or_write_run(output, config, data, fingerprint, command)
     if problems:
@@ -396,8 +398,8 @@ def run_fold(fold: Fold, samples: list[dict], output: Path, config: CrossValConf
     if staging.exists():
         shutil.rmtree(staging)
     write_bundle(staging, network, config.spec, name=bundle_name,
-                 description=f"DeepLabV3+ fold {fold.index} of {config.folds}-fold cross-validation "
-                             f"on {data.get('format', 'unknown')} data",
+                 description=f"DeepLabV3+ fold {fold.index} of {config.folds}-fold "
+                             f"cross-validation on {data.get('format', 'unknown')} data",
                  metrics=metrics, training=training, image_size=config.image_size)
     bundle.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, bundle)  # the rename makes the fold complete, all at once
@@ -421,7 +423,8 @@ def fold_explanation_metrics(network: torch.nn.Module, samples: list[dict], conf
     try:
         from . import explanation_metrics  # noqa: F401
     except ImportError:
-        return {"status": "unavailable", "reason": "xiqa.training.explanation_metrics not installed"}
+        return {"status": "unavailable",
+                "reason": "xiqa.training.explanation_metrics not installed"}
     return _explanations(network, samples, config, device)
 
 
@@ -430,7 +433,8 @@ def _explanations(network, samples, config, device) -> dict:
 
     evaluate = getattr(explanation_metrics, "evaluate_explanations", None)
     if evaluate is None:
-        return {"status": "unavailable", "reason": "explanation_metrics has no evaluate_explanations"}
+        return {"status": "unavailable",
+                "reason": "explanation_metrics has no evaluate_explanations"}
     chosen = [s for s in samples if np.asarray(s["label"]).any()][:config.explanation_images]
     images = torch.from_numpy(np.stack([np.repeat(s["image"], config.spec.in_channels, axis=0)
                                         for s in chosen])).float() if chosen else None
@@ -450,18 +454,20 @@ def _check_or_write_run(output: Path, config: CrossValConfig, data: dict, finger
               "images": data.get("images")}
     if path.is_file():
         previous = json.loads(path.read_text())
-        old = {"config": previous.get("config"), "data_fingerprint": previous.get("data_fingerprint"),
-               "images": previous.get("images")}
+        old = {key: previous.get(key) for key in wanted}
         if json.loads(json.dumps(wanted)) != old:
-            changed = sorted(k for k in wanted["config"] if (old["config"] or {}).get(k) != wanted["config"][k])
+            old_config = old["config"] or {}
+            new_config = json.loads(json.dumps(wanted["config"]))
+            changed = sorted(k for k in new_config if old_config.get(k) != new_config[k])
             if old["data_fingerprint"] != fingerprint:
                 changed.append("data (image ids)")
-            raise ResumeMismatch(f"{output} holds a run with different settings ({', '.join(changed)}); "
-                                 "use a new --output or the same settings to resume")
+            raise ResumeMismatch(f"{output} holds a run with different settings "
+                                 f"({', '.join(changed)}); use a new --output or the same "
+                                 "settings to resume")
         logger.info("resuming the run in %s", output)
         return
-    record = {**wanted, "command": command, "runtime": {k: getattr(config, k) for k in RUNTIME_FIELDS},
-              "data": data, "torch": torch.__version__}
+    record = {**wanted, "command": command, "data": data, "torch": torch.__version__,
+              "runtime": {key: getattr(config, key) for key in RUNTIME_FIELDS}}
     atomic_write_bytes(path, json.dumps(record, indent=2).encode())
 
 
@@ -549,7 +555,8 @@ def summary_table(summary: dict) -> str:
               "evaluation_seconds": "Evaluation time per fold (s)"}
     lines = [f"# {summary['folds']}-fold cross-validation (seed {summary['seed']})", "",
              f"Network: {summary['network']['architecture']} / {summary['network']['encoder']}; "
-             f"data: {summary['data'].get('format', '?')} ({summary['data'].get('images', '?')} images). "
+             f"data: {summary['data'].get('format', '?')} "
+             f"({summary['data'].get('images', '?')} images). "
              f"Evaluated on {summary['evaluated_on']}; std = {summary['std']}.", "",
              "Distances in pixels of the network grid. Per-image means; an image where a metric "
              "is undefined (recall without objects, distances with an empty mask) is left out "
@@ -566,7 +573,8 @@ def summary_table(summary: dict) -> str:
     for row in summary["per_fold"]:
         lines.append(f"| {row['fold']} | {row['test_images']} | {_format(row['dice'], 4)} | "
                      f"{_format(row['recall'], 4)} | {_format(row['boundary_iou'], 4)} | "
-                     f"{_format(row['assd'], 2)} | {_format(row['hd95'], 2)} | {row['best_epoch']} |")
+                     f"{_format(row['assd'], 2)} | {_format(row['hd95'], 2)} | "
+                     f"{row['best_epoch']} |")
     if summary.get("command"):
         lines += ["", f"Command: `{summary['command']}`"]
     return "\n".join(lines) + "\n"

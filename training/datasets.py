@@ -34,7 +34,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from xiqa.dicom_fixtures.phantom import render_phantom
 from xiqa.operators.preprocess import PreprocessConfig, resize_mask, to_network_input
 
@@ -92,7 +91,8 @@ def list_source(data: Path | str | None, source_format: str, **options) -> Sourc
         ``data`` does not exist or holds nothing of that format.
     """
     if source_format not in SOURCE_FORMATS:
-        raise ValueError(f'Argument "source_format" must be one of {SOURCE_FORMATS}, got {source_format!r}')
+        raise ValueError(f'Argument "source_format" must be one of {SOURCE_FORMATS}, '
+                         f"got {source_format!r}")
     if source_format == "synthetic" and options.get("render"):
         return list_rendered(options["render"], options.get("seed", 0),
                              options.get("render_sizes", DEFAULT_RENDER_SIZES))
@@ -125,8 +125,9 @@ def find_objectcxr_files(path: Path | str, images: Path | str | None = None) -> 
         elif not candidates:
             raise FileNotFoundError(f"no Object-CXR annotation CSV in {path}")
         else:
-            raise FileNotFoundError(f"several CSV files in {path} ({', '.join(c.name for c in candidates)}); "
-                                    "pass the annotation CSV itself as --data")
+            names = ", ".join(c.name for c in candidates)
+            raise FileNotFoundError(f"several CSV files in {path} ({names}); pass the annotation "
+                                    "CSV itself as --data")
     if images is not None:
         return csv_path, Path(images)
     for folder in (csv_path.parent / csv_path.stem, csv_path.parent / "images"):
@@ -142,8 +143,8 @@ def list_objectcxr(path: Path | str, images: Path | str | None = None) -> Source
     for row in table.images:
         image_path = image_dir / row.image_name
         if not image_path.is_file():
-            listing.problems.append(f"{csv_path.name} line {row.line}: image {row.image_name} not found "
-                                    f"in {image_dir.name}/; row skipped")
+            listing.problems.append(f"{csv_path.name} line {row.line}: image {row.image_name} "
+                                    f"not found in {image_dir.name}/; row skipped")
             continue
         listing.items.append({
             "id": row.image_name, "image": str(image_path), "image_type": "raster",
@@ -160,7 +161,7 @@ def list_synthetic(folder: Path | str, images: str = "dicom") -> SourceListing:
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{folder} has no manifest.json (not a folder written by xiqa fixtures)")
+        raise FileNotFoundError(f"{folder} has no manifest.json (not written by xiqa fixtures)")
     listing = SourceListing()
     for entry in json.loads(manifest_path.read_text()):
         name = entry["name"]
@@ -194,7 +195,6 @@ def list_dicom(folder: Path | str, missing_seg: str = "skip") -> SourceListing:
     """
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
-
     from xiqa.operators.loader import SUPPORTED_SOP_CLASSES, expand_inputs
 
     if missing_seg not in ("skip", "empty"):
@@ -233,7 +233,8 @@ def list_dicom(folder: Path | str, missing_seg: str = "skip") -> SourceListing:
         listing.items.append({"id": uid, "image": path, "image_type": "dicom", "label_type": "seg",
                               "label": segs.get(uid, [])})
     for uid in sorted(set(segs) - set(images)):
-        listing.problems.append(f"SOP Instance {uid}: referenced by a SEG but not found; SEG ignored")
+        listing.problems.append(f"SOP Instance {uid}: referenced by a SEG but not found; "
+                                "SEG ignored")
     return listing
 
 
@@ -245,7 +246,8 @@ def _seg_references(ds) -> list[str]:
     return list(dict.fromkeys(uids))
 
 
-def read_seg_mask(seg_paths: Iterable[str | Path], source_uid: str, shape: tuple[int, int]) -> np.ndarray:
+def read_seg_mask(seg_paths: Iterable[str | Path], source_uid: str,
+                  shape: tuple[int, int]) -> np.ndarray:
     """Union of all segments that the SEG instances hold for one source image, uint8 at ``shape``.
 
     Read with pydicom rather than highdicom's ``segread``, which rejects SEGs
@@ -345,7 +347,8 @@ class LoadSampled:
 
 
 def prepare_samples(items: list[dict], size: int = 256, progress: bool = False,
-                    on_problem: Callable[[str], None] | None = None) -> tuple[list[dict], list[str]]:
+                    on_problem: Callable[[str], None] | None = None
+                    ) -> tuple[list[dict], list[str]]:
     """Run ``LoadSampled`` once per item; items that cannot be read are reported and dropped."""
     from xiqa.operators.loader import RejectedInput
 
@@ -361,7 +364,10 @@ def prepare_samples(items: list[dict], size: int = 256, progress: bool = False,
             samples.append(load(item))
         except (RejectedInput, OSError, ValueError, AttributeError, KeyError) as error:
             # RejectedInput already names the file; others get the item id (never patient data).
-            reason = error.reason if isinstance(error, RejectedInput) else f"{type(error).__name__}: {error}"
+            if isinstance(error, RejectedInput):
+                reason = error.reason
+            else:
+                reason = f"{type(error).__name__}: {error}"
             problem = f"{item['id']}: cannot load ({reason.splitlines()[0][:200]}); skipped"
             problems.append(problem)
             if on_problem:

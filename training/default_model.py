@@ -25,7 +25,8 @@ TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m xiqa.training.default_model", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m xiqa.training.default_model",
+                                     description=__doc__)
     parser.add_argument("--output", type=Path, default=DEFAULT_BUNDLE,
                         help="bundle folder (default: %(default)s)")
     parser.add_argument("--encoder", default="mobilenet_v2", help="default: %(default)s")
@@ -54,15 +55,18 @@ def main(argv: list[str] | None = None) -> int:
                "held_out_seed": HELD_OUT_SEED, "validation_best": max(h["dice"] for h in history)}
     arguments = argv if argv is not None else sys.argv[1:]
     command = "python -m xiqa.training.default_model " + shlex.join(arguments)
-    training = {"command": command.strip(), "train_seed": TRAIN_SEED, "validation_seed": VALIDATION_SEED,
+    training = {"command": command.strip(), "train_seed": TRAIN_SEED,
+                "validation_seed": VALIDATION_SEED,
                 "train_images": len(train), "epochs": args.epochs, "batch_size": args.batch_size,
                 "learning_rate": args.learning_rate, "loss": "FocalTversky(0.7, 0.3, 0.75, 1)",
                 "seconds": round(time.perf_counter() - started, 1), "history": history,
                 "threads": torch.get_num_threads()}
     write_bundle(args.output, network, spec, name="xiqa_phantom_seg",
-                 description="DeepLabV3+ trained on xiqa synthetic chest phantoms (not real patients)",
+                 description="DeepLabV3+ trained on xiqa synthetic chest phantoms "
+                             "(not real patients)",
                  metrics=metrics, training=training)
-    logging.info("held-out dice %.4f recall %.4f", metrics["held_out"]["dice"], metrics["held_out"]["recall"])
+    logging.info("held-out dice %.4f recall %.4f", metrics["held_out"]["dice"],
+                 metrics["held_out"]["recall"])
     return 0
 
 

@@ -80,7 +80,8 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.length).tolist())
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
+        return iter(order.tolist())
 
     def __len__(self) -> int:
         return self.length
@@ -118,7 +119,8 @@ class BestWeights:
         self.state: dict[str, torch.Tensor] | None = None
 
     def update(self, network: torch.nn.Module) -> None:
-        self.state = {key: value.detach().cpu().clone() for key, value in network.state_dict().items()}
+        self.state = {key: value.detach().cpu().clone()
+                      for key, value in network.state_dict().items()}
 
     def state_dict(self) -> dict:
         return {"weights": self.state if self.state is not None else {}}

@@ -18,7 +18,8 @@ class FocalTverskyLoss(nn.Module):
         super().__init__()
         if alpha < 0 or beta < 0:
             raise ValueError(f'Arguments "alpha" and "beta" must be >= 0, got {alpha}, {beta}')
-        self.alpha, self.beta, self.gamma, self.smooth, self.sigmoid = alpha, beta, gamma, smooth, sigmoid
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.smooth, self.sigmoid = smooth, sigmoid
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probability = torch.sigmoid(prediction) if self.sigmoid else prediction

@@ -22,17 +22,19 @@ Conventions for empty masks (``EMPTY_CONVENTIONS``; tested):
 ===============================  ======  =======  ======  ======  ======
 case                              Dice   recall    BIoU    ASSD    HD95
 ===============================  ======  =======  ======  ======  ======
-both empty (correct negative)      1.0     NaN      1.0     0.0     0.0
+both empty (correct negative)      1.0     NaN      1.0     NaN     NaN
 truth empty, prediction not        0.0     NaN      0.0     NaN     NaN
 prediction empty, truth not        0.0     0.0      0.0     NaN     NaN
 ===============================  ======  =======  ======  ======  ======
 
 NaN means *undefined* and is left out of means (``summarise`` reports for how
 many images each mean was taken): recall has nothing to recall on an image
-without objects, and a surface distance to an empty surface does not exist.
-Because a missed or hallucinated object therefore counts only in Dice, recall
-and BIoU, ASSD/HD95 describe how well the objects that *were* found are
-outlined.  ``pooled_dice_recall`` sums pixels over all images instead.
+without objects, and a surface distance needs two non-empty surfaces (a 0
+for correct negatives would pull the mean towards 0 on data sets where most
+images hold no object).  A missed or hallucinated object therefore counts in
+Dice, recall and BIoU only, and ASSD/HD95 describe how well the objects that
+*were* found are outlined.  ``pooled_dice_recall`` sums pixels over all
+images instead.
 """
 
 from __future__ import annotations
@@ -43,14 +45,16 @@ import numpy as np
 from scipy import ndimage
 
 EMPTY_CONVENTIONS = {
-    "both_empty": {"dice": 1.0, "recall": math.nan, "boundary_iou": 1.0, "assd": 0.0, "hd95": 0.0},
+    "both_empty": {"dice": 1.0, "recall": math.nan, "boundary_iou": 1.0, "assd": math.nan,
+                   "hd95": math.nan},
     "truth_empty": {"dice": 0.0, "recall": math.nan, "boundary_iou": 0.0, "assd": math.nan,
                     "hd95": math.nan},
     "prediction_empty": {"dice": 0.0, "recall": 0.0, "boundary_iou": 0.0, "assd": math.nan,
                          "hd95": math.nan},
 }
 METRIC_NAMES = ("dice", "recall", "boundary_iou", "assd", "hd95")
-HIGHER_IS_BETTER = {"dice": True, "recall": True, "boundary_iou": True, "assd": False, "hd95": False}
+HIGHER_IS_BETTER = {"dice": True, "recall": True, "boundary_iou": True, "assd": False,
+                    "hd95": False}
 
 
 def _as_masks(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -129,8 +133,6 @@ def surface_distances(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.nda
 
 def assd(prediction: np.ndarray, truth: np.ndarray) -> float:
     prediction, truth = _as_masks(prediction, truth)
-    if not prediction.any() and not truth.any():
-        return 0.0
     if not prediction.any() or not truth.any():
         return math.nan
     forward, backward = surface_distances(prediction, truth)
@@ -139,8 +141,6 @@ def assd(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 def hd95(prediction: np.ndarray, truth: np.ndarray) -> float:
     prediction, truth = _as_masks(prediction, truth)
-    if not prediction.any() and not truth.any():
-        return 0.0
     if not prediction.any() or not truth.any():
         return math.nan
     forward, backward = surface_distances(prediction, truth)

@@ -94,7 +94,8 @@ def parse_object(text: str) -> ObjectShape:
     except ValueError:
         raise ValueError(f"object type {fields[0][:20]!r} is not an integer") from None
     if shape_type not in SHAPE_NAMES:
-        raise ValueError(f"object type {shape_type} is not 0 (rectangle), 1 (ellipse) or 2 (polygon)")
+        raise ValueError(f"object type {shape_type} is not 0 (rectangle), 1 (ellipse) "
+                         "or 2 (polygon)")
     try:
         points = tuple(float(v) for v in fields[1:])
     except ValueError:
@@ -109,7 +110,8 @@ def parse_object(text: str) -> ObjectShape:
         # Corners in either order mean the same box; normalise once here.
         points = (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
     elif len(points) < 6 or len(points) % 2:
-        raise ValueError(f"{name} needs an even number of at least 6 coordinates, got {len(points)}")
+        raise ValueError(f"{name} needs an even number of at least 6 coordinates, "
+                         f"got {len(points)}")
     return ObjectShape(shape_type, points)
 
 

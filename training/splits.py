@@ -38,7 +38,8 @@ def stratified_folds(has_object: Sequence[bool], folds: int, seed: int) -> list[
     if folds < 2:
         raise ValueError(f'Argument "folds" must be at least 2, got {folds}')
     if len(has_object) < folds:
-        raise ValueError(f'Argument "folds" ({folds}) exceeds the number of images ({len(has_object)})')
+        raise ValueError(f'Argument "folds" ({folds}) exceeds the number of images '
+                         f"({len(has_object)})")
     rng = np.random.default_rng(seed)
     flags = np.asarray(has_object, bool)
     assignment: list[list[int]] = [[] for _ in range(folds)]

@@ -74,7 +74,8 @@ def train_network(train_samples: list[dict], validation_samples: list[dict],
         record = {"epoch": engine.state.epoch, "loss": float(engine.state.output[0]["loss"]),
                   "seconds": round(time.perf_counter() - started, 1), **metrics}
         history.append(record)
-        logger.info("epoch %(epoch)d loss %(loss).4f val dice %(dice).4f recall %(recall).4f", record)
+        logger.info("epoch %(epoch)d loss %(loss).4f val dice %(dice).4f recall %(recall).4f",
+                    record)
         if metrics["dice"] > best["dice"]:
             best["dice"] = metrics["dice"]
             best["state"] = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
@@ -85,8 +86,8 @@ def train_network(train_samples: list[dict], validation_samples: list[dict],
     return network.eval(), history
 
 
-def evaluate_network(network: torch.nn.Module, samples: list[dict], device: torch.device | None = None,
-                     batch_size: int = 16) -> dict[str, float]:
+def evaluate_network(network: torch.nn.Module, samples: list[dict],
+                     device: torch.device | None = None, batch_size: int = 16) -> dict[str, float]:
     """Pooled Dice and recall of thresholded predictions over ``samples``."""
     device = device or next(network.parameters()).device
     was_training = network.training
@@ -126,7 +127,8 @@ def write_bundle(folder: Path, network: torch.nn.Module, spec: NetworkSpec, *, n
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
-        "required_packages_version": {"segmentation-models-pytorch": _version("segmentation_models_pytorch")},
+        "required_packages_version": {
+            "segmentation-models-pytorch": _version("segmentation_models_pytorch")},
         "task": "Foreign-object segmentation on chest radiographs",
         "description": description,
         "authors": "xiqa",
@@ -135,7 +137,8 @@ def write_bundle(folder: Path, network: torch.nn.Module, spec: NetworkSpec, *, n
             "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "CR/DX",
                                  "num_channels": spec.in_channels,
                                  "spatial_shape": [image_size, image_size],
-                                 "dtype": "float32", "value_range": [0, 1], "is_patch_data": False}},
+                                 "dtype": "float32", "value_range": [0, 1],
+                                 "is_patch_data": False}},
             "outputs": {"pred": {"type": "image", "format": "logits", "num_channels": spec.classes,
                                  "spatial_shape": [image_size, image_size],
                                  "dtype": "float32", "value_range": [], "is_patch_data": False}},
