@@ -5,9 +5,9 @@ What the radiographer sees, at the source's rows x columns:
 - the source in display values (VOI applied, MONOCHROME1 inverted) as grey;
 - the saliency map, min-max normalised for display only, as a JET colour map
   whose opacity grows with saliency (unimportant areas stay readable);
-- the outlines of the segmented objects;
 - a legend in the top-left corner: algorithm and version, Q_img and verdict,
-  Q_filtered and its verdict, number of objects, and the colour scale.
+  Q_filtered and its verdict, number of objects, and the colour scale;
+- the outlines of the segmented objects, drawn last so none hides under the legend.
 
 The legend carries no patient identity, so Burned In Annotation is ``NO``.
 """
@@ -166,12 +166,12 @@ def render_heatmap(
     alpha = HEATMAP_MAX_ALPHA * heat_level[..., None]
     image = np.round(grey * (1 - alpha) + _jet(heat_level).astype(np.float32) * alpha)
     image = np.clip(image, 0, 255).astype(np.uint8)
-    if binary.any():
+    _draw_legend(image, _legend_lines(quality, algorithm))
+    if binary.any():  # after the legend, so an object under the legend stays visible
         contours, _ = cv2.findContours(binary.astype(np.uint8), cv2.RETR_EXTERNAL,
                                        cv2.CHAIN_APPROX_NONE)
         thickness = max(1, int(round(min(shape) / 300)))
         cv2.drawContours(image, contours, -1, CONTOUR_RGB, thickness, cv2.LINE_8)
-    _draw_legend(image, _legend_lines(quality, algorithm))
     return image
 
 

@@ -156,8 +156,10 @@ def _segment_reference(seg: Dataset, source_class: str,
     return reference
 
 
-def _number(name, value: float, **kwargs) -> hd.sr.Measurement:
-    return hd.sr.Measurement(name=name, value=float(value), unit=xc.UNITLESS, **kwargs)
+def _number(name, value: float | int, **kwargs) -> hd.sr.Measurement:
+    # ints stay ints (a count reads "2", not "2.0"); floats also get an exact FD value
+    value = int(value) if isinstance(value, (int, np.integer)) else float(value)
+    return hd.sr.Measurement(name=name, value=value, unit=xc.UNITLESS, **kwargs)
 
 
 def _check_summary(summary: object) -> str:

@@ -37,7 +37,8 @@ def test_analyze_writes_reports_and_rejects_broken_file_with_exit_1(tmp_path, fi
                   "--no-progress")
     assert result.returncode == EXIT_REJECTED, result.stderr
     rejected = [line for line in result.stderr.splitlines() if line.startswith("rejected ")]
-    assert rejected == [f"rejected {inputs / 'broken.dcm'}: not a DICOM file (no DICM prefix and no valid header)"]
+    reason = "not a DICOM file (no DICM prefix and no valid header)"
+    assert rejected == [f"rejected {inputs / 'broken.dcm'}: {reason}"]
     reports = sorted((tmp_path / "out").glob("*/report.json"))
     assert len(reports) == len(list(fixture_dir.glob("dicom/*/*.dcm")))
     report = json.loads(reports[0].read_text())

