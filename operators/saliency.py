@@ -499,7 +499,8 @@ def _forward_backward(network: nn.Module, batch: torch.Tensor,
             recorder = _Recorder(network, hooks) if record else None
             leaves = {id(p): p.detach().requires_grad_(True) for p in parameters}
             names = _parameter_names(network, parameters)
-            inputs = batch.detach().requires_grad_(not parameters)
+            # the input requires grad so that every activation does, even with frozen weights
+            inputs = batch.detach().requires_grad_(True)
             if leaves:
                 output = torch.func.functional_call(
                     network, {name: leaves[id(p)] for name, p in names.items()}, (inputs,))
@@ -631,15 +632,6 @@ class _Recorder:
             plans.setdefault(id(call.module), []).append(call if serve else None)
         return {key: plan for key, plan in plans.items() if any(c is not None for c in plan)}
 
-    def check_unchanged(self) -> None:
-        for call in self.calls:
-            if call.output is not None and call.versions != tuple(t._version for t in call.tensors):
-                if call.end >= 0 and all(v == t._version for t, v in zip(call.tensors, call.versions,
-                                                                          strict=True)):
-                    continue
-                raise RuntimeError("a recorded module output was modified in place during a "
-                                   "NormGrad order 1 replay")
-
 
 @contextmanager
 def _replaying(network: nn.Module, recorder: _Recorder, boundary: int, batch: int,
@@ -672,6 +664,9 @@ def _replaying(network: nn.Module, recorder: _Recorder, boundary: int, batch: in
             saved.append((module, module.__dict__.get("forward")))
             module.forward = make_forward(module, module.forward, plan)
         yield
+        if any(call is not None and not call.cacheable() for plan in plans.values() for call in plan):
+            raise RuntimeError("a recorded module output was modified in place during a "
+                               "NormGrad order 1 replay")
         unfinished = [type(modules[k]).__name__ for k, plan in plans.items()
                       if positions.get(k, 0) != len(plan)]
         if unfinished:
@@ -763,7 +758,6 @@ def _replay(network: nn.Module, image: torch.Tensor, recorder: _Recorder,
         inputs = image.detach().expand(batch, *image.shape[1:])
         output = torch.func.functional_call(network, detached, (inputs,))
         scores = target_score(_logits(output))
-    recorder.check_unchanged()
     missing = [layers[i][0] for i in group if i not in captured]
     if missing:
         raise RuntimeError(f"NormGrad order 1 replay did not reach layers {missing}")

@@ -5,6 +5,9 @@ type SCT 19227008 "Foreign body"), at the source's rows x columns, derived
 from and referencing the source image, with the algorithm (name, version,
 model id) in the segment's Algorithm Identification.
 
+The SEG has no Pixel Measures (see :func:`build_segmentation`); its one
+frame maps pixel for pixel onto the source, which holds the spacing.
+
 An image without objects still gets a SEG: its one frame is empty
 (``omit_empty_frames=False``).  "Analysed, nothing found" then looks the same
 to a PACS as "analysed, something found", and the SR can always reference
@@ -101,6 +104,11 @@ def build_segmentation(
                         f"{type(algorithm).__name__}")
     binary = check_source_mask(mask, (int(source.dataset.Rows), int(source.dataset.Columns)))
     reference = reference_dataset(source.dataset)
+    # No Pixel Measures in the SEG: for a projection image highdicom (0.28) writes them
+    # without Slice Thickness and then its own segread() refuses the file.  The frame's
+    # pixels are the source's (Spatial Locations Preserved: YES), and so is the spacing.
+    if "PixelSpacing" in reference:
+        del reference.PixelSpacing
     identity = output_identity(source.dataset, OutputKind.SEG, algorithm, uid_root)
     description = hd.seg.SegmentDescription(
         segment_number=SEGMENT_NUMBER,

@@ -40,6 +40,7 @@ import highdicom as hd
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom import Dataset
+from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage
 
 from . import codes as xc
@@ -78,7 +79,8 @@ class SummarySource(str, Enum):
     """The deterministic template wrote it (no model, or the model's text disagreed)."""
 
     @property
-    def code(self):
+    def code(self) -> Code:
+        """The ``99XIQA`` value of the SR's "Summary source" item."""
         return xc.SUMMARY_FROM_LLM if self is SummarySource.LLM else xc.SUMMARY_FROM_TEMPLATE
 
 
@@ -156,7 +158,7 @@ def _segment_reference(seg: Dataset, source_class: str,
     return reference
 
 
-def _number(name, value: float | int, **kwargs) -> hd.sr.Measurement:
+def _number(name: Code, value: float | int, **kwargs) -> hd.sr.Measurement:
     # ints stay ints (a count reads "2", not "2.0"); floats also get an exact FD value
     value = int(value) if isinstance(value, (int, np.integer)) else float(value)
     return hd.sr.Measurement(name=name, value=value, unit=xc.UNITLESS, **kwargs)
@@ -402,8 +404,8 @@ class SrWriterOperator(Operator):
 
     Named inputs: ``source_image`` (SourceImage), ``quality`` (QualityResult),
     ``seg`` (the SEG from :class:`SegWriterOperator`), ``summary`` (a
-    ``(text, source)`` pair, source ``"llm"`` or ``"template"``), ``mask`` (the
-    analysis-grid mask).  Named output: ``sr``.  File output:
+    :class:`xiqa.operators.summary.Summary` or a ``(text, source)`` pair, source
+    ``"llm"`` or ``"template"``), ``mask`` (the analysis-grid mask).  Named output: ``sr``.  File output:
     ``<source SOP Instance UID>_sr.dcm``.
     """
 
@@ -421,7 +423,9 @@ class SrWriterOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         source = op_input.receive(INPUT_PORT_IMAGE)
-        text, summary_source = op_input.receive(INPUT_PORT_SUMMARY)
+        summary = op_input.receive(INPUT_PORT_SUMMARY)  # summary.Summary or (text, source)
+        text, summary_source = (summary if isinstance(summary, tuple)
+                                else (summary.text, summary.source))
         sr = build_report(source, op_input.receive(INPUT_PORT_QUALITY),
                           op_input.receive(INPUT_PORT_SEG), text, summary_source, self.algorithm,
                           grid_mask=op_input.receive(INPUT_PORT_GRID_MASK))

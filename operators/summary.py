@@ -100,10 +100,11 @@ class SummaryConfig:
     temperature: float = 0.0  # greedy: small models drift from the facts when sampled
     top_p: float = 0.9
     repeat_penalty: float = 1.1
-    time_limit_s: float = 15.0
+    time_limit_s: float = 10.0
     n_threads: int | None = None  # None: up to 4 of this machine's cores
     n_ctx: int = 2048
     seed: int = 0
+    warm_up: bool = True  # evaluate the fixed prompt prefix at load time
 
     def __post_init__(self) -> None:
         if self.prompt_style not in PROMPT_STYLES:
@@ -182,7 +183,6 @@ class Facts:
 
     count: int
     objects: tuple[ObjectFacts, ...]  # most severe first; only the first MAX_LISTED are listed
-    all_objects: tuple[ObjectFacts, ...]
     score: str
     score_value: float
     verdict: Verdict
@@ -257,7 +257,7 @@ def summary_facts(quality: QualityResult) -> Facts:
     ordered = sorted(quality.objects, key=lambda finding: finding.severity, reverse=True)
     facts = tuple(object_facts(finding) for finding in ordered)
     score = f"{quality.q_img:.2f}"
-    return Facts(count=len(facts), objects=facts, all_objects=facts, score=score,
+    return Facts(count=len(facts), objects=facts, score=score,
                  score_value=float(score), verdict=Verdict(quality.verdict),
                  action=action_text(Verdict(quality.verdict), len(facts)))
 
@@ -381,7 +381,7 @@ def _check_numbers(text: str, facts: Facts) -> list[str]:
     problems = []
     for token in _ALPHANUMERIC.findall(text):
         problems.append(f"identifier-like token {token!r}")
-    areas = [item.area_value for item in facts.all_objects]
+    areas = [item.area_value for item in facts.objects]
     normalised = _normalise(text)
     sentences = _SENTENCE_SPLIT.split(normalised)
     for sentence in sentences:
@@ -408,7 +408,7 @@ def _area_near_its_place(sentence: str, position: int, value: float, facts: Fact
     the sentence at all, any object's area is accepted.
     """
     best: tuple[int, list[ObjectFacts]] | None = None
-    for item in facts.all_objects:
+    for item in facts.objects:
         for match in _core_pattern(item).finditer(sentence):
             distance = position - match.end() if match.end() <= position else \
                 10_000 + match.start() - position  # prefer places before the number
@@ -448,11 +448,11 @@ def _check_locations(text: str, facts: Facts) -> list[str]:
     problems = [f"anatomical place {m.group(0)!r} is not in the findings"
                 for m in _ANATOMY.finditer(normalised)]
     allowed = set()
-    for item in facts.all_objects:
+    for item in facts.objects:
         allowed.update(item.core.split())
         if item.at_edge:
             allowed.add("edge")
-    if any(item.core == "centre" for item in facts.all_objects):
+    if any(item.core == "centre" for item in facts.objects):
         allowed.add("middle")  # "the middle of the image" names the centre too
     for word in re.findall(r"[a-z]+", normalised):
         canonical = _LOCATION_WORDS.get(word)
@@ -473,20 +473,22 @@ def _check_words(text: str, facts: Facts) -> list[str]:
                           (_HEDGING, "hedging or first person"), (_PATIENT_DATA, "patient data"),
                           (_ECHO, "prompt echo")):
         problems += [f"{what} {m.group(0)!r}" for m in pattern.finditer(text)]
+    problems += [f"name-like possessive {m.group(0)!r}"
+                 for m in re.finditer(r"\b[A-Z][a-z]+'s\b", text)]
     for sentence in _SENTENCE_SPLIT.split(text.strip()):
         words = re.findall(r"[A-Za-z][\w'-]*", sentence)
         for word in words[1:]:
             if word[0].isupper() and word.lower() not in _ALLOWED_CAPITALISED:
                 problems.append(f"unexpected name-like word {word!r}")
-    effects = {item.effect for item in facts.all_objects}
+    effects = {item.effect for item in facts.objects}
     for word in re.findall(r"[a-z]+", text.lower()):
         if word in _EFFECT_WORDS and _EFFECT_WORDS[word] not in effects:
             problems.append(f"effect word {word!r} does not match the findings")
-    largest = max((item.area_value for item in facts.all_objects), default=0.0)
+    largest = max((item.area_value for item in facts.objects), default=0.0)
     if _SIZE_LARGE.search(text) and largest < LARGE_AREA_PERCENT:
         problems.append("calls an object large, none covers 5% of the image")
     if _SIZE_SMALL.search(text) and facts.count and \
-            min(item.area_value for item in facts.all_objects) >= LARGE_AREA_PERCENT:
+            min(item.area_value for item in facts.objects) >= LARGE_AREA_PERCENT:
         problems.append("calls an object small, all cover 5% of the image or more")
     return problems
 
@@ -587,29 +589,23 @@ _EXAMPLES = (
 )
 
 
-def _placeholder_template(facts: Facts) -> str:
-    return "[FINDINGS]. [SCORE_SENTENCE] [ACTION]" if facts.count == 0 else \
-        "[FINDINGS]. The image quality score is [SCORE], so the image is rated [VERDICT]. [ACTION]"
-
-
 def _placeholder_values(facts: Facts) -> dict[str, str]:
     return {"FINDINGS": _findings_phrase(facts), "SCORE": facts.score,
-            "VERDICT": facts.verdict.value, "ACTION": facts.action,
-            "SCORE_SENTENCE": _score_phrase(facts)}
+            "VERDICT": facts.verdict.value, "ACTION": facts.action}
 
 
 def _placeholder_user(facts: Facts) -> str:
-    values = _placeholder_values(facts)
-    return "\n".join(f"[{key}] = {values[key]}" for key in ("FINDINGS", "SCORE", "VERDICT",
-                                                           "ACTION"))
+    # the model only needs the shape of the case; the fact values never pass through it
+    return "\n".join([f"Objects found: {facts.count}", f"Verdict: {facts.verdict.value}",
+                      "Placeholders: [FINDINGS] [SCORE] [VERDICT] [ACTION]"])
 
 
 def _placeholder_answer(facts: Facts) -> str:
-    if facts.count == 0:
-        return "[FINDINGS]. The image quality score is [SCORE], so the image is rated " \
-               "[VERDICT]. [ACTION]"
-    return "[FINDINGS]. The image quality score falls to [SCORE], so the image is rated " \
-           "[VERDICT]. [ACTION]"
+    """A worked answer; it is ``template_summary`` written with placeholders."""
+    lowers = "The image quality score is" if facts.count == 0 else \
+        "It lowers the image quality score to" if facts.count == 1 else \
+        "Together they lower the image quality score to"
+    return f"[FINDINGS]. {lowers} [SCORE], so the image is rated [VERDICT]. [ACTION]"
 
 
 def build_prompt(quality: QualityResult, style: str = STYLE_FEWSHOT) -> list[dict[str, str]]:
@@ -659,8 +655,8 @@ def fact_grammar(quality: QualityResult) -> str:
     the object count as written in the facts.
     """
     facts = summary_facts(quality)
-    literals = {facts.score, *(item.area for item in facts.all_objects)}
-    literals |= {f"{item.area} of the image" for item in facts.all_objects}
+    literals = {facts.score, *(item.area for item in facts.objects)}
+    literals |= {f"{item.area} of the image" for item in facts.objects}
     alternatives = " | ".join(_gbnf_literal(value) for value in sorted(literals))
     return "\n".join([
         'root ::= sentence (" " sentence){1,4}',
@@ -703,6 +699,7 @@ class Summarizer:
     _llama: Any = field(default=None, init=False, repr=False)
     _load_error: str | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _load_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     load_seconds: float | None = field(default=None, init=False)
 
     @property
@@ -711,11 +708,18 @@ class Summarizer:
         return path.name if path is not None else TEMPLATE_MODEL
 
     def load(self) -> bool:
-        """Load the model if not done yet; False (with the reason kept) when it cannot be."""
-        if self._llama is not None:
-            return True
-        if self._load_error is not None:
-            return False  # do not pay for a failing load on every image
+        """Load the model if not done yet; False (with the reason kept) when it cannot be.
+
+        With ``warm_up`` the fixed part of the prompt (system prompt and worked
+        examples) is evaluated here, so that llama.cpp's prefix cache spares
+        the first image that cost.
+        """
+        with self._load_lock:
+            if self._llama is None and self._load_error is None:
+                self._load()
+        return self._llama is not None
+
+    def _load(self) -> None:
         path = self.config.resolved_model_path()
         if path is None:
             self._load_error = f"no model: package {DEFAULT_MODEL_PACKAGE} is not installed"
@@ -729,14 +733,18 @@ class Summarizer:
                 self._llama = Llama(model_path=str(path), n_ctx=self.config.n_ctx,
                                     n_threads=self.config.threads(), seed=self.config.seed,
                                     verbose=False)
+                if self.config.warm_up:
+                    self.generate(build_prompt(_EXAMPLES[0], self.config.prompt_style),
+                                  max_tokens=1)
             except Exception as error:  # noqa: BLE001 - any load failure means "use the template"
+                self._llama = None
                 self._load_error = f"model failed to load: {type(error).__name__}"
             self.load_seconds = time.perf_counter() - started
         if self._load_error:
             logger.warning("summary: %s; using the template", self._load_error)
-        return self._llama is not None
 
-    def generate(self, messages: list[dict[str, str]], grammar: str | None = None) -> Generation:
+    def generate(self, messages: list[dict[str, str]], grammar: str | None = None,
+                 max_tokens: int | None = None) -> Generation:
         """One bounded chat completion; raises whatever llama-cpp raises."""
         from llama_cpp import LlamaGrammar
 
@@ -747,7 +755,7 @@ class Summarizer:
         tokens, timed_out = 0, False
         with self._lock:
             stream = self._llama.create_chat_completion(
-                messages=messages, max_tokens=config.max_tokens, temperature=config.temperature,
+                messages=messages, max_tokens=max_tokens or config.max_tokens, temperature=config.temperature,
                 top_p=config.top_p, repeat_penalty=config.repeat_penalty, seed=config.seed,
                 grammar=LlamaGrammar.from_string(grammar, verbose=False) if grammar else None,
                 stream=True)

@@ -40,6 +40,9 @@ from pathlib import Path
 
 import highdicom as hd
 from pydicom import Dataset
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
@@ -290,34 +293,27 @@ def reference_dataset(source: Dataset) -> Dataset:
     ref.SpecificCharacterSet = OUTPUT_CHARACTER_SET
     repaired: list[str] = []
     for keyword in _IDENTIFIERS:
-        if keyword in source:
-            value = source[keyword].value
-            setattr(ref, keyword, "" if value is None else value)
+        raw = raw_text(source, keyword)
+        if raw is not None:
+            setattr(ref, keyword, raw.strip())
     for keyword in _TYPE2:
         if keyword not in ref:
             setattr(ref, keyword, "")
-    for keyword in _PERSON_NAMES:
-        if source.get(keyword):
-            name = _person_name(source[keyword].value)
-            repaired += [keyword] if name != str(source[keyword].value) else []
-            setattr(ref, keyword, name)
-    for keyword in _DATES:
-        if source.get(keyword):
-            value = _date(source[keyword].value)
-            repaired += [keyword] if value != str(source[keyword].value) else []
+    fixers = {**dict.fromkeys(_PERSON_NAMES, _person_name), **dict.fromkeys(_DATES, _date),
+              **dict.fromkeys(_TIMES, _time)}
+    for keyword, fix in fixers.items():
+        raw = (raw_text(source, keyword) or "").strip()
+        if raw:
+            value = fix(raw)
+            repaired += [keyword] if value != raw else []
             setattr(ref, keyword, value)
-    for keyword in _TIMES:
-        if source.get(keyword):
-            value = _time(source[keyword].value)
-            repaired += [keyword] if value != str(source[keyword].value).strip() else []
-            setattr(ref, keyword, value)
-    sex = str(source.get("PatientSex", "") or "").strip().upper()
+    sex = (raw_text(source, "PatientSex") or "").strip().upper()
     ref.PatientSex = sex if sex in ("M", "F", "O") else ""
-    age = str(source.get("PatientAge", "") or "").strip()
+    age = (raw_text(source, "PatientAge") or "").strip()
     if _AGE.match(age):
         ref.PatientAge = age
     for keyword, limit in _TEXTS.items():
-        text = _text(source.get(keyword), limit)
+        text = _text(raw_text(source, keyword), limit)
         if text:
             setattr(ref, keyword, text)
     for keyword in _PIXEL_MODULE:
@@ -338,6 +334,36 @@ def reference_dataset(source: Dataset) -> Dataset:
         logger.info("source %s: repaired or dropped %s for the outputs",
                     source.SOPInstanceUID, ", ".join(sorted(set(repaired))))
     return ref
+
+
+def raw_text(source: Dataset, keyword: str) -> str | None:
+    """An attribute as text, decoded without pydicom's value validation; None when absent.
+
+    pydicom validates an element the first time it is decoded, and its warning
+    (also logged) may quote the value, e.g. "Invalid value for VR DA:
+    '1980-02-30'".  For patient attributes that would put identity in the logs,
+    so the writers decode the raw bytes themselves.  Multiple values come back
+    joined by backslashes, as stored.
+    """
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in source:
+        return None
+    element = source.get_item(tag)
+    if not isinstance(element, RawDataElement):
+        value = element.value
+        if value is None:
+            return ""
+        if isinstance(value, (list, tuple, MultiValue)):
+            return "\\".join(str(v) for v in value)
+        return str(value)
+    if not element.value:
+        return ""
+    vr = element.VR or dictionary_VR(tag)
+    # PN keeps its component separators; other text VRs only split on backslash
+    delimiters = {0x5C, 0x3D, 0x5E} if vr == "PN" else {0x5C}
+    character_set = source.get("SpecificCharacterSet") or "ISO_IR 6"
+    text = decode_bytes(element.value, convert_encodings(character_set), delimiters)
+    return text.rstrip(" \x00")
 
 
 def patient_orientation(source: Dataset) -> tuple[str, str] | None:
@@ -412,12 +438,23 @@ def _text(value: object, limit: int) -> str:
 
 
 def _person_name(value: object) -> str:
-    """PN: at most three component groups of at most five components and 64 bytes each."""
+    """PN: at most three component groups, each of at most five components and 64 bytes.
+
+    An over-long group keeps all its components: the longest one is shortened
+    until the group fits, so "VERY-LONG-FAMILY-NAME^GIVEN" loses letters of the
+    family name, not the given name or the separators.
+    """
     text = _CONTROL.sub("", str(value)).replace("\\", " ")
     groups = []
     for group in text.split("=")[:3]:
         components = group.split("^")[:5]
-        groups.append(_truncate_bytes("^".join(components), 64))
+        while len("^".join(components).encode("utf-8")) > 64:
+            longest = max(range(len(components)), key=lambda i: len(components[i]))
+            excess = len("^".join(components).encode("utf-8")) - 64
+            # a character is 1 to 4 bytes in UTF-8: cutting excess/4 never cuts too much
+            keep = max(0, len(components[longest]) - max(1, -(-excess // 4)))
+            components[longest] = components[longest][:keep].rstrip()
+        groups.append("^".join(components))
     return "=".join(groups).rstrip("=")
 
 

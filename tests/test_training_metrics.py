@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from xiqa.training.losses import FocalTverskyLoss
 from xiqa.training.metrics import (
     EMPTY_CONVENTIONS,

@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = parser.add_argument_group("Evaluation")
     evaluation.add_argument("--no-explanations", action="store_true",
                             help="skip the explanation metrics on held-out images")
+    evaluation.add_argument("--explanation-methods", nargs="+", metavar="METHOD",
+                            choices=("gradcam", "normgrad0", "normgrad1"),
+                            default=["gradcam", "normgrad0", "normgrad1"],
+                            help="saliency methods to score (default: gradcam normgrad0 normgrad1)")
     evaluation.add_argument("--explanation-images", type=_positive, default=16,
                             help="held-out images with objects per fold for explanation metrics "
                                  "(default: %(default)s)")
@@ -120,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                          help="default: %(default)s (cuda when available)")
     runtime.add_argument("--workers", type=_non_negative, default=0,
-                         help="data-loader worker processes (default: %(default)s)")
+                         help="data-loader worker processes, and threads that decode the "
+                              "images once at the start (default: %(default)s)")
     runtime.add_argument("--threads", type=_positive,
                          help="torch CPU threads (default: torch's choice)")
     runtime.add_argument("--keep-checkpoints", action="store_true",
@@ -146,7 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # argparse exits 2 on usage errors and 0 on --help
         return int(stop.code or 0)
+    package_logger = logging.getLogger("xiqa")
+    previous_level = package_logger.level
     _setup_logging(args)
+    try:
+        return _run(parser, args, argv)
+    finally:  # a caller (a test, the xiqa CLI) keeps its own logging setup
+        package_logger.setLevel(previous_level)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace,
+         argv: list[str] | None) -> int:
     if args.render and args.format != "synthetic":
         parser.print_usage(sys.stderr)
         print("xiqa train: error: --render needs --format synthetic", file=sys.stderr)
@@ -176,10 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.learning_rate, seed=args.seed, image_size=args.image_size,
         validation_fraction=args.validation_fraction, patience=args.patience,
         augment=not args.no_augment, explanations=not args.no_explanations,
-        explanation_images=args.explanation_images, device=args.device, workers=args.workers,
-        threads=args.threads, progress=not args.no_progress, keep_checkpoints=args.keep_checkpoints)
+        explanation_images=args.explanation_images,
+        explanation_methods=tuple(args.explanation_methods), device=args.device,
+        workers=args.workers, threads=args.threads, progress=not args.no_progress,
+        keep_checkpoints=args.keep_checkpoints)
     # Effective configuration, free of patient data (paths are the user's own folders).
-    logger.info("xiqa train: %s", {k: v for k, v in config.to_dict().items()})
+    logger.info("xiqa train: %s", config.to_dict())
     try:
         listing = list_source(args.data, args.format, images=args.images,
                               synthetic_images=args.synthetic_images, render=args.render,
@@ -191,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     for problem in listing.problems:
         logger.warning("skipped %s", problem)
     samples, load_problems = prepare_samples(
-        listing.items, args.image_size, progress=config.progress,
+        listing.items, args.image_size, progress=config.progress, workers=args.workers,
         on_problem=lambda problem: logger.warning("skipped %s", problem))
     problems = listing.problems + load_problems
     logger.info("%d usable images (%d with objects), %d skipped", len(samples),

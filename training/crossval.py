@@ -69,6 +69,7 @@ from .splits import Fold, make_folds
 logger = logging.getLogger(__name__)
 
 RUN_NAME, SPLITS_NAME = "run.json", "splits.json"
+EXPLANATION_BATCH = 4
 SUMMARY_NAME = "cv_summary"
 #: Configuration fields that do not change the result; a restart may change them.
 RUNTIME_FIELDS = ("device", "workers", "threads", "progress", "keep_checkpoints")
@@ -99,6 +100,7 @@ class CrossValConfig:
     boundary_dilation_ratio: float = 0.02
     explanations: bool = True
     explanation_images: int = 16
+    explanation_methods: tuple[str, ...] = ("gradcam", "normgrad0", "normgrad1")
     # runtime only (RUNTIME_FIELDS)
     device: str = "auto"
     workers: int = 0
@@ -272,7 +274,7 @@ def train_fold(fold: Fold, samples: list[dict], config: CrossValConfig, folder: 
 
         loss_of = from_engine(["loss"], first=True)
         ProgressBar(persist=False, desc=f"fold {fold.index}").attach(
-            trainer, output_transform=lambda output: float(loss_of(output)[0]))
+            trainer, output_transform=lambda output: {"loss": float(loss_of(output))})
     _attach_tensorboard(trainer, evaluator, folder)
 
     if not _already_finished(checkpointer.checkpoint_path, config):
@@ -304,7 +306,7 @@ def _attach_tensorboard(trainer, evaluator, folder: Path) -> None:
     from monai.handlers.utils import from_engine
 
     log_dir = str(folder / "tensorboard")
-    TensorBoardStatsHandler(log_dir=log_dir, iteration_log=False, tag_name="train_loss",
+    TensorBoardStatsHandler(log_dir=log_dir, tag_name="train_loss",
                             output_transform=from_engine(["loss"], first=True)).attach(trainer)
     TensorBoardStatsHandler(log_dir=log_dir, iteration_log=False, output_transform=lambda x: None,
                             global_epoch_transform=lambda _: trainer.state.epoch).attach(evaluator)
@@ -413,36 +415,60 @@ def run_fold(fold: Fold, samples: list[dict], output: Path, config: CrossValConf
 
 def fold_explanation_metrics(network: torch.nn.Module, samples: list[dict], config: CrossValConfig,
                              device: torch.device) -> dict:
-    """Explanation metrics on held-out images, when ``xiqa.training.explanation_metrics`` exists.
+    """Saliency faithfulness on the fold's held-out images (``explanation_metrics``).
 
-    TODO(issue 6): the module is being written separately; until it lands this
-    records ``{"status": "unavailable"}``.  See ``_explanations`` for the call.
+    For each method of ``config.explanation_methods`` (Grad-CAM, NormGrad
+    order 0 and 1 by default): pointing-game accuracy, deletion and insertion
+    AUC and drop, over the first ``config.explanation_images`` held-out images
+    that hold an object (test order, so the choice is deterministic).  Images
+    without objects are left out: the pointing game excludes them anyway, and
+    perturbing an image whose prediction is empty measures nothing.  Images
+    go through the saliency code ``EXPLANATION_BATCH`` at a time to bound
+    memory; the counts are summed and the per-image means weighted.
     """
     if not config.explanations:
         return {"status": "disabled"}
-    try:
-        from . import explanation_metrics  # noqa: F401
-    except ImportError:
-        return {"status": "unavailable",
-                "reason": "xiqa.training.explanation_metrics not installed"}
-    return _explanations(network, samples, config, device)
+    from .explanation_metrics import evaluate_explanations
 
-
-def _explanations(network, samples, config, device) -> dict:
-    from . import explanation_metrics
-
-    evaluate = getattr(explanation_metrics, "evaluate_explanations", None)
-    if evaluate is None:
-        return {"status": "unavailable",
-                "reason": "explanation_metrics has no evaluate_explanations"}
     chosen = [s for s in samples if np.asarray(s["label"]).any()][:config.explanation_images]
-    images = torch.from_numpy(np.stack([np.repeat(s["image"], config.spec.in_channels, axis=0)
-                                        for s in chosen])).float() if chosen else None
-    labels = np.stack([np.asarray(s["label"])[0] > 0 for s in chosen]) if chosen else None
-    if images is None:
+    if not chosen:
         return {"status": "no held-out image with objects"}
-    return {"status": "ok", "images": len(chosen),
-            **evaluate(network.to(device), images.to(device), labels)}
+    started = time.perf_counter()
+    network = network.to(device).eval()
+    channels = config.spec.in_channels
+    merged: dict[str, dict] = {}
+    for start in range(0, len(chosen), EXPLANATION_BATCH):
+        chunk = chosen[start:start + EXPLANATION_BATCH]
+        images = np.stack([np.repeat(np.asarray(s["image"], np.float32), channels, axis=0)
+                           for s in chunk])
+        labels = np.stack([np.asarray(s["label"])[0] > 0 for s in chunk])
+        report = evaluate_explanations(network, images, labels,
+                                       methods=tuple(config.explanation_methods))
+        for method, values in report.items():
+            _merge_explanations(merged.setdefault(method, {}), values, len(chunk))
+    result: dict = {"status": "ok", "images": len(chosen),
+                    "seconds": round(time.perf_counter() - started, 2)}
+    for method, totals in merged.items():
+        judged = totals["pointing_hits"] + totals["pointing_misses"]
+        result[method] = {
+            "pointing_game": totals["pointing_hits"] / judged if judged else math.nan,
+            "pointing_hits": totals["pointing_hits"], "pointing_misses": totals["pointing_misses"],
+            "pointing_excluded": totals["pointing_excluded"],
+            **{name: totals[name] / totals["images"]
+               for name in ("deletion_auc", "insertion_auc", "drop")},
+            "saliency_seconds": round(totals["saliency_seconds"], 2),
+        }
+    return result
+
+
+def _merge_explanations(totals: dict, values: dict, images: int) -> None:
+    totals["images"] = totals.get("images", 0) + images
+    for name in ("pointing_hits", "pointing_misses", "pointing_excluded"):
+        totals[name] = totals.get(name, 0) + int(values[name])
+    for name in ("deletion_auc", "insertion_auc", "drop"):
+        totals[name] = totals.get(name, 0.0) + float(values[name]) * images
+    totals["saliency_seconds"] = totals.get("saliency_seconds", 0.0) + \
+        float(values.get("saliency_seconds") or 0.0)
 
 
 # --------------------------------------------------------------------------- files
@@ -549,7 +575,8 @@ def _format(value: float, digits: int) -> str:
 
 def summary_table(summary: dict) -> str:
     """A markdown report: mean ± std per metric, then one row per fold."""
-    labels = {"dice": "Dice", "recall": "Recall", "boundary_iou": "Boundary IoU",
+    labels = {"dice": "Dice (per image)", "recall": "Recall (per image)",
+              "boundary_iou": "Boundary IoU",
               "assd": "ASSD (px)", "hd95": "HD95 (px)", "pooled_dice": "Dice (pooled pixels)",
               "pooled_recall": "Recall (pooled pixels)", "train_seconds": "Train time per fold (s)",
               "evaluation_seconds": "Evaluation time per fold (s)"}
@@ -558,12 +585,14 @@ def summary_table(summary: dict) -> str:
              f"data: {summary['data'].get('format', '?')} "
              f"({summary['data'].get('images', '?')} images). "
              f"Evaluated on {summary['evaluated_on']}; std = {summary['std']}.", "",
-             "Distances in pixels of the network grid. Per-image means; an image where a metric "
-             "is undefined (recall without objects, distances with an empty mask) is left out "
-             "(xiqa.training.metrics).", "",
+             "Distances in pixels of the network grid. Per-image means: an image without objects "
+             "and without prediction counts Dice = BIoU = 1; where a metric is undefined (recall "
+             "without objects, distances with an empty mask) the image is left out "
+             "(xiqa.training.metrics). Pooled: pixels summed over all test images.", "",
              "| metric | mean ± std | folds |", "|---|---|---|"]
     for key, stats in summary["summary"].items():
-        if key in ("test_images", "best_epoch", "epochs_run") or key.endswith("_images"):
+        if key in ("test_images", "best_epoch", "epochs_run") or key.endswith("images") or \
+                key.split(".")[-1] in ("pointing_hits", "pointing_misses", "pointing_excluded"):
             continue
         digits = 2 if key in ("assd", "hd95") or key.endswith("seconds") else 4
         lines.append(f"| {labels.get(key, key)} | {_format(stats['mean'], digits)} ± "
@@ -597,6 +626,8 @@ def _plot(path: Path, summary: dict) -> None:
         for fold in summary["per_fold"]:
             axis.plot(names, [fold.get(n, math.nan) for n in names], "o", color="#f58518", ms=3)
         axis.set_title(title, fontsize=9)
+        if names is overlap:
+            axis.set_ylim(0, 1)
     figure.suptitle(f"{summary['folds']}-fold CV, held-out images (mean ± std, dots = folds)",
                     fontsize=10)
     figure.tight_layout()

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from monai.transforms import Transform
 from xiqa.dicom_fixtures.phantom import render_phantom
 from xiqa.operators.preprocess import PreprocessConfig, resize_mask, to_network_input
 
@@ -302,8 +303,8 @@ def read_raster(path: str | Path) -> np.ndarray:
     return np.clip(pixels.astype(np.float32) / scale, 0.0, 1.0)
 
 
-class LoadSampled:
-    """MONAI-style dict transform: an item -> ``{"id", "image", "label"}`` on the network grid.
+class LoadSampled(Transform):
+    """MONAI dict transform: an item -> ``{"id", "image", "label"}`` on the network grid.
 
     Deterministic (it is run once per item and cached); the image keeps one
     channel here so the cache stays small, and ``training_transforms`` /
@@ -347,32 +348,53 @@ class LoadSampled:
 
 
 def prepare_samples(items: list[dict], size: int = 256, progress: bool = False,
-                    on_problem: Callable[[str], None] | None = None
+                    on_problem: Callable[[str], None] | None = None, workers: int = 0
                     ) -> tuple[list[dict], list[str]]:
-    """Run ``LoadSampled`` once per item; items that cannot be read are reported and dropped."""
-    from xiqa.operators.loader import RejectedInput
+    """Run ``LoadSampled`` once per item; items that cannot be read are reported and dropped.
 
+    ``workers`` > 0 decodes in that many threads (OpenCV and the JPEG 2000 /
+    JPEG-LS decoders release the GIL); the result keeps the items' order.
+    """
     load = LoadSampled(size)
-    samples, problems = [], []
-    iterator: Iterable[dict] = items
+    if workers > 0:
+        from concurrent.futures import ThreadPoolExecutor
+
+        executor = ThreadPoolExecutor(max_workers=workers)
+        outcomes: Iterable = executor.map(lambda item: _load_or_reason(load, item), items)
+    else:
+        executor = None
+        outcomes = (_load_or_reason(load, item) for item in items)
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(items, desc="loading", unit="image", leave=False)
-    for item in iterator:
-        try:
-            samples.append(load(item))
-        except (RejectedInput, OSError, ValueError, AttributeError, KeyError) as error:
-            # RejectedInput already names the file; others get the item id (never patient data).
-            if isinstance(error, RejectedInput):
-                reason = error.reason
-            else:
-                reason = f"{type(error).__name__}: {error}"
-            problem = f"{item['id']}: cannot load ({reason.splitlines()[0][:200]}); skipped"
+        outcomes = tqdm(outcomes, total=len(items), desc="loading", unit="image", leave=False)
+    samples, problems = [], []
+    try:
+        for item, (sample, reason) in zip(items, outcomes, strict=True):
+            if sample is not None:
+                samples.append(sample)
+                continue
+            problem = f"{item['id']}: cannot load ({reason}); skipped"
             problems.append(problem)
             if on_problem:
                 on_problem(problem)
+    finally:
+        if executor is not None:
+            executor.shutdown()
     return samples, problems
+
+
+def _load_or_reason(load: LoadSampled, item: dict) -> tuple[dict | None, str]:
+    from xiqa.operators.loader import RejectedInput
+
+    try:
+        return load(item), ""
+    except RejectedInput as error:  # already one line that names no patient
+        return None, error.reason[:200]
+    except (OSError, ValueError, AttributeError, KeyError) as error:
+        # Decoder errors of many kinds; the message is ours or the decoder's, never patient data.
+        first_line = (str(error).splitlines() or [""])[0][:200]
+        return None, f"{type(error).__name__}: {first_line}"
 
 
 # --------------------------------------------------------------------------- MONAI transforms

@@ -1,0 +1,67 @@
+"""codes.py: standard codes exist in pydicom's dictionaries, the private scheme is sound, UIDs."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.sr import _cid_dict, _concepts_dict
+from pydicom.sr.coding import Code
+from pydicom.uid import UID
+from xiqa.operators import codes as xc
+
+
+def _module_codes() -> dict[str, Code]:
+    found = {name: value for name, value in vars(xc).items() if isinstance(value, Code)}
+    found.update({f"MODALITY_BY_SOP_CLASS[{k}]": v for k, v in xc.MODALITY_BY_SOP_CLASS.items()})
+    return found
+
+
+@pytest.mark.parametrize("scheme", ["SCT", "DCM"])
+def test_every_standard_code_is_in_pydicoms_dictionary(scheme: str) -> None:
+    known = {(value, meaning) for by_value in _concepts_dict.concepts[scheme].values()
+             for value, (meaning, _) in by_value.items()}
+    used = {name: code for name, code in _module_codes().items()
+            if code.scheme_designator == scheme}
+    assert used, f"no {scheme} code found"
+    for name, code in used.items():
+        assert (code.value, code.meaning) in known, f"{name} = {code} is not a pydicom {scheme} code"
+
+
+def test_segment_codes_come_from_the_segmentation_context_groups() -> None:
+    category = [k for k, v in _concepts_dict.concepts["SCT"].items() if xc.SEGMENT_CATEGORY.value in v]
+    kind = [k for k, v in _concepts_dict.concepts["SCT"].items() if xc.SEGMENT_TYPE.value in v]
+    assert set(category) & set(_cid_dict.cid_concepts[7150]["SCT"])  # Segmentation Property Category
+    assert set(kind) & set(_cid_dict.cid_concepts[7193]["SCT"])  # Physical Object Property Type
+
+
+def test_private_scheme_codes_are_unique_and_fit_their_vrs() -> None:
+    values = [code.value for code in xc.PRIVATE_CODES]
+    assert len(values) == len(set(values))
+    for code in xc.PRIVATE_CODES:
+        assert code.scheme_designator == "99XIQA"
+        assert len(code.value) <= 16 and len(code.meaning) <= 64  # SH and LO
+        assert code.value in xc.__doc__  # documented in the module's table
+    private = [c for c in _module_codes().values() if c.scheme_designator == "99XIQA"]
+    assert set(private) <= set(xc.PRIVATE_CODES)
+    item = xc.private_coding_scheme()
+    assert item.CodingSchemeDesignator == "99XIQA" and item.CodingSchemeVersion == "1"
+
+
+def test_derived_uids_are_valid_and_reproducible() -> None:
+    uid = xc.derive_uid(("instance", "1.2.3", "seg", "xiqa", "0.1.0", "model"))
+    assert isinstance(uid, UID) and uid.is_valid and uid.startswith("2.25.") and len(uid) <= 64
+    assert uid == xc.derive_uid(("instance", "1.2.3", "seg", "xiqa", "0.1.0", "model"))
+    assert uid != xc.derive_uid(("instance", "1.2.3", "sc", "xiqa", "0.1.0", "model"))
+    assert xc.derive_uid(("ab", "c")) != xc.derive_uid(("a", "bc"))
+    rooted = xc.derive_uid(("instance", "1.2.3"), root="1.2.826.0.1.3680043.10.1432")
+    assert rooted.startswith("1.2.826.0.1.3680043.10.1432.") and rooted.is_valid
+
+
+def test_bad_uid_roots_and_parts_are_refused() -> None:
+    with pytest.raises(ValueError, match=r'Argument "root" must be a UID prefix'):
+        xc.check_uid_root("1.2.03.4")
+    with pytest.raises(ValueError, match=r'Argument "root" must be a UID prefix'):
+        xc.check_uid_root("1." * 30)
+    with pytest.raises(TypeError, match=r'Argument "root" must be a str'):
+        xc.check_uid_root(1.2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r'Argument "parts" must not be empty'):
+        xc.derive_uid(())

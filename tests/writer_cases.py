@@ -1,0 +1,298 @@
+"""Shared material for the SEG/SC/SR writer tests: quirky sources, synthetic maps, dciodvfy.
+
+Every fixture variant (one instance each, from conftest's ``fixture_dir``) and
+every quirk below becomes a :class:`WriterCase`: a source, a synthetic
+probability and saliency map (no model involved), the scores, and the three
+files written by ``write_outputs``.  Cases are built once per test session and
+shared by the writer test modules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pydicom import Dataset, config
+from xiqa import __version__
+from xiqa.dicom_fixtures.instances import (
+    VARIANTS,
+    VARIANTS_BY_NAME,
+    PatientStudy,
+    build_instance,
+    fixture_uid,
+)
+from xiqa.dicom_fixtures.phantom import render_phantom
+from xiqa.operators.loader import SourceImage, load_source_image
+from xiqa.operators.output_writer import write_outputs
+from xiqa.operators.preprocess import resize_image
+from xiqa.operators.scoring import QualityResult, score_mask
+from xiqa.operators.segmentation import mask_at_source
+from xiqa.operators.writer_common import AlgorithmInfo
+
+DCIODVFY = shutil.which("dciodvfy")
+DSRDUMP = shutil.which("dsrdump")
+requires_dciodvfy = pytest.mark.skipif(
+    DCIODVFY is None, reason="dciodvfy not installed (Debian package dicom3tools)")
+requires_dsrdump = pytest.mark.skipif(
+    DSRDUMP is None, reason="dsrdump not installed (Debian package dcmtk)")
+
+ALGORITHM = AlgorithmInfo(name="xiqa", version=__version__, model_id="xiqa_phantom_seg@0123456789ab",
+                          parameters=("saliency=gradcam",))
+THRESHOLD = 0.5
+GRID = 256
+
+
+# --- quirky sources --------------------------------------------------------------------------
+
+def _drop(ds: Dataset, *keywords: str) -> None:
+    for keyword in keywords:
+        if keyword in ds:
+            delattr(ds, keyword)
+
+
+def _no_spacing_no_orientation(ds: Dataset) -> None:
+    _drop(ds, "PixelSpacing", "ImagerPixelSpacing", "PatientOrientation", "BodyPartExamined")
+
+
+def _zero_spacing(ds: Dataset) -> None:
+    ds.PixelSpacing = [0, 0]
+    ds.ImagerPixelSpacing = [0, 0]
+
+
+def _imager_spacing_only(ds: Dataset) -> None:
+    _drop(ds, "PixelSpacing")
+
+
+def _missing_study_attributes(ds: Dataset) -> None:
+    _drop(ds, "AccessionNumber", "StudyID", "ReferringPhysicianName", "StudyTime",
+          "PatientBirthDate", "PatientSex", "Manufacturer")
+
+
+LATIN1_NAME = "MÜLLER-LÜDENSCHEIDT-" * 4 + "^FRANÇOIS-JÉRÔME^^DR.^PH.D."
+
+
+def _latin1_long_names(ds: Dataset) -> None:
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = LATIN1_NAME  # family name alone is 80 characters (PN allows 64)
+    ds.ReferringPhysicianName = "GRÜNBERG-HÄUSSLER^ÆLFRÆD"
+    ds.StudyDescription = "THORAX PA ÜBERSICHT " * 5  # 100 characters (LO allows 64)
+    ds.InstitutionName = "Universitätsklinikum Groß-Gerau, Röntgenabteilung, Gebäude Süd 3"
+
+
+UTF8_NAME = "山田^太郎=やまだ^たろう"
+
+
+def _utf8_names(ds: Dataset) -> None:
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = UTF8_NAME
+    ds.ReferringPhysicianName = "Ñúñez^José"
+
+
+def _private_tags(ds: Dataset) -> None:
+    block = ds.private_block(0x0029, "ACME IMAGING 1.0", create=True)
+    block.add_new(0x10, "LO", "vendor secret")
+    item = Dataset()
+    item.add_new(0x00291011, "LO", "nested")
+    block.add_new(0x11, "SQ", [item])
+    ds.add_new(0x00431001, "UN", b"\x01\x02\x03\x04")  # no creator: an orphan private tag
+
+
+BROKEN_BIRTH_DATE = "30.02.1980"
+
+
+def _broken_dates_and_codes(ds: Dataset) -> None:
+    ds.StudyDate = "2024-01-31"  # ISO form: repaired to 20240131
+    ds.StudyTime = "12:30:00"  # ACR-NEMA form: repaired to 123000
+    ds.PatientBirthDate = BROKEN_BIRTH_DATE  # not a DA at all: dropped to empty
+    ds.PatientSex = "MALE"  # not M/F/O: dropped to empty
+    ds.PatientAge = "45Y"  # not nnnY: dropped
+
+
+def _multi_letter_orientation(ds: Dataset) -> None:
+    ds.PatientOrientation = ["A", "FR"]
+
+
+CARET_LESS_NAME = "CANARYLEAK"
+
+
+def _name_without_caret(ds: Dataset) -> None:
+    ds.PatientName = CARET_LESS_NAME  # highdicom warns with the name in the text
+
+
+@dataclass(frozen=True)
+class Quirk:
+    variant: str
+    shape: tuple[int, int]
+    mutate: Callable[[Dataset], None]
+    objects: tuple[str, ...] = ("coin", "wire", "necklace")
+
+
+QUIRKS: dict[str, Quirk] = {
+    "no_spacing_no_orientation": Quirk("cr_m1_12bit_explicit_window", (331, 287),
+                                       _no_spacing_no_orientation),
+    "zero_spacing": Quirk("cr_m2_10bit_implicit_none", (300, 360), _zero_spacing),
+    "imager_spacing_only_cr": Quirk("cr_m1_12bit_explicit_window", (320, 300),
+                                    _imager_spacing_only),
+    "missing_study_attributes": Quirk("dx_m2_14bit_j2k_window", (300, 300),
+                                      _missing_study_attributes),
+    "latin1_long_names": Quirk("cr_m1_12bit_explicit_window", (300, 311), _latin1_long_names),
+    "utf8_names": Quirk("dx_m1_16bit_rle_lut", (305, 300), _utf8_names),
+    "private_tags": Quirk("cr_m2_12bit_j2k_lut_rescaled", (300, 302), _private_tags),
+    "broken_dates_and_codes": Quirk("dx_processing_m2_12bit_explicit_none", (301, 300),
+                                    _broken_dates_and_codes),
+    "multi_letter_orientation": Quirk("cr_m2_10bit_implicit_none", (300, 300),
+                                      _multi_letter_orientation),
+    "name_without_caret": Quirk("sc_m2_8bit_explicit_none", (300, 300), _name_without_caret),
+    "odd_size_wide": Quirk("cr_m1_12bit_explicit_window", (97, 611), lambda ds: None),
+    "odd_size_tiny": Quirk("dx_m2_14bit_j2k_window", (64, 67), lambda ds: None, ("coin",)),
+    "no_objects": Quirk("dx_m1_16bit_rle_lut", (300, 300), lambda ds: None, ()),
+}
+
+CASE_NAMES: tuple[str, ...] = tuple(v.name for v in VARIANTS) + tuple(QUIRKS)
+
+#: Patient identity planted in the sources, which must never reach warnings or logs.
+PLANTED_IDENTITY = ("MÜLLER", "LÜDENSCHEIDT", "FRANÇOIS", "山田", "やまだ", "Ñúñez", CARET_LESS_NAME,
+                    "DOE", "MUSTERMANN", "CANARY", "NGUYEN", "O'BRIEN", "REFERRER", "GRÜNBERG",
+                    BROKEN_BIRTH_DATE)
+
+
+def _write_quirk(name: str, quirk: Quirk, folder: Path, index: int) -> Path:
+    rng = np.random.default_rng(1000 + index)
+    phantom = render_phantom(rng, *quirk.shape, object_kinds=list(quirk.objects))
+    study = PatientStudy(
+        patient_name="DOE^JANE", patient_id=f"XQQ{index:04d}", birth_date="19700101", sex="F",
+        study_uid=fixture_uid("writer-quirk-study", name), study_date="20260101",
+        study_time="101500", accession_number=f"ACCQ{index:04d}", study_id=str(index + 1))
+    ds = build_instance(phantom.image, VARIANTS_BY_NAME[quirk.variant], study, series_number=1,
+                        instance_number=1, uid_seed=("writer-quirk", name))
+    # Quirks break VR rules on purpose; pydicom must let them through to the file.
+    previous = config.settings.reading_validation_mode, config.settings.writing_validation_mode
+    config.settings.reading_validation_mode = config.settings.writing_validation_mode = config.IGNORE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quirk.mutate(ds)
+            path = folder / f"{name}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+    finally:
+        config.settings.reading_validation_mode, config.settings.writing_validation_mode = previous
+    cv2.imwrite(str(folder / f"{name}_mask.png"), phantom.mask * 255)
+    return path
+
+
+# --- synthetic model outputs -----------------------------------------------------------------
+
+def synthetic_maps(ground_truth: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A soft probability map (like a sigmoid output) and a saliency map on the 256 grid."""
+    coverage = resize_image(ground_truth.astype(np.float32), GRID, GRID)
+    probability = np.clip(cv2.GaussianBlur(coverage, (5, 5), 1.0) * 1.6, 0.0, 0.98)
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.random((GRID, GRID), dtype=np.float32), (0, 0), 12.0)
+    saliency = 0.7 * cv2.GaussianBlur(probability, (0, 0), 6.0) + 0.3 * noise
+    saliency = (saliency - saliency.min()) / max(float(np.ptp(saliency)), 1e-6)
+    return probability.astype(np.float32), saliency.astype(np.float32)
+
+
+@dataclass
+class WriterCase:
+    name: str
+    source: SourceImage
+    probability: np.ndarray
+    saliency: np.ndarray
+    quality: QualityResult
+    mask: np.ndarray  # at source resolution, what the SEG must hold
+    grid_mask: np.ndarray
+    summary: str
+    paths: dict[str, Path]
+    messages: list[str]  # warnings and log records emitted while the outputs were built
+
+
+class _Collect(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
+_CACHE: dict[Path, dict[str, WriterCase]] = {}
+
+
+def writer_cases(fixture_dir: Path, work: Path) -> dict[str, WriterCase]:
+    """All cases, built once per fixture set (the tests only read them)."""
+    if fixture_dir in _CACHE:
+        return _CACHE[fixture_dir]
+
+    sources: dict[str, tuple[Path, Path]] = {}
+    for entry in json.loads((fixture_dir / "manifest.json").read_text()):
+        sources.setdefault(entry["variant"], (fixture_dir / entry["dicom"],
+                                              fixture_dir / entry["mask"]))
+    quirk_folder = work / "quirk_sources"
+    quirk_folder.mkdir(parents=True, exist_ok=True)
+    for index, (name, quirk) in enumerate(QUIRKS.items()):
+        path = _write_quirk(name, quirk, quirk_folder, index)
+        sources[name] = (path, quirk_folder / f"{name}_mask.png")
+
+    cases = {}
+    for index, name in enumerate(CASE_NAMES):
+        dicom_path, mask_path = sources[name]
+        source = load_source_image(dicom_path)
+        ground_truth = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 0
+        probability, saliency = synthetic_maps(ground_truth, seed=index)
+        grid_mask = (probability > THRESHOLD).astype(np.uint8)
+        quality = score_mask(grid_mask, saliency)
+        summary = (f"{len(quality.objects)} object(s) found; image quality {quality.verdict.value} "
+                   f"(Q_img {quality.q_img:.2f}). Remove them and repeat if needed.")
+        messages: list[str] = []
+        handler = _Collect(messages)
+        root = logging.getLogger()
+        old_level = root.level
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                # re-install the writers' filter: simplefilter("always") above outranks it
+                warnings.filterwarnings("ignore", message=r"The string .* is unlikely to "
+                                        r"represent the intended person name")
+                paths = write_outputs(source, probability, saliency, quality, summary, "template",
+                                      ALGORITHM, work / "outputs" / name, threshold=THRESHOLD)
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(old_level)
+        messages += [str(w.message) for w in caught]
+        cases[name] = WriterCase(name, source, probability, saliency, quality,
+                                 mask_at_source(probability, source.shape, THRESHOLD), grid_mask,
+                                 summary, paths, messages)
+    _CACHE[fixture_dir] = cases
+    return cases
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ToolReport:
+    errors: list[str]
+    warnings: list[str]
+    text: str
+
+
+def dciodvfy(path: Path) -> ToolReport:
+    """dciodvfy's errors and warnings for one file."""
+    result = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True,
+                            errors="replace", timeout=60, check=False)
+    text = result.stdout + result.stderr
+    lines = [line.strip() for line in text.splitlines()]
+    return ToolReport([line for line in lines if line.startswith("Error")],
+                   [line for line in lines if line.startswith("Warning")], text)
+
