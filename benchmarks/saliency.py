@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--size", type=int, default=256, help="input size (default: %(default)s)")
     run.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
     run.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
-    run.add_argument("--repeats", type=int, default=5, help="runs per timing (default: %(default)s)")
+    run.add_argument("--repeats", type=int, default=5,
+                     help="runs per timing (default: %(default)s)")
     run.add_argument("--sample", type=int, default=20,
                      help="reference layers timed for GC and NG0 (default: %(default)s)")
     run.add_argument("--ng1-sample", type=int, default=10,
@@ -110,50 +111,70 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(function, device: torch.device, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+class Clock:
+    """Wall and CPU (process) seconds of a block; CPU time is what other jobs cannot inflate."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self) -> Clock:
+        synchronise(self.device)
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        synchronise(self.device)
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+def timed(function, device: torch.device, repeats: int, warmup: int = 1) -> dict:
+    """Medians of wall and CPU seconds over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         function()
-    runs = []
+    walls, cpus = [], []
     for _ in range(max(1, repeats)):
-        synchronise(device)
-        started = time.perf_counter()
-        function()
-        synchronise(device)
-        runs.append(time.perf_counter() - started)
-    return statistics.median(runs), runs
+        with Clock(device) as clock:
+            function()
+        walls.append(clock.wall)
+        cpus.append(clock.cpu)
+    return {"wall": statistics.median(walls), "cpu": statistics.median(cpus), "walls": walls}
 
 
 def evenly(items: list, count: int) -> list:
     if count >= len(items):
         return list(items)
-    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)] if count > 1 \
-        else [items[len(items) // 2]]
+    if count <= 1:
+        return [items[len(items) // 2]]
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
 
 
-def reference_time(network, image, layers: list[str], sample: list[str], method: str,
-                   device: torch.device, full: bool) -> tuple[float, float, dict]:
-    """(total seconds for all layers, per-layer seconds, raw maps of the timed layers)."""
-    synchronise(device)
-    started = time.perf_counter()
-    reference.prepared_copy(network)
-    synchronise(device)
-    fixed = time.perf_counter() - started
-    if method == "normgrad1":  # the copy and the one gradient of S w.r.t. all weights
+def reference_time(network, image, layers: list[str], chosen: list[str], method: str,
+                   device: torch.device) -> tuple[dict, dict]:
+    """Reference seconds for all ``layers`` (wall and CPU; extrapolated from ``chosen`` when
+    it is a sample) and the raw maps of the timed layers.
+
+    Fixed cost (copy; for order 1 also the one gradient of S w.r.t. all weights)
+    plus per-layer cost times the layer count.
+    """
+    with Clock(device) as fixed:
         copy = reference.prepared_copy(network)
-        started = time.perf_counter()
-        copy.zero_grad(set_to_none=True)
-        reference.score(copy, image).backward()
-        synchronise(device)
-        fixed += time.perf_counter() - started
-    timed_layers = layers if full else sample
-    synchronise(device)
-    started = time.perf_counter()
-    maps = reference.layer_maps(network, image, timed_layers, method)
-    synchronise(device)
-    loop = time.perf_counter() - started
-    per_layer = max(loop - fixed, 0.0) / len(timed_layers)
-    total = loop if full else fixed + per_layer * len(layers)
-    return total, per_layer, maps
+        if method == "normgrad1":
+            copy.zero_grad(set_to_none=True)
+            reference.score(copy, image).backward()
+    with Clock(device) as loop:
+        if method == "thesis_normgrad1":
+            maps = reference.thesis_normgrad1_maps(network, image, chosen)
+        else:
+            maps = reference.layer_maps(network, image, chosen, method)
+    figures = {}
+    for kind in ("wall", "cpu"):
+        base = 0.0 if method == "thesis_normgrad1" else getattr(fixed, kind)
+        per_layer = max(getattr(loop, kind) - base, 0.0) / len(chosen)
+        figures[kind] = base + per_layer * len(layers)
+        figures[kind + "_per_layer"] = per_layer
+    return figures, maps
 
 
 def max_difference(network, image, method: str, maps: dict, args: argparse.Namespace) -> float:
@@ -201,13 +222,15 @@ def bench_encoder(encoder: str, args: argparse.Namespace, device: torch.device) 
     image = torch.randn(1, 3, args.size, args.size,
                         generator=torch.Generator().manual_seed(0)).to(device)
     layers = [name for name, _ in select_layers(network, default_layer_patterns(network))]
-    with_parameters = [name for name in layers if any(True for _ in network.get_submodule(name).parameters())]
+    stepped = [name for name in layers
+               if any(True for _ in network.get_submodule(name).parameters())]
     config = SaliencyConfig(normgrad1_batch=args.ng1_batch)
     figures: dict = {"encoder": encoder, "weights": origin, "layers": len(layers),
-                     "layers_with_parameters": len(with_parameters),
+                     "layers_with_parameters": len(stepped), "size": args.size,
                      "parameters": sum(p.numel() for p in network.parameters())}
     print(f"\n## DeepLabV3+/{encoder} ({origin}), {args.size}x{args.size}, {len(layers)} layers "
-          f"({len(with_parameters)} with parameters), device {device}", flush=True)
+          f"({len(stepped)} with parameters), device {device}", flush=True)
+    print(f"{'':52s} {'wall s':>9s} {'CPU s':>9s}")
 
     def forward():
         with torch.no_grad():
@@ -224,55 +247,105 @@ def bench_encoder(encoder: str, args: argparse.Namespace, device: torch.device) 
             ("forward + full backward", "fwd_bwd", forward_backward, args.repeats),
             ("ours: Grad-CAM", "ours_gc", ours("gradcam"), args.repeats),
             ("ours: NormGrad 0", "ours_ng0", ours("normgrad0"), args.repeats),
-            ("ours: Grad-CAM + NormGrad 0, one pass", "ours_gc_ng0", ours("gradcam", "normgrad0"),
+            ("ours: Grad-CAM + NormGrad 0 (one pass)", "ours_gc_ng0", ours("gradcam", "normgrad0"),
              args.repeats),
             ("ours: NormGrad 1", "ours_ng1", ours("normgrad1"), max(1, min(args.repeats, 2)))]
     for label, key, function, repeats in rows:
-        median, runs = timed(function, device, repeats, warmup=0 if key == "ours_ng1" else 1)
-        figures[key] = median
-        print(f"{label:45s} {median:9.3f} s   (runs {', '.join(f'{r:.3f}' for r in runs)})", flush=True)
+        timing = timed(function, device, repeats, warmup=0 if key == "ours_ng1" else 1)
+        figures[key] = timing
+        print(f"{label:52s} {timing['wall']:9.3f} {timing['cpu']:9.3f}   "
+              f"(wall runs {', '.join(f'{r:.3f}' for r in timing['walls'])})", flush=True)
     network.zero_grad(set_to_none=True)
 
-    for method, count, key in (("gradcam", args.sample, "ref_gc"), ("normgrad0", args.sample, "ref_ng0"),
-                               ("normgrad1", args.ng1_sample, "ref_ng1")):
-        chosen = evenly(layers, count)
-        total, per_layer, maps = reference_time(network, image, layers, chosen, method, device, args.full)
-        figures[key] = total
-        figures[key + "_per_layer"] = per_layer
-        figures[key + "_max_diff"] = max_difference(network, image, method, maps, args)
-        how = "all layers" if args.full else f"extrapolated from {len(chosen)} layers"
-        print(f"reference: {method:33s} {total:9.1f} s   ({per_layer:.3f} s/layer, {how}; "
-              f"max |ours - ref| {figures[key + '_max_diff']:.1e})", flush=True)
+    references = (("gradcam", args.sample, "ref_gc", layers),
+                  ("normgrad0", args.sample, "ref_ng0", layers),
+                  ("normgrad1", args.ng1_sample, "ref_ng1", layers),
+                  ("thesis_normgrad1", args.ng1_sample, "ref_ng1_thesis", layers))
+    for method, count, key, counted in references:
+        chosen = counted if args.full else evenly(counted, count)
+        timing, maps = reference_time(network, image, counted, chosen, method, device)
+        checked = "normgrad1" if method == "thesis_normgrad1" else method
+        timing["max_diff"] = max_difference(network, image, checked, maps, args)
+        figures[key] = timing
+        how = "all layers" if args.full else f"extrapolated from {len(chosen)}"
+        label = {"thesis_normgrad1": "reference: NormGrad 1, thesis (2 copies + 2 passes)",
+                 "normgrad1": "reference: NormGrad 1 (1 copy + 1 pass per layer)"}.get(
+                     method, f"reference: {method}")
+        print(f"{label:52s} {timing['wall']:9.1f} {timing['cpu']:9.1f}   "
+              f"({timing['cpu_per_layer']:.3f} CPU s/layer, {how}; "
+              f"max |ours - ref| {timing['max_diff']:.1e})", flush=True)
 
-    figures["ratio_gc_ng0_over_fwd_bwd"] = figures["ours_gc_ng0"] / figures["fwd_bwd"]
-    figures["speedup_gc_ng0"] = (figures["ref_gc"] + figures["ref_ng0"]) / figures["ours_gc_ng0"]
-    figures["speedup_gc"] = figures["ref_gc"] / figures["ours_gc"]
-    figures["speedup_ng0"] = figures["ref_ng0"] / figures["ours_ng0"]
-    figures["speedup_ng1"] = figures["ref_ng1"] / figures["ours_ng1"]
-    figures["ratio_ng1_over_fwd_bwd"] = figures["ours_ng1"] / figures["fwd_bwd"]
-    print(f"GC + NG0 one pass / fwd+bwd:                  {figures['ratio_gc_ng0_over_fwd_bwd']:6.2f}x"
-          "   (goal <= 1.5x)")
-    print(f"reference (GC + NG0 loops) / ours GC + NG0:   {figures['speedup_gc_ng0']:6.1f}x"
-          "   (goal >= 30x)")
-    print(f"reference GC / ours GC:                       {figures['speedup_gc']:6.1f}x")
-    print(f"reference NG0 / ours NG0:                     {figures['speedup_ng0']:6.1f}x")
-    print(f"reference NG1 / ours NG1:                     {figures['speedup_ng1']:6.1f}x"
-          "   (goal >= 10x)")
-    print(f"ours NG1 / fwd+bwd:                           {figures['ratio_ng1_over_fwd_bwd']:6.1f}x")
+    def ratio(numerator: str, denominator: str, kind: str = "cpu") -> float:
+        top = sum(figures[k][kind] for k in numerator.split("+"))
+        return top / figures[denominator][kind]
+
+    figures["ratios"] = {kind: {
+        "gc_ng0_over_fwd_bwd": ratio("ours_gc_ng0", "fwd_bwd", kind),
+        "ref_over_ours_gc_ng0": ratio("ref_gc+ref_ng0", "ours_gc_ng0", kind),
+        "ref_over_ours_gc": ratio("ref_gc", "ours_gc", kind),
+        "ref_over_ours_ng0": ratio("ref_ng0", "ours_ng0", kind),
+        "ref_over_ours_ng1": ratio("ref_ng1", "ours_ng1", kind),
+        "thesis_ref_over_ours_ng1": ratio("ref_ng1_thesis", "ours_ng1", kind),
+        "ng1_over_fwd_bwd": ratio("ours_ng1", "fwd_bwd", kind)} for kind in ("cpu", "wall")}
+    for key, label, goal in (
+            ("gc_ng0_over_fwd_bwd", "ours GC + NG0 / fwd+bwd", "goal <= 1.5"),
+            ("ref_over_ours_gc_ng0", "reference GC + NG0 loops / ours GC + NG0", "goal >= 30"),
+            ("ref_over_ours_gc", "reference GC / ours GC", ""),
+            ("ref_over_ours_ng0", "reference NG0 / ours NG0", ""),
+            ("ref_over_ours_ng1", "reference NG1 (1 copy) / ours NG1", "goal >= 10"),
+            ("thesis_ref_over_ours_ng1", "reference NG1 (thesis, 2 copies) / ours NG1",
+             "goal >= 10"),
+            ("ng1_over_fwd_bwd", "ours NG1 / fwd+bwd", "")):
+        cpu, wall = figures["ratios"]["cpu"][key], figures["ratios"]["wall"][key]
+        print(f"{label:52s} {wall:8.2f}x {cpu:8.2f}x   {goal}")
 
     if device.type == "cuda":
-        for key, function in (("fwd_bwd", forward_backward), ("gc_ng0", ours("gradcam", "normgrad0")),
-                              ("ng1", ours("normgrad1"))):
+        for key, function in (("fwd_bwd", forward_backward),
+                              ("gc_ng0", ours("gradcam", "normgrad0")), ("ng1", ours("normgrad1"))):
             torch.cuda.reset_peak_memory_stats()
             function()
-            figures[f"peak_{key}_mib"] = torch.cuda.max_memory_allocated() / 2**20
-            print(f"peak GPU memory {key:10s} {figures[f'peak_{key}_mib']:8.0f} MiB")
+            figures[f"peak_gpu_{key}_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            print(f"peak GPU memory {key:10s} {figures[f'peak_gpu_{key}_mib']:8.0f} MiB")
     elif not args.no_memory:
         for probe in PROBES:
             figures[f"peak_rss_{probe}_mib"] = peak_rss(encoder, probe, args)
-            print(f"peak RSS, fresh process, {probe:10s} {figures[f'peak_rss_{probe}_mib']:8.0f} MiB",
-                  flush=True)
+            peak = figures[f"peak_rss_{probe}_mib"]
+            print(f"peak RSS, fresh process, {probe:10s} {peak:8.0f} MiB", flush=True)
     return figures
+
+
+def print_table(everything: list[dict]) -> None:
+    """The summary as a Markdown table: CPU seconds (wall in brackets), ratios from CPU time."""
+    names = " | ".join(f"{f['encoder']} ({f['size']} px)" for f in everything)
+    print(f"\n| figure | {names} |\n|---|" + "---|" * len(everything))
+    rows = [("layers (with parameters)",
+             [f"{f['layers']} ({f['layers_with_parameters']})" for f in everything])]
+    for label, key, digits in (
+            ("forward, no grad", "forward", 3), ("forward + full backward", "fwd_bwd", 3),
+            ("ours GC", "ours_gc", 3), ("ours NG0", "ours_ng0", 3),
+            ("ours GC + NG0, one pass", "ours_gc_ng0", 3), ("ours NG1", "ours_ng1", 1),
+            ("reference GC", "ref_gc", 1), ("reference NG0", "ref_ng0", 1),
+            ("reference NG1, 1 copy/layer", "ref_ng1", 1),
+            ("reference NG1, thesis: 2 copies/layer", "ref_ng1_thesis", 1)):
+        cells = [f"{f[key]['cpu']:.{digits}f} ({f[key]['wall']:.{digits}f})" for f in everything]
+        rows.append((f"{label}, CPU s (wall s)", cells))
+    for label, key in (("GC+NG0 / fwd+bwd (goal <= 1.5)", "gc_ng0_over_fwd_bwd"),
+                       ("ref GC+NG0 / ours GC+NG0 (goal >= 30)", "ref_over_ours_gc_ng0"),
+                       ("ref NG1 (1 copy) / ours NG1 (goal >= 10)", "ref_over_ours_ng1"),
+                       ("ref NG1 (thesis) / ours NG1 (goal >= 10)", "thesis_ref_over_ours_ng1"),
+                       ("ours NG1 / fwd+bwd", "ng1_over_fwd_bwd")):
+        cells = [f"{f['ratios']['cpu'][key]:.1f}x ({f['ratios']['wall'][key]:.1f}x)"
+                 for f in everything]
+        rows.append((label + ", CPU (wall)", cells))
+    rows.append(("max abs diff vs reference, GC / NG0 / NG1",
+                 [" / ".join(f"{f[k]['max_diff']:.0e}" for k in ("ref_gc", "ref_ng0", "ref_ng1"))
+                  for f in everything]))
+    for probe in PROBES:
+        key = f"peak_rss_{probe}_mib"
+        if all(key in f for f in everything):
+            rows.append((f"peak RSS {probe}, MiB", [f"{f[key]:.0f}" for f in everything]))
+    for label, cells in rows:
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,27 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     everything = [bench_encoder(encoder, args, device) for encoder in args.encoders]
-    print("\n| figure | " + " | ".join(f["encoder"] for f in everything) + " |")
-    print("|---|" + "---|" * len(everything))
-    keys = [("forward (no grad), s", "forward", "{:.3f}"), ("fwd + full bwd, s", "fwd_bwd", "{:.3f}"),
-            ("ours GC, s", "ours_gc", "{:.3f}"), ("ours NG0, s", "ours_ng0", "{:.3f}"),
-            ("ours GC + NG0 (one pass), s", "ours_gc_ng0", "{:.3f}"), ("ours NG1, s", "ours_ng1", "{:.2f}"),
-            ("reference GC, s", "ref_gc", "{:.1f}"), ("reference NG0, s", "ref_ng0", "{:.1f}"),
-            ("reference NG1, s", "ref_ng1", "{:.1f}"),
-            ("GC+NG0 / fwd+bwd (goal <= 1.5)", "ratio_gc_ng0_over_fwd_bwd", "{:.2f}x"),
-            ("ref GC+NG0 / ours (goal >= 30)", "speedup_gc_ng0", "{:.0f}x"),
-            ("ref NG1 / ours NG1 (goal >= 10)", "speedup_ng1", "{:.1f}x"),
-            ("max abs diff vs ref (GC/NG0/NG1)", None, None)]
-    keys += [(f"peak RSS {p}, MiB", f"peak_rss_{p}_mib", "{:.0f}") for p in PROBES]
-    for label, key, form in keys:
-        if key is None:
-            cells = [f"{f['ref_gc_max_diff']:.0e}/{f['ref_ng0_max_diff']:.0e}/{f['ref_ng1_max_diff']:.0e}"
-                     for f in everything]
-        elif all(key in f for f in everything):
-            cells = [form.format(f[key]) for f in everything]
-        else:
-            continue
-        print(f"| {label} | " + " | ".join(cells) + " |")
+    print_table(everything)
     if args.json:
         args.json.write_text(json.dumps(everything, indent=2))
     return 0

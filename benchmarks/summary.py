@@ -28,6 +28,7 @@ from xiqa.operators.scoring import QualityResult, score_mask
 from xiqa.operators.summary import (
     PROMPT_STYLES,
     SOURCE_LLM,
+    Generation,
     Summarizer,
     SummaryConfig,
     build_prompt,
@@ -59,16 +60,35 @@ def synthetic_findings(count: int, seed: int = 0) -> list[QualityResult]:
     return results
 
 
+class RecordingSummarizer(Summarizer):
+    """Keeps the model's last raw text, so that rejections can be shown (never in a Summary)."""
+
+    last_raw: str = ""
+
+    def generate(self, *args, **kwargs) -> Generation:
+        generation = super().generate(*args, **kwargs)
+        self.last_raw = generation.text
+        return generation
+
+
 def measure_speed(summarizer: Summarizer) -> dict:
-    """Raw generation speed: one completion of exactly 128 tokens (EOS ignored)."""
+    """Raw speed: prompt evaluation of ~300 tokens, then 128 generated tokens (EOS banned)."""
     llama = summarizer._llama  # noqa: SLF001 - the benchmark looks inside on purpose
-    prompt = "Write a long note about the technical quality of chest X-ray images."
+    prompt = "Write a long note about the technical quality of chest X-ray images. " * 20
     llama.reset()
     started = time.perf_counter()
-    result = llama.create_completion(prompt, max_tokens=128, temperature=0.0, logit_bias=None)
+    result = llama.create_completion(prompt, max_tokens=1, temperature=0.0)
+    prompt_seconds = time.perf_counter() - started
+    prompt_tokens = result["usage"]["prompt_tokens"]
+    llama.reset()
+    started = time.perf_counter()
+    result = llama.create_completion("Chest X-ray quality notes:", max_tokens=128,
+                                     temperature=0.0, logit_bias={llama.token_eos(): -1e9})
     seconds = time.perf_counter() - started
     tokens = result["usage"]["completion_tokens"]
-    return {"completion_tokens": tokens, "seconds": round(seconds, 3),
+    llama.reset()
+    return {"prompt_tokens_per_second": round(prompt_tokens / prompt_seconds, 1),
+            "completion_tokens": tokens, "seconds": round(seconds, 3),
             "tokens_per_second": round(tokens / seconds, 1)}
 
 
@@ -76,7 +96,7 @@ def run_style(style: str, findings: list[QualityResult], args: argparse.Namespac
     config = SummaryConfig(model_path=args.model, prompt_style=style, n_threads=args.threads,
                            temperature=args.temperature, time_limit_s=args.time_limit,
                            warm_up=False)
-    summarizer = Summarizer(config)
+    summarizer = RecordingSummarizer(config)
     load_average = os.getloadavg()[0]
     started = time.perf_counter()
     loaded = summarizer.load()
@@ -100,10 +120,11 @@ def run_style(style: str, findings: list[QualityResult], args: argparse.Namespac
         else:
             for reason in (summary.rejected_reason or "").split("; "):
                 reasons[reason.split(" '")[0].split(" (")[0]] += 1
-        if index < args.show:
+        if index < args.show or (summary.rejected_reason and len(examples) < args.show_rejected):
             examples.append({"objects": len(quality.objects), "verdict": quality.verdict.value,
                              "source": summary.source, "text": summary.text,
-                             "rejected": summary.rejected_reason})
+                             "rejected": summary.rejected_reason,
+                             "raw": summarizer.last_raw if summary.rejected_reason else None})
     ordered = sorted(latencies)
     return {
         "style": style,
@@ -139,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-speed", dest="speed", action="store_false",
                         help="skip the 128-token speed run")
     parser.add_argument("--show", type=int, default=0, help="print the first N notes per style")
+    parser.add_argument("--show-rejected", type=int, default=0,
+                        help="also print up to N rejected model texts per style")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 

@@ -10,6 +10,7 @@ so one broken instance never stops the others.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 logger = logging.getLogger(__name__)
 
 CASE_PORT = "case"
+_UNSAFE_IN_NAME = re.compile(r"[^0-9A-Za-z._-]")
 
 
 @dataclass
@@ -43,6 +45,10 @@ class Case:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def folder(self, output: Path) -> Path:
+        """``output/<SOP Instance UID>``: where every output of this case goes (a UID, never a name)."""
+        return Path(output) / _UNSAFE_IN_NAME.sub("_", self.source.sop_instance_uid)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

@@ -2,7 +2,9 @@
 
 File names are ``<source SOP Instance UID>_<kind>.dcm`` (kind ``seg``, ``sc``,
 ``sr``; see :func:`xiqa.operators.writer_common.output_path`), written atomically.
-:class:`DicomOutputsOperator` is the same call as a node of the ``Case`` graph.
+The graph runs the same builders as three nodes (``SegWriterOperator``,
+``ScWriterOperator``, ``SrWriterOperator``); this module is for callers
+outside the graph.
 """
 
 from __future__ import annotations
@@ -11,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from monai.deploy.core import Fragment
 from pydicom import Dataset
 
-from .case import Case, CaseOperator
 from .codes import DEFAULT_UID_ROOT
 from .loader import SourceImage
 from .scoring import QualityResult
@@ -121,51 +121,3 @@ def write_outputs(
     output_dir.mkdir(parents=True, exist_ok=True)
     return {kind.value: save_atomically(dataset, output_path(output_dir, source.dataset, kind))
             for kind, dataset in built.by_kind().items()}
-
-
-def algorithm_for_case(case: Case) -> AlgorithmInfo:
-    """Name ``xiqa``, the package version, the case's model id and saliency method.
-
-    Raises
-    ------
-    ValueError
-        The case has no segmentation result (no model id to record).
-    """
-    from xiqa import __version__
-
-    if case.segmentation is None or not getattr(case.segmentation, "model_id", None):
-        raise ValueError('Argument "case" has no segmentation result with a model id')
-    method = getattr(case.saliency, "method", None)
-    return AlgorithmInfo(name="xiqa", version=__version__, model_id=case.segmentation.model_id,
-                         parameters=(f"saliency={method}",) if method else ())
-
-
-class DicomOutputsOperator(CaseOperator):
-    """Graph node for the ``Case`` pipeline: SEG, SC and SR beside the case's report.
-
-    Writes into ``<output>/<source SOP Instance UID>/`` (the report's folder) and
-    records the paths in ``case.outputs`` under ``seg``, ``sc`` and ``sr``; run
-    it before the report node so that report.json lists them.  Needs the case's
-    segmentation (probability and model id), saliency, quality and summary.
-    """
-
-    stage = "dicom_outputs"
-
-    def __init__(self, fragment: Fragment, *args, output: Path, threshold: float = 0.5,
-                 uid_root: str | None = DEFAULT_UID_ROOT, **kwargs) -> None:
-        self.output = Path(output)
-        self.threshold = threshold
-        self.uid_root = uid_root
-        super().__init__(fragment, *args, **kwargs)
-
-    def step(self, case: Case) -> None:
-        from .report import case_folder
-
-        missing = [name for name in ("segmentation", "saliency", "quality", "summary")
-                   if getattr(case, name) is None]
-        if missing:
-            raise ValueError(f"case has no {', '.join(missing)} to write DICOM outputs from")
-        case.outputs.update(write_outputs(
-            case.source, case.segmentation.probability, case.saliency.combined, case.quality,
-            case.summary.text, case.summary.source, algorithm_for_case(case),
-            case_folder(self.output, case), threshold=self.threshold, uid_root=self.uid_root))

@@ -8,7 +8,6 @@ it, Q_img, Q_filtered, the verdict and a per-object table.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,6 @@ from .case import Case, CaseOperator
 
 REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
-_SAFE_NAME = re.compile(r"[^0-9A-Za-z._-]")
-
-
-def case_folder(output: Path, case: Case) -> Path:
-    """``output/<SOP Instance UID>``, the UID made safe as a file name."""
-    return Path(output) / _SAFE_NAME.sub("_", case.source.sop_instance_uid)
 
 
 def report_dict(case: Case) -> dict:
@@ -117,7 +110,7 @@ def render_report_png(case: Case, path: Path, max_side: int = 900) -> Path:
 
 def write_report(case: Case, output: Path) -> None:
     """Write report.json and report.png for ``case`` and record them in ``case.outputs``."""
-    folder = case_folder(output, case)
+    folder = case.folder(output)
     folder.mkdir(parents=True, exist_ok=True)
     case.outputs["report_png"] = render_report_png(case, folder / REPORT_PNG)
     case.outputs["report_json"] = folder / REPORT_JSON

@@ -164,7 +164,8 @@ class SaliencyConfig:
         if self.method not in METHODS:
             raise ValueError(f'Argument "method" must be one of {METHODS}, got {self.method!r}')
         if self.combine not in COMBINATIONS:
-            raise ValueError(f'Argument "combine" must be one of {COMBINATIONS}, got {self.combine!r}')
+            raise ValueError(f'Argument "combine" must be one of {COMBINATIONS}, '
+                             f"got {self.combine!r}")
         if not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise ValueError(f'Argument "epsilon" must be a positive number, got {self.epsilon!r}')
         if not (isinstance(self.normgrad1_batch, int) and self.normgrad1_batch >= 1):
@@ -219,23 +220,26 @@ def gradcam_map(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tenso
 
 def normgrad_map(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     """NormGrad order 0 of (N, C, h, w) activations and gradients: (N, h, w)."""
-    return torch.linalg.vector_norm(activation, dim=1) * torch.linalg.vector_norm(gradient, dim=1)
+    # square-sum-sqrt: ``linalg.vector_norm(dim=1)`` is ~10x slower on CPU (strided reduction)
+    return activation.square().sum(dim=1).sqrt_() * gradient.square().sum(dim=1).sqrt_()
 
 
 _MAP_FUNCTIONS = {"gradcam": gradcam_map, "normgrad0": normgrad_map}
 
 
-def normalise_maps(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def normalise_maps(maps: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-max normalise each (H, W) map of a (..., H, W) stack; constant maps become 0.
 
-    Returns the normalised stack and a boolean (...) tensor that marks the constant maps.
+    Returns the normalised stack (``maps`` itself when ``inplace``) and a boolean
+    (...) tensor that marks the constant maps.
     """
     low = maps.amin(dim=(-2, -1), keepdim=True)
     high = maps.amax(dim=(-2, -1), keepdim=True)
     span = high - low
     constant = span <= CONSTANT_MAP_TOLERANCE * torch.maximum(high.abs(), low.abs())
-    normalised = (maps - low) / torch.where(constant, torch.ones_like(span), span)
-    normalised = torch.where(constant, torch.zeros_like(normalised), normalised)
+    normalised = maps if inplace else maps.clone()
+    # a division (not a multiplication by 1/span) so that the maximum becomes exactly 1
+    normalised.sub_(low).div_(torch.where(constant, 1, span)).mul_(~constant)
     return normalised, constant[..., 0, 0]
 
 
@@ -275,7 +279,7 @@ def combine_layer_maps(raw_maps: Sequence[torch.Tensor], size: tuple[int, int], 
         stack = torch.stack([raw_maps[i].float() for i in indices], dim=1)
         if shape != tuple(size):
             stack = F.interpolate(stack, size=size, mode="bilinear", align_corners=False)
-        stack, constant = normalise_maps(stack)
+        stack, constant = normalise_maps(stack, inplace=True)
         if combine == "mean":
             total += stack.sum(dim=1)
         else:
@@ -329,8 +333,8 @@ def select_layers(network: nn.Module, patterns: Sequence[str]) -> list[tuple[str
     layers = [(name, module) for name, module in network.named_modules()
               if name and any(regex.fullmatch(name) for regex in compiled)]
     if not layers:
-        raise ValueError(f'Argument "layer_patterns" matches no module of {type(network).__name__}: '
-                         f"{list(patterns)}")
+        raise ValueError(f'Argument "layer_patterns" matches no module of '
+                         f"{type(network).__name__}: {list(patterns)}")
     return layers
 
 
@@ -419,8 +423,9 @@ class _Capture:
             if self.guard is not None and self.guard.depth:
                 return None
             if not isinstance(output, torch.Tensor) or output.dim() != 4:
-                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                raise ValueError(f'layer "{name}" must return an (N, C, h, w) tensor, got {shape}')
+                got = (tuple(output.shape) if isinstance(output, torch.Tensor)
+                       else type(output).__name__)
+                raise ValueError(f'layer "{name}" must return an (N, C, h, w) tensor, got {got}')
             self.outputs[name] = output
             self.versions[name] = output._version
             return output.clone() if name in self.clone else None
@@ -435,7 +440,8 @@ class _Capture:
 # --------------------------------------------------------------------------- one pass
 
 
-def _as_batch(network_input: np.ndarray | torch.Tensor, device: torch.device) -> tuple[torch.Tensor, bool]:
+def _as_batch(network_input: np.ndarray | torch.Tensor,
+              device: torch.device) -> tuple[torch.Tensor, bool]:
     """A float32 (N, C, H, W) copy on ``device`` and whether the input was one image."""
     if isinstance(network_input, np.ndarray):
         batch = torch.tensor(network_input, dtype=torch.float32)
@@ -513,7 +519,8 @@ def _forward_backward(network: nn.Module, batch: torch.Tensor,
         clone |= modified
         _CLONED_LAYERS.setdefault(network, set()).update(modified)
     else:
-        raise RuntimeError(f"layer outputs keep changing in place after capture: {sorted(modified)}")
+        raise RuntimeError("layer outputs keep changing in place after capture: "
+                           f"{sorted(modified)}")
     missing = [name for name, _ in layers if name not in capture.outputs]
     if missing:
         raise ValueError(f"layers not called in the forward pass: {missing[:5]}")
@@ -521,16 +528,19 @@ def _forward_backward(network: nn.Module, batch: torch.Tensor,
     distinct, index = _unique(activations)
     targets = distinct + list(leaves.values())
     gradients = torch.autograd.grad(scores.sum(), targets, allow_unused=True)
-    gradients = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, gradients, strict=True)]
+    gradients = [torch.zeros_like(t) if g is None else g
+                 for t, g in zip(targets, gradients, strict=True)]
     layer_gradients = [gradients[i] for i in index]
     parameter_gradients = dict(zip(leaves, gradients[len(distinct):], strict=True))
     return _Pass([a.detach() for a in activations], layer_gradients, parameter_gradients, recorder)
 
 
-def _parameter_names(network: nn.Module, parameters: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+def _parameter_names(network: nn.Module,
+                     parameters: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every name under which the network holds one of ``parameters``."""
     wanted = {id(p) for p in parameters}
-    return {name: p for name, p in network.named_parameters(remove_duplicate=False) if id(p) in wanted}
+    return {name: p for name, p in network.named_parameters(remove_duplicate=False)
+            if id(p) in wanted}
 
 
 # --------------------------------------------------------------------------- order 1
@@ -553,7 +563,7 @@ class _Call:
 
 
 def _flatten(value: Any) -> tuple[Any, list[torch.Tensor]] | None:
-    """(structure with detached tensors, the tensors); None for anything but tensors/lists/tuples."""
+    """(structure with detached tensors, its tensors), or None unless tensors/lists/tuples."""
     if isinstance(value, torch.Tensor):
         detached = value.detach()
         return detached, [detached]
@@ -636,7 +646,7 @@ class _Recorder:
 @contextmanager
 def _replaying(network: nn.Module, recorder: _Recorder, boundary: int, batch: int,
                guard: _Guard) -> Iterator[None]:
-    """Modules that finished before ``boundary`` return their recorded outputs instead of running."""
+    """Modules that finished before ``boundary`` return their recorded outputs, not running."""
     modules = {id(m): m for m in network.modules()}
     plans = recorder.plans(boundary)
     saved: list[tuple[nn.Module, Any]] = []
@@ -664,13 +674,15 @@ def _replaying(network: nn.Module, recorder: _Recorder, boundary: int, batch: in
             saved.append((module, module.__dict__.get("forward")))
             module.forward = make_forward(module, module.forward, plan)
         yield
-        if any(call is not None and not call.cacheable() for plan in plans.values() for call in plan):
+        served = [call for plan in plans.values() for call in plan if call is not None]
+        if not all(call.cacheable() for call in served):
             raise RuntimeError("a recorded module output was modified in place during a "
                                "NormGrad order 1 replay")
         unfinished = [type(modules[k]).__name__ for k, plan in plans.items()
                       if positions.get(k, 0) != len(plan)]
         if unfinished:
-            raise RuntimeError(f"the NormGrad order 1 replay skipped recorded calls of {unfinished[:3]}")
+            raise RuntimeError("the NormGrad order 1 replay skipped recorded calls of "
+                               f"{unfinished[:3]}")
     finally:
         for module, previous in saved:
             if previous is None:
@@ -693,10 +705,15 @@ def _normgrad1_maps(network: nn.Module, image: torch.Tensor,
                     layers: Sequence[tuple[str, nn.Module]], epsilon: float,
                     group_size: int) -> list[torch.Tensor]:
     """Order-1 maps (1, h, w) of every layer for one (1, C, H, W) image."""
-    stepped_layers = [i for i, (_, module) in enumerate(layers) if any(True for _ in module.parameters())]
-    parameters = list({id(p): p for i in stepped_layers for p in layers[i][1].parameters()}.values())
+    stepped_layers = [i for i, (_, module) in enumerate(layers)
+                      if any(True for _ in module.parameters())]
+    parameters = list({id(p): p for i in stepped_layers
+                       for p in layers[i][1].parameters()}.values())
     first = _forward_backward(network, image, layers, parameters, record=True)
-    maps = [normgrad_map(a, g) for a, g in zip(first.activations, first.gradients, strict=True)]
+    # a layer without parameters keeps its order-0 map: stepping it changes nothing
+    maps: list[torch.Tensor | None] = [
+        None if i in stepped_layers else normgrad_map(a, g)
+        for i, (a, g) in enumerate(zip(first.activations, first.gradients, strict=True))]
     recorder = first.recorder
     assert recorder is not None
     owners: dict[int, list[nn.Module]] = {}
@@ -714,9 +731,13 @@ def _normgrad1_maps(network: nn.Module, image: torch.Tensor,
         group = order[begin:begin + group_size]
         steps = {i: {name: p.detach() - epsilon * first.parameter_gradients[id(p)]
                      for name, p in layers[i][1].named_parameters()} for i in group}
-        for i, (activation, gradient) in _replay(network, image, recorder, layers, group, steps,
-                                                 min(boundaries[i] for i in group), detached).items():
+        boundary = min(boundaries[i] for i in group)
+        replayed = _replay(network, image, recorder, layers, group, steps, boundary, detached)
+        for i, (activation, gradient) in replayed.items():
             maps[i] = normgrad_map(activation, gradient)
+    unset = [layers[i][0] for i, layer_map in enumerate(maps) if layer_map is None]
+    if unset:
+        raise RuntimeError(f"NormGrad order 1 produced no map for {unset[:3]}")
     return maps
 
 
@@ -736,11 +757,12 @@ def _replay(network: nn.Module, image: torch.Tensor, recorder: _Recorder,
     def make_hook(element: int, layer: int) -> Callable:
         module = layers[layer][1]
 
-        def hook(mod: nn.Module, args: Any, kwargs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        def hook(mod: nn.Module, args: Any, kwargs: Any, output: torch.Tensor) -> Any:
             if guard.depth:
                 return None
             with guard.active():
-                stepped = torch.func.functional_call(module, steps[layer], _slice(args, element, batch),
+                stepped = torch.func.functional_call(module, steps[layer],
+                                                     _slice(args, element, batch),
                                                      _slice(kwargs, element, batch))
             replaced = torch.cat([output[:element], stepped, output[element + 1:]])
             if not replaced.requires_grad:
@@ -753,7 +775,8 @@ def _replay(network: nn.Module, image: torch.Tensor, recorder: _Recorder,
     with ExitStack() as stack:
         hooks = stack.enter_context(_Hooks())
         for element, layer in enumerate(group):
-            hooks.add(layers[layer][1].register_forward_hook(make_hook(element, layer), with_kwargs=True))
+            hook = make_hook(element, layer)
+            hooks.add(layers[layer][1].register_forward_hook(hook, with_kwargs=True))
         stack.enter_context(_replaying(network, recorder, boundary, batch, guard))
         inputs = image.detach().expand(batch, *image.shape[1:])
         output = torch.func.functional_call(network, detached, (inputs,))
@@ -788,6 +811,10 @@ def _device(network: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
+def _add_time(timings: dict[str, float], stage: str, started: float) -> None:
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
+
+
 def _raw_maps(network: nn.Module, batch: torch.Tensor, layers: Sequence[tuple[str, nn.Module]],
               methods: Sequence[str], config: SaliencyConfig,
               timings: dict[str, float]) -> dict[str, list[torch.Tensor]]:
@@ -797,7 +824,7 @@ def _raw_maps(network: nn.Module, batch: torch.Tensor, layers: Sequence[tuple[st
     if one_pass:
         started = time.perf_counter()
         result = _forward_backward(network, batch, layers)
-        timings["forward_backward"] = timings.get("forward_backward", 0.0) + time.perf_counter() - started
+        _add_time(timings, "forward_backward", started)
         started = time.perf_counter()
         for method in one_pass:
             function = _MAP_FUNCTIONS[method]
@@ -808,17 +835,18 @@ def _raw_maps(network: nn.Module, batch: torch.Tensor, layers: Sequence[tuple[st
                 if key not in maps:
                     maps[key] = function(activation, gradient)
                 raw[method].append(maps[key])
-        timings["layer_maps"] = timings.get("layer_maps", 0.0) + time.perf_counter() - started
+        _add_time(timings, "layer_maps", started)
     if "normgrad1" in methods:
         started = time.perf_counter()
         per_image = [_normgrad1_maps(network, batch[n:n + 1], layers, config.epsilon,
                                      config.normgrad1_batch) for n in range(batch.shape[0])]
         raw["normgrad1"] = [torch.cat(maps) for maps in zip(*per_image, strict=True)]
-        timings["normgrad1"] = timings.get("normgrad1", 0.0) + time.perf_counter() - started
+        _add_time(timings, "normgrad1", started)
     return raw
 
 
-def compute_saliencies(network: nn.Module | SegmentationModel, network_input: np.ndarray | torch.Tensor,
+def compute_saliencies(network: nn.Module | SegmentationModel,
+                       network_input: np.ndarray | torch.Tensor,
                        config: SaliencyConfig = SaliencyConfig(),
                        methods: Sequence[str] | None = None) -> dict[str, SaliencyResult]:
     """Several methods from shared passes (Grad-CAM and order 0 from the same one).
@@ -857,7 +885,7 @@ def compute_saliencies(network: nn.Module | SegmentationModel, network_input: np
                     if len(networks) == 1:
                         raw_kept[method] = {name: _numpy(m, single)
                                             for name, m in zip(names, raw[method], strict=True)}
-            timings["combine"] = timings.get("combine", 0.0) + time.perf_counter() - begun
+            _add_time(timings, "combine", begun)
     timings["total"] = time.perf_counter() - started
     results = {}
     for method in methods:
@@ -868,11 +896,13 @@ def compute_saliencies(network: nn.Module | SegmentationModel, network_input: np
         results[method] = SaliencyResult(
             combined=_numpy(total, single), method=method, layer_names=names,
             layer_maps=None if layer_maps is None else _numpy(layer_maps, single),
-            raw_layer_maps=raw_kept.get(method), timings={k: round(v, 4) for k, v in timings.items()})
+            raw_layer_maps=raw_kept.get(method),
+            timings={key: round(value, 4) for key, value in timings.items()})
     return results
 
 
-def compute_saliency(network: nn.Module | SegmentationModel, network_input: np.ndarray | torch.Tensor,
+def compute_saliency(network: nn.Module | SegmentationModel,
+                     network_input: np.ndarray | torch.Tensor,
                      config: SaliencyConfig = SaliencyConfig()) -> SaliencyResult:
     """Combined saliency map of one (C, H, W) image or of a (N, C, H, W) batch.
 

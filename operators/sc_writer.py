@@ -19,10 +19,11 @@ from pathlib import Path
 import cv2
 import highdicom as hd
 import numpy as np
-from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.deploy.core import Fragment
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from .case import Case, CaseOperator
 from .codes import DEFAULT_UID_ROOT, SOURCE_IMAGE_PURPOSE
 from .loader import SourceImage
 from .preprocess import resize_image
@@ -33,6 +34,7 @@ from .writer_common import (
     OUTPUT_CHARACTER_SET,
     AlgorithmInfo,
     OutputKind,
+    algorithm_for_case,
     body_part_examined,
     output_identity,
     output_path,
@@ -41,12 +43,6 @@ from .writer_common import (
     reference_dataset,
     save_atomically,
 )
-
-INPUT_PORT_IMAGE = "source_image"
-INPUT_PORT_SALIENCY = "saliency"
-INPUT_PORT_MASK = "mask_at_source"
-INPUT_PORT_QUALITY = "quality"
-OUTPUT_PORT_SC = "sc"
 
 #: Opacity of the heatmap where saliency is 1 (it falls linearly to 0 at saliency 0).
 HEATMAP_MAX_ALPHA = 0.55
@@ -274,35 +270,19 @@ def _describe_derivation(sc: hd.sc.SCImage, source: Dataset, algorithm: Algorith
     sc.SourceImageSequence = [item]
 
 
-def write_heatmap_capture(sc: hd.sc.SCImage, path: Path) -> Path:
-    """Save ``sc`` as a DICOM file (PS3.10) at ``path``, atomically (temp file, fsync, rename)."""
-    return save_atomically(sc, Path(path))
+class ScWriterOperator(CaseOperator):
+    """Writes ``<SOP Instance UID>_sc.dcm`` (heatmap, contours, legend); records ``outputs["sc"]``."""
 
+    stage = "sc_writer"
 
-class ScWriterOperator(Operator):
-    """Writes one heatmap Secondary Capture per source image.
-
-    Named inputs: ``source_image`` (SourceImage), ``saliency`` (2-D ndarray),
-    ``mask_at_source`` (binary ndarray), ``quality`` (QualityResult).  Named
-    output: ``sc`` (the SCImage).  File output: ``<source SOP Instance UID>_sc.dcm``.
-    """
-
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, algorithm: AlgorithmInfo,
+    def __init__(self, fragment: Fragment, *args, output: Path, uid_root: str | None = DEFAULT_UID_ROOT,
                  **kwargs) -> None:
-        self.output_folder = Path(output_folder)
-        self.algorithm = algorithm
+        self.output, self.uid_root = Path(output), uid_root
         super().__init__(fragment, *args, **kwargs)
 
-    def setup(self, spec: OperatorSpec) -> None:
-        for port in (INPUT_PORT_IMAGE, INPUT_PORT_SALIENCY, INPUT_PORT_MASK, INPUT_PORT_QUALITY):
-            spec.input(port)
-        spec.output(OUTPUT_PORT_SC)
-
-    def compute(self, op_input, op_output, context) -> None:
-        source = op_input.receive(INPUT_PORT_IMAGE)
-        sc = build_heatmap_capture(source, op_input.receive(INPUT_PORT_SALIENCY),
-                                   op_input.receive(INPUT_PORT_MASK),
-                                   op_input.receive(INPUT_PORT_QUALITY), self.algorithm)
-        self.output_folder.mkdir(parents=True, exist_ok=True)
-        write_heatmap_capture(sc, output_path(self.output_folder, source.dataset, OutputKind.SC))
-        op_output.emit(sc, OUTPUT_PORT_SC)
+    def step(self, case: Case) -> None:
+        mask = case.segmentation.mask_for_source(case.source.shape)
+        sc = build_heatmap_capture(case.source, case.saliency.combined, mask, case.quality,
+                                   algorithm_for_case(case), self.uid_root)
+        target = output_path(case.folder(self.output), case.source.dataset, OutputKind.SC)
+        case.outputs["sc"] = save_atomically(sc, target)

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.deploy.core import Fragment
 
+from .case import Case, CaseOperator
 from .codes import DEFAULT_UID_ROOT, SEGMENT_CATEGORY, SEGMENT_LABEL, SEGMENT_TYPE, derive_uid
 from .loader import SourceImage
 from .writer_common import (
@@ -29,16 +30,13 @@ from .writer_common import (
     OUTPUT_CHARACTER_SET,
     AlgorithmInfo,
     OutputKind,
+    algorithm_for_case,
     output_identity,
     output_path,
     patient_orientation,
     reference_dataset,
     save_atomically,
 )
-
-INPUT_PORT_IMAGE = "source_image"
-INPUT_PORT_MASK = "mask_at_source"
-OUTPUT_PORT_SEG = "seg"
 
 #: Number of the only segment, and of the only frame, of every xiqa SEG.
 SEGMENT_NUMBER = 1
@@ -147,34 +145,18 @@ def build_segmentation(
     return seg
 
 
-def write_segmentation(seg: hd.seg.Segmentation, path: Path) -> Path:
-    """Save ``seg`` as a DICOM file (PS3.10) at ``path``, atomically (temp file, fsync, rename)."""
-    return save_atomically(seg, Path(path))
+class SegWriterOperator(CaseOperator):
+    """Writes ``<SOP Instance UID>_seg.dcm`` into the case's folder; records it as ``outputs["seg"]``."""
 
+    stage = "seg_writer"
 
-class SegWriterOperator(Operator):
-    """Writes one SEG per source image.
-
-    Named inputs: ``source_image`` (SourceImage), ``mask_at_source`` (binary
-    ndarray, source rows x columns).  Named output: ``seg`` (the Segmentation,
-    for the SR writer).  File output: ``<SOP Instance UID of source>_seg.dcm``
-    in ``output_folder``.
-    """
-
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, algorithm: AlgorithmInfo,
+    def __init__(self, fragment: Fragment, *args, output: Path, uid_root: str | None = DEFAULT_UID_ROOT,
                  **kwargs) -> None:
-        self.output_folder = Path(output_folder)
-        self.algorithm = algorithm
+        self.output, self.uid_root = Path(output), uid_root
         super().__init__(fragment, *args, **kwargs)
 
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input(INPUT_PORT_IMAGE)
-        spec.input(INPUT_PORT_MASK)
-        spec.output(OUTPUT_PORT_SEG)
-
-    def compute(self, op_input, op_output, context) -> None:
-        source = op_input.receive(INPUT_PORT_IMAGE)
-        seg = build_segmentation(source, op_input.receive(INPUT_PORT_MASK), self.algorithm)
-        self.output_folder.mkdir(parents=True, exist_ok=True)
-        write_segmentation(seg, output_path(self.output_folder, source.dataset, OutputKind.SEG))
-        op_output.emit(seg, OUTPUT_PORT_SEG)
+    def step(self, case: Case) -> None:
+        mask = case.segmentation.mask_for_source(case.source.shape)
+        seg = build_segmentation(case.source, mask, algorithm_for_case(case), self.uid_root)
+        target = output_path(case.folder(self.output), case.source.dataset, OutputKind.SEG)
+        case.outputs["seg"] = save_atomically(seg, target)

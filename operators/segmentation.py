@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -120,13 +120,22 @@ class SegmentationResult:
     probability: np.ndarray  # float32 (H, W) on the analysis grid
     mask: np.ndarray  # uint8 (H, W)
     model_id: str
+    threshold: float = 0.5
+    _source_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def mask_for_source(self, shape: tuple[int, int]) -> np.ndarray:
+        """The mask at the source's rows x columns, computed once (SEG and SC both need it)."""
+        if self._source_mask is None or self._source_mask.shape != tuple(shape):
+            self._source_mask = mask_at_source(self.probability, shape, self.threshold)
+        return self._source_mask
 
 
 def segment(model: SegmentationModel, network_input: np.ndarray) -> SegmentationResult:
     """Probability map and binary mask for one (C, H, W) input."""
     batch = torch.from_numpy(np.ascontiguousarray(network_input))[None]
     probability = model.probability(batch)[0, 0].cpu().numpy().astype(np.float32)
-    return SegmentationResult(probability, (probability > model.threshold).astype(np.uint8), model.model_id)
+    mask = (probability > model.threshold).astype(np.uint8)
+    return SegmentationResult(probability, mask, model.model_id, model.threshold)
 
 
 def mask_at_source(probability: np.ndarray, shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:

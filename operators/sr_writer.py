@@ -38,12 +38,14 @@ from pathlib import Path
 import cv2
 import highdicom as hd
 import numpy as np
-from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.deploy.core import Fragment
 from pydicom import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage
 
 from . import codes as xc
+from .case import Case, CaseOperator
+from .codes import DEFAULT_UID_ROOT
 from .loader import SourceImage
 from .scoring import ObjectFinding, QualityResult
 from .seg_writer import FRAME_NUMBER, SEGMENT_NUMBER
@@ -52,6 +54,7 @@ from .writer_common import (
     OUTPUT_CHARACTER_SET,
     AlgorithmInfo,
     OutputKind,
+    algorithm_for_case,
     imager_pixel_spacing,
     output_identity,
     output_path,
@@ -59,13 +62,6 @@ from .writer_common import (
     reference_dataset,
     save_atomically,
 )
-
-INPUT_PORT_IMAGE = "source_image"
-INPUT_PORT_QUALITY = "quality"
-INPUT_PORT_SEG = "seg"
-INPUT_PORT_SUMMARY = "summary"
-INPUT_PORT_GRID_MASK = "mask"
-OUTPUT_PORT_SR = "sr"
 
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")  # UT keeps TAB, LF, FF, CR
 
@@ -394,41 +390,23 @@ def _check_seg_references(seg: Dataset, reference: Dataset) -> None:
         raise ValueError('Argument "seg" must reference the source image')
 
 
-def write_report(sr: hd.sr.ComprehensiveSR, path: Path) -> Path:
-    """Save ``sr`` as a DICOM file (PS3.10) at ``path``, atomically (temp file, fsync, rename)."""
-    return save_atomically(sr, Path(path))
+class SrWriterOperator(CaseOperator):
+    """Writes ``<SOP Instance UID>_sr.dcm`` referencing the SEG written before; records ``outputs["sr"]``."""
 
+    stage = "sr_writer"
 
-class SrWriterOperator(Operator):
-    """Writes one TID 1500 SR per source image.
-
-    Named inputs: ``source_image`` (SourceImage), ``quality`` (QualityResult),
-    ``seg`` (the SEG from :class:`SegWriterOperator`), ``summary`` (a
-    :class:`xiqa.operators.summary.Summary` or a ``(text, source)`` pair, source
-    ``"llm"`` or ``"template"``), ``mask`` (the analysis-grid mask).  Named output: ``sr``.  File output:
-    ``<source SOP Instance UID>_sr.dcm``.
-    """
-
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, algorithm: AlgorithmInfo,
+    def __init__(self, fragment: Fragment, *args, output: Path, uid_root: str | None = DEFAULT_UID_ROOT,
                  **kwargs) -> None:
-        self.output_folder = Path(output_folder)
-        self.algorithm = algorithm
+        self.output, self.uid_root = Path(output), uid_root
         super().__init__(fragment, *args, **kwargs)
 
-    def setup(self, spec: OperatorSpec) -> None:
-        for port in (INPUT_PORT_IMAGE, INPUT_PORT_QUALITY, INPUT_PORT_SEG, INPUT_PORT_SUMMARY,
-                     INPUT_PORT_GRID_MASK):
-            spec.input(port)
-        spec.output(OUTPUT_PORT_SR)
+    def step(self, case: Case) -> None:
+        from pydicom import dcmread
 
-    def compute(self, op_input, op_output, context) -> None:
-        source = op_input.receive(INPUT_PORT_IMAGE)
-        summary = op_input.receive(INPUT_PORT_SUMMARY)  # summary.Summary or (text, source)
-        text, summary_source = (summary if isinstance(summary, tuple)
-                                else (summary.text, summary.source))
-        sr = build_report(source, op_input.receive(INPUT_PORT_QUALITY),
-                          op_input.receive(INPUT_PORT_SEG), text, summary_source, self.algorithm,
-                          grid_mask=op_input.receive(INPUT_PORT_GRID_MASK))
-        self.output_folder.mkdir(parents=True, exist_ok=True)
-        write_report(sr, output_path(self.output_folder, source.dataset, OutputKind.SR))
-        op_output.emit(sr, OUTPUT_PORT_SR)
+        # the SR references the SEG as written, so it is read back rather than rebuilt
+        seg = dcmread(case.outputs["seg"])
+        sr = build_report(case.source, case.quality, seg, case.summary.text, case.summary.source,
+                          algorithm_for_case(case), grid_mask=case.segmentation.mask,
+                          uid_root=self.uid_root)
+        target = output_path(case.folder(self.output), case.source.dataset, OutputKind.SR)
+        case.outputs["sr"] = save_atomically(sr, target)

@@ -46,6 +46,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from .case import Case
 from .codes import ALGORITHM_FAMILY, DEFAULT_UID_ROOT, check_uid_root, derive_uid
 
 logger = logging.getLogger(__name__)
@@ -228,8 +229,13 @@ def output_path(folder: Path, source: Dataset, kind: OutputKind | str) -> Path:
 
 
 def save_atomically(dataset: Dataset, path: Path) -> Path:
-    """Write ``dataset`` to a temporary file beside ``path``, fsync it, then rename it."""
+    """Write ``dataset`` to a temporary file beside ``path``, fsync it, rename it, fsync the folder.
+
+    The folder is created when missing.  A reader never sees a partial file, and
+    after a crash the file is either complete or absent.
+    """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -240,6 +246,11 @@ def save_atomically(dataset: Dataset, path: Path) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # makes the rename itself durable
+    finally:
+        os.close(folder)
     return path
 
 
@@ -481,3 +492,20 @@ def _time(value: object) -> str:
     if hours > 23 or minutes > 59 or seconds > 60:
         return ""
     return text
+
+
+def algorithm_for_case(case: Case) -> AlgorithmInfo:
+    """Name ``xiqa``, the package version, the case's model id and saliency method.
+
+    Raises
+    ------
+    ValueError
+        The case has no segmentation result (no model id to record).
+    """
+    from xiqa import __version__
+
+    if case.segmentation is None or not getattr(case.segmentation, "model_id", None):
+        raise ValueError('Argument "case" has no segmentation result with a model id')
+    method = getattr(case.saliency, "method", None)
+    return AlgorithmInfo(name="xiqa", version=__version__, model_id=case.segmentation.model_id,
+                         parameters=(f"saliency={method}",) if method else ())

@@ -1,8 +1,8 @@
-"""Run one graph node through the SDK's real execution: source -> node -> collect."""
+"""Run graph nodes through the SDK's real execution: source -> node(s) -> collect."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import Application, Fragment, Operator, OperatorSpec
@@ -22,21 +22,24 @@ class _CaseSource(Operator):
         self._next += 1
 
 
-class _OneNodeApp(Application):
-    def __init__(self, make_node: Callable[[Fragment], Operator], cases: list[Case]) -> None:
-        self.make_node, self.cases, self.collected = make_node, cases, []
+NodeFactory = Callable[[Fragment], Operator]
+
+
+class _ChainApp(Application):
+    def __init__(self, make_nodes: Sequence[NodeFactory], cases: list[Case]) -> None:
+        self.make_nodes, self.cases, self.collected = list(make_nodes), cases, []
         super().__init__()
 
     def compose(self) -> None:
         source = _CaseSource(self, CountCondition(self, len(self.cases)), cases=self.cases, name="source")
-        node = self.make_node(self)
-        collect = CollectOperator(self, on_case=self.collected.append, name="collect")
-        self.add_flow(source, node, {(CASE_PORT, CASE_PORT)})
-        self.add_flow(node, collect, {(CASE_PORT, CASE_PORT)})
+        chain = [source, *(make(self) for make in self.make_nodes),
+                 CollectOperator(self, on_case=self.collected.append, name="collect")]
+        for upstream, downstream in zip(chain, chain[1:]):
+            self.add_flow(upstream, downstream, {(CASE_PORT, CASE_PORT)})
 
 
-def run_node(make_node: Callable[[Fragment], Operator], cases: list[Case]) -> list[Case]:
-    """The cases as the node emitted them, in order."""
-    app = _OneNodeApp(make_node, cases)
+def run_node(make_node: NodeFactory | Sequence[NodeFactory], cases: list[Case]) -> list[Case]:
+    """The cases as the last node emitted them, in order; several factories run as a chain."""
+    app = _ChainApp([make_node] if callable(make_node) else make_node, cases)
     app.run()
     return app.collected

@@ -26,7 +26,7 @@ CONSTANT_TOLERANCE = 1e-6
 
 
 def prepared_copy(network: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy in eval mode with every ``inplace`` flag off (the caller's network is untouched)."""
+    """A deep copy in eval mode with every ``inplace`` flag off (the caller's stays untouched)."""
     clone = copy.deepcopy(network).eval()
     for module in clone.modules():
         if isinstance(getattr(module, "inplace", None), bool):
@@ -103,9 +103,32 @@ def layer_maps(network: torch.nn.Module, image: torch.Tensor, layers: list[str],
     return maps
 
 
+def thesis_normgrad1_maps(network: torch.nn.Module, image: torch.Tensor, layers: list[str],
+                          epsilon: float = 5e-4) -> dict[str, torch.Tensor]:
+    """Order 1 the way the thesis costs it (its table 4.10): per layer two model copies and two
+    forward/backward passes -- dS/dtheta on the first copy, order 0 on the stepped second one.
+    Same maps as ``layer_maps(..., "normgrad1")``; kept for the benchmark's comparison."""
+    base = prepared_copy(network)
+    image = image.detach().clone()
+    maps = {}
+    for layer in layers:
+        first = copy.deepcopy(base)
+        first.zero_grad(set_to_none=True)
+        score(first, image).backward()
+        stepped = copy.deepcopy(first)
+        with torch.no_grad():
+            for name, parameter in stepped.get_submodule(layer).named_parameters():
+                gradient = first.get_parameter(f"{layer}.{name}").grad
+                if gradient is not None:
+                    parameter -= epsilon * gradient
+        maps[layer] = normgrad(*activation_and_gradient(stepped, image, layer))
+    return maps
+
+
 def upsample_normalise(raw: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, bool]:
     """Bilinear (align_corners=False) to ``size``, then min-max; (map, was constant)."""
-    up = F.interpolate(raw[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    up = F.interpolate(raw[None, None].float(), size=size, mode="bilinear",
+                       align_corners=False)[0, 0]
     up = up.double().numpy()
     low, high = up.min(), up.max()
     if high - low <= CONSTANT_TOLERANCE * max(abs(high), abs(low)):

@@ -134,8 +134,8 @@ def test_unreadable_images_are_reported_and_threads_keep_the_order(phantoms: Pat
 def test_dicom_source_reads_seg_ground_truth(fixture_dir: Path, tmp_path: Path) -> None:
     """Radiographs + SEGs written by the app's own SEG writer give back the exact masks."""
     from xiqa.operators.loader import load_source_image
-    from xiqa.operators.seg_writer import build_segmentation, write_segmentation
-    from xiqa.operators.writer_common import AlgorithmInfo
+    from xiqa.operators.seg_writer import build_segmentation
+    from xiqa.operators.writer_common import AlgorithmInfo, save_atomically
 
     manifest = json.loads((fixture_dir / "manifest.json").read_text())
     algorithm = AlgorithmInfo(name="annotator", version="1", model_id="manual")
@@ -145,7 +145,7 @@ def test_dicom_source_reads_seg_ground_truth(fixture_dir: Path, tmp_path: Path) 
         if index < 2:  # the third radiograph has no SEG
             mask = cv2.imread(str(fixture_dir / entry["mask"]), cv2.IMREAD_GRAYSCALE) > 0
             seg = build_segmentation(source, mask, algorithm)
-            write_segmentation(seg, tmp_path / f"seg{index}.dcm")
+            save_atomically(seg, tmp_path / f"seg{index}.dcm")
     (tmp_path / "notes.txt").write_text("not DICOM")
 
     listing = list_dicom(tmp_path)

@@ -153,7 +153,7 @@ def insertion_auc(predict: Predictor, image: np.ndarray, saliency: np.ndarray,
 
 def drop(predict: Predictor, image: np.ndarray, saliency: np.ndarray,
          fraction: float = DROP_FRACTION, baseline: float = 0.0) -> float:
-    """Dice of the prediction after deleting the top ``fraction`` of pixels (lower: more faithful)."""
+    """Dice of the prediction after deleting the top ``fraction`` of pixels (lower: faithful)."""
     if not 0 <= fraction <= 1:
         raise ValueError(f'Argument "fraction" must lie in [0, 1], got {fraction}')
     image, saliency = _check_pair(image, saliency)
@@ -215,7 +215,8 @@ def rank_correlation(first: np.ndarray, second: np.ndarray) -> float:
     a = np.asarray(first, dtype=np.float64).ravel()
     b = np.asarray(second, dtype=np.float64).ravel()
     if a.shape != b.shape:
-        raise ValueError(f'Arguments "first" and "second" must have one size, got {a.size} and {b.size}')
+        raise ValueError(f'Arguments "first" and "second" must have one size, got {a.size} '
+                         f"and {b.size}")
     constant_a, constant_b = a.min() == a.max(), b.min() == b.max()
     if constant_a or constant_b:
         return 1.0 if constant_a and constant_b else 0.0
@@ -259,7 +260,8 @@ def _randomize(module: nn.Module, generator: torch.Generator) -> None:
             spread = float(values.std()) if values.numel() > 1 else 0.0
             if not spread > 0:
                 spread = 0.1 * abs(mean) + 0.01
-            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64) * spread + mean
+            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
+            noise = noise * spread + mean
             parameter.copy_(noise.to(parameter.dtype))
 
 
@@ -293,11 +295,12 @@ class RepeatabilityResult:
     std: float
 
 
-def repeatability(maps_a: Sequence[np.ndarray], maps_b: Sequence[np.ndarray]) -> RepeatabilityResult:
+def repeatability(maps_a: Sequence[np.ndarray],
+                  maps_b: Sequence[np.ndarray]) -> RepeatabilityResult:
     """How much two networks (e.g. two training seeds) agree on where the saliency is."""
     if len(maps_a) != len(maps_b) or not len(maps_a):
-        raise ValueError(f'Arguments "maps_a" and "maps_b" must be non-empty and of one length, got '
-                         f"{len(maps_a)} and {len(maps_b)}")
+        raise ValueError('Arguments "maps_a" and "maps_b" must be non-empty and of one length, '
+                         f"got {len(maps_a)} and {len(maps_b)}")
     values = tuple(rank_correlation(a, b) for a, b in zip(maps_a, maps_b, strict=True))
     return RepeatabilityResult(values, float(np.mean(values)), float(np.std(values)))
 
@@ -318,7 +321,10 @@ def evaluate_explanations(network: nn.Module, images: torch.Tensor | np.ndarray,
     """
     from xiqa.operators.saliency import SaliencyConfig, compute_saliencies
 
-    batch = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if isinstance(images, torch.Tensor):
+        batch = images.detach().cpu().numpy()
+    else:
+        batch = np.asarray(images)
     labels = np.asarray(labels).astype(bool)
     if batch.ndim != 4 or labels.shape != (batch.shape[0], *batch.shape[2:]):
         raise ValueError(f'Arguments "images" (N, C, H, W) and "labels" (N, H, W) must agree, got '
