@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true",
                      help="smoke test: 2 repeats, 4 + 3 reference layers, 128 px, no memory")
     run.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    run.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses")
     output = parser.add_argument_group("Output")
     output.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--probe", choices=PROBES, help=argparse.SUPPRESS)
@@ -213,8 +214,19 @@ def run_probe(args: argparse.Namespace) -> int:
     elif args.probe == "ref_step":  # one reference NG1 layer: a copy, a step, fwd + bwd
         layer = select_layers(network, default_layer_patterns(network))[-3][0]
         reference.layer_maps(network, image, [layer], "normgrad1")
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_of_this_process())
     return 0
+
+
+def peak_of_this_process() -> float:
+    """MiB of peak resident memory.  VmHWM belongs to the address space, which exec renews;
+    ``ru_maxrss`` is kept across fork + exec, so a child of a big parent reports the parent's."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench_encoder(encoder: str, args: argparse.Namespace, device: torch.device) -> dict:
@@ -360,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
                           else ("cpu" if args.device == "auto" else args.device))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    if args.memory_only:
+        for encoder in args.encoders:
+            for probe in PROBES:
+                print(f"{encoder:14s} peak RSS, fresh process, {probe:10s} "
+                      f"{peak_rss(encoder, probe, args):8.0f} MiB", flush=True)
+        return 0
     everything = [bench_encoder(encoder, args, device) for encoder in args.encoders]
     print_table(everything)
     if args.json:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -33,7 +34,7 @@ FIXTURE_UID_PREFIX = "1.2.826.0.1.3680043.10.1432."
 
 #: Gamma of the VOI LUT that the "lut" variants carry (loader output = input ** gamma).
 VOI_LUT_GAMMA = 0.8
-VOI_LUT_BITS = 12
+VOI_LUT_BITS = 16  # DX allows 8 or 16 here
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,15 @@ def build_instance(
         )
         ds.ImagerPixelSpacing = [spacing, spacing]
         ds.DetectorType = "SCINTILLATOR"
+        ds.ImageLaterality = "U"  # the chest is not a paired structure
+        # high stored values are dense (less beam) on MONOCHROME2, so lower values mean more beam
+        ds.PixelIntensityRelationship = "LOG"
+        ds.PixelIntensityRelationshipSign = -1 if variant.photometric == "MONOCHROME2" else 1
+        chest = Dataset()
+        chest.CodeValue, chest.CodingSchemeDesignator, chest.CodeMeaning = codes.SCT.Chest.value, "SCT", "Chest"
+        ds.AnatomicRegionSequence = [chest]
+        ds.PositionerType = "NONE"
+        ds.AcquisitionContextSequence = []
         ds.BurnedInAnnotation = "NO"
         ds.LossyImageCompression = "00"
     elif variant.modality == "CR":

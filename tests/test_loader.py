@@ -36,7 +36,7 @@ def test_every_variant_decodes_to_the_phantom_display_values(tmp_path, phantom, 
     image = load_source_image(path)
     assert image.shape == (301, 257)
     assert image.pixels.dtype == np.float32
-    lut_step = 1 / 4095 if variant.voi == "lut" else 0  # the VOI LUT output is 12-bit
+    lut_step = 1 / 65535 if variant.voi == "lut" else 0  # the VOI LUT output is 16-bit
     np.testing.assert_allclose(image.pixels, expected_display(phantom.image, variant), atol=lut_step + 1e-6)
     # metal is bright whatever the photometric interpretation was
     assert image.pixels[phantom.mask > 0].mean() > image.pixels[phantom.mask == 0].mean() + 0.2
