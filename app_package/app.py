@@ -1,14 +1,17 @@
 """The xiqa MONAI Deploy application: the graph every entry point runs.
 
-    loader -> preprocess -> segmentation -> saliency -> scoring -> summary -> report -> collect
+    loader -> preprocess -> segmentation -> saliency -> scoring -> summary
+           -> seg_writer -> sc_writer -> sr_writer -> report -> collect
 
 Each arrow carries one ``Case`` on the ``case`` port.  ``xiqa analyze``, the MAP
-entry point (``python -m xiqa``) and the service build this Application with
-``RunSettings`` and read the processed cases back from ``app.cases``.
+entry point (``python -m xiqa``) and the benchmarks build ``RunSettings`` with
+``build_settings`` (models loaded once) and run this Application; the processed
+cases come back from ``app.cases``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,26 +21,49 @@ from xiqa.operators.case import CASE_PORT, Case, CollectOperator
 from xiqa.operators.loader import LoaderConfig, LoaderOperator
 from xiqa.operators.preprocess import PreprocessConfig, PreprocessOperator
 from xiqa.operators.report import ReportOperator
+from xiqa.operators.saliency import SaliencyConfig, SaliencyOperator
+from xiqa.operators.sc_writer import ScWriterOperator
 from xiqa.operators.scoring import ScoringConfig, ScoringOperator
+from xiqa.operators.seg_writer import SegWriterOperator
 from xiqa.operators.segmentation import SegmentationModel, SegmentationOperator
+from xiqa.operators.sr_writer import SrWriterOperator
+from xiqa.operators.summary import Summarizer, SummaryOperator
 
 
 @dataclass
 class RunSettings:
-    """Everything one run of the graph needs; the models are loaded once by the caller."""
+    """Everything one run of the graph needs; models are loaded once, before the run."""
 
     paths: list[Path]
     output: Path
     model: SegmentationModel
+    summarizer: Summarizer
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+
+
+def build_settings(paths: list[Path], output: Path, *, model: Path | SegmentationModel | None = None,
+                   summarizer: Summarizer | None = None, device: str = "auto", saliency: str = "gradcam",
+                   loader: LoaderConfig | None = None) -> RunSettings:
+    """Settings with the segmentation model (a bundle path, default: shipped) and the summarizer loaded."""
+    from xiqa.operators.segmentation import DEFAULT_BUNDLE, load_segmentation_model
+
+    if not isinstance(model, SegmentationModel):
+        model = load_segmentation_model(model or DEFAULT_BUNDLE, device=device)
+    if summarizer is None:
+        summarizer = Summarizer()
+        summarizer.load()  # once, before the graph starts; a failure falls back to the template
+    return RunSettings(paths=list(paths), output=Path(output), model=model, summarizer=summarizer,
+                       loader=loader or LoaderConfig(), saliency=SaliencyConfig(method=saliency))
 
 
 class XiqaApp(Application):
     """Chest X-ray quality: foreign objects, saliency, Q_img, summary, DICOM outputs."""
 
-    def __init__(self, settings: RunSettings, on_case=None, *args, **kwargs) -> None:
+    def __init__(self, settings: RunSettings, on_case: Callable[[Case], None] | None = None,
+                 *args, **kwargs) -> None:
         self.settings = settings
         self.cases: list[Case] = []
         self._on_case = on_case
@@ -54,18 +80,28 @@ class XiqaApp(Application):
                                 config=settings.loader, name="loader")
         preprocess = PreprocessOperator(self, config=settings.preprocess, name="preprocess")
         segmentation = SegmentationOperator(self, model=settings.model, name="segmentation")
+        saliency = SaliencyOperator(self, model=settings.model, config=settings.saliency, name="saliency")
         scoring = ScoringOperator(self, config=settings.scoring, name="scoring")
+        summary = SummaryOperator(self, summarizer=settings.summarizer, name="summary")
+        seg_writer = SegWriterOperator(self, output=settings.output, name="seg_writer")
+        sc_writer = ScWriterOperator(self, output=settings.output, name="sc_writer")
+        sr_writer = SrWriterOperator(self, output=settings.output, name="sr_writer")
         report = ReportOperator(self, output=settings.output, name="report")
         collect = CollectOperator(self, on_case=self._collect, name="collect")
 
         self.add_flow(loader, preprocess, {(CASE_PORT, CASE_PORT)})
         self.add_flow(preprocess, segmentation, {(CASE_PORT, CASE_PORT)})
-        self.add_flow(segmentation, scoring, {(CASE_PORT, CASE_PORT)})
-        self.add_flow(scoring, report, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(segmentation, saliency, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(saliency, scoring, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(scoring, summary, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(summary, seg_writer, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(seg_writer, sc_writer, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(sc_writer, sr_writer, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(sr_writer, report, {(CASE_PORT, CASE_PORT)})
         self.add_flow(report, collect, {(CASE_PORT, CASE_PORT)})
 
 
-def run_graph(settings: RunSettings, on_case=None) -> list[Case]:
+def run_graph(settings: RunSettings, on_case: Callable[[Case], None] | None = None) -> list[Case]:
     """Build and run the Application once over ``settings.paths``; the cases in input order."""
     if not settings.paths:
         return []

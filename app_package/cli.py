@@ -104,17 +104,16 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_analyze(args: argparse.Namespace) -> int:
     from tqdm import tqdm
-    from xiqa.app import RunSettings, run_graph
+    from xiqa.app import build_settings, run_graph
     from xiqa.operators.loader import LoaderConfig, expand_inputs
-    from xiqa.operators.segmentation import DEFAULT_BUNDLE, load_segmentation_model
 
     missing = [path for path in args.inputs if not path.exists()]
     paths = [path for path in expand_inputs(args.inputs) if path.exists()]
     for path in missing:
         print(f"rejected {path}: no such file or folder", file=sys.stderr)
-    model = load_segmentation_model(args.model or DEFAULT_BUNDLE, device=args.device)
     loader = LoaderConfig(allowed_modalities=frozenset(m.strip().upper() for m in args.modalities.split(",")))
-    settings = RunSettings(paths=paths, output=args.output, model=model, loader=loader)
+    settings = build_settings(paths, args.output, model=args.model, device=args.device,
+                              saliency=args.saliency, loader=loader)
     progress = tqdm(total=len(paths), unit="image", disable=args.no_progress or len(paths) < 2,
                     file=sys.stderr)
 

@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/saliency.py [--quick] [--full] [--threads 1]
         [--device cpu|cuda|auto] [--encoders resnet50 mobilenet_v2] [--size 256]
-        [--repeats 5] [--sample 20] [--ng1-sample 10] [--ng1-batch 1] [--no-memory] [--json OUT]
+        [--repeats 5] [--sample 20] [--ng1-sample 10] [--ng1-batch 1]
+        [--no-memory | --memory-only] [--json OUT]
 
 For DeepLabV3+ at ``--size`` x ``--size`` (ResNet50 with random weights, seed
 0, as in shared/reference/saliency-baseline.md; MobileNetV2 is the shipped
@@ -12,22 +13,25 @@ bundle when it exists, random weights otherwise) it prints:
 - ours: Grad-CAM, NormGrad 0, both from one pass, and NormGrad 1, over the
   full default layer set (measured, never extrapolated);
 - the reference (``tests/saliency_reference.py``): one forward and full
-  backward per layer, and a deep copy per layer for NormGrad 1.  Its time is
-  extrapolated from ``--sample`` (``--ng1-sample``) evenly spaced layers, as
-  the baseline did: fixed cost + per-layer cost x layer count; ``--full`` runs
-  every layer instead;
+  backward per layer, and for NormGrad 1 a deep copy per layer; also NormGrad
+  1 the way the thesis costs it (two copies and two passes per layer).  The
+  reference is extrapolated from ``--sample`` (``--ng1-sample``) evenly spaced
+  layers, as the baseline did (fixed cost + per-layer cost x layer count);
+  ``--full`` runs every layer instead;
 - the ratios and the goals (GC + NG0 <= 1.5x fwd+bwd and >= 30x faster than
   the reference; NG1 >= 10x faster than its reference);
-- peak memory: RSS of a fresh subprocess per measurement on the CPU (Linux
-  ``ru_maxrss``), ``torch.cuda.max_memory_allocated`` on a GPU;
+- peak memory: on the CPU, VmHWM of a fresh interpreter per measurement (its
+  "idle" row is import + model); on a GPU, ``torch.cuda.max_memory_allocated``;
 - the largest difference between our normalised layer maps and the
-  reference's on the sampled layers.
+  reference's, on the sampled layers.
 
-Times are medians of ``--repeats`` runs after one warm-up (NormGrad 1 and the
-reference loops: fewer).  On a shared machine other jobs compete for the
-cores; use ``--threads 1`` there, since oversubscribed threads slow torch
-down several-fold, and read the ratios (measured in one process, interleaved)
-rather than the absolute seconds.
+Times are medians of ``--repeats`` runs after one warm-up (NormGrad 1: at
+most 2 runs, no warm-up), as wall and as CPU (process) seconds.  On a shared
+machine other jobs inflate wall time by a varying amount, but hardly the CPU
+time of a single-threaded process, so the ratios are taken from CPU time
+(wall ratios in brackets).  Use ``--threads 1`` there: oversubscribed threads
+slow torch down several-fold.  ``--quick`` is a smoke test (128 px, 2 runs,
+4 + 3 reference layers, no memory).
 """
 
 from __future__ import annotations

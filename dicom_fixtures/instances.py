@@ -199,7 +199,8 @@ def build_instance(
         ds.PixelIntensityRelationship = "LOG"
         ds.PixelIntensityRelationshipSign = -1 if variant.photometric == "MONOCHROME2" else 1
         chest = Dataset()
-        chest.CodeValue, chest.CodingSchemeDesignator, chest.CodeMeaning = codes.SCT.Chest.value, "SCT", "Chest"
+        chest.CodeValue, chest.CodingSchemeDesignator = codes.SCT.Chest.value, "SCT"
+        chest.CodeMeaning = "Chest"
         ds.AnatomicRegionSequence = [chest]
         ds.PositionerType = "NONE"
         ds.AcquisitionContextSequence = []

@@ -54,6 +54,7 @@ from typing import Any
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from .case import Case, CaseOperator
 from .scoring import ObjectFinding, QualityResult, Verdict
 
 logger = logging.getLogger(__name__)
@@ -452,6 +453,11 @@ def _check_count(text: str, facts: Facts) -> list[str]:
         problems.append(f'says "both", the findings have {facts.count} objects')
     if facts.count not in values and not problems:
         problems.append(f"does not state the number of objects ({facts.count})")
+    # the pronoun is a count too: "it lowers" claims one object, "they lower" several
+    if facts.count != 1 and re.search(r"\bit (lowers|reduces|affects|degrades)\b", text, re.I):
+        problems.append(f'says "it" for {facts.count} objects')
+    if facts.count == 1 and re.search(r"\bthey\b", text, re.I):
+        problems.append('says "they" for one object')
     return problems
 
 
@@ -833,12 +839,30 @@ class Summarizer:
 # --------------------------------------------------------------------------- operator
 
 
-class SummaryOperator(Operator):
-    """Named input ``quality`` (QualityResult); named output ``summary`` (Summary)."""
+class SummaryOperator(CaseOperator):
+    """The app's summary node: named input and output ``case``; sets ``case.summary``.
+
+    ``case.quality`` in, ``Summary`` out; a case that failed earlier passes untouched.
+    """
+
+    stage = "summary"
 
     def __init__(self, fragment: Fragment, *args, summarizer: Summarizer | None = None,
                  **kwargs) -> None:
-        # one Summarizer per operator, so the model is loaded once for all images
+        # one Summarizer for the whole run, so the model is loaded once for all images
+        self.summarizer = summarizer if summarizer is not None else Summarizer()
+        super().__init__(fragment, *args, **kwargs)
+
+    def step(self, case: Case) -> None:
+        case.summary = self.summarizer.summarize(case.quality)
+
+
+class QualitySummaryOperator(Operator):
+    """The node outside the ``Case`` chain: named input ``quality`` (QualityResult), named
+    output ``summary`` (Summary)."""
+
+    def __init__(self, fragment: Fragment, *args, summarizer: Summarizer | None = None,
+                 **kwargs) -> None:
         self.summarizer = summarizer if summarizer is not None else Summarizer()
         super().__init__(fragment, *args, **kwargs)
 

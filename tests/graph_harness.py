@@ -34,7 +34,7 @@ class _ChainApp(Application):
         source = _CaseSource(self, CountCondition(self, len(self.cases)), cases=self.cases, name="source")
         chain = [source, *(make(self) for make in self.make_nodes),
                  CollectOperator(self, on_case=self.collected.append, name="collect")]
-        for upstream, downstream in zip(chain, chain[1:]):
+        for upstream, downstream in zip(chain, chain[1:], strict=False):
             self.add_flow(upstream, downstream, {(CASE_PORT, CASE_PORT)})
 
 

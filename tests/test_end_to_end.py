@@ -8,11 +8,11 @@ import math
 import cv2
 import numpy as np
 import pytest
-from xiqa.app import RunSettings, run_graph
+from xiqa.app import build_settings, run_graph
 from xiqa.dicom_fixtures.generate import write_fixture_set
 from xiqa.operators.loader import expand_inputs
 from xiqa.operators.preprocess import resize_mask
-from xiqa.operators.segmentation import DEFAULT_BUNDLE, load_segmentation_model, mask_at_source
+from xiqa.operators.segmentation import mask_at_source
 from xiqa.training.metrics import pooled_dice_recall
 
 HELD_OUT_SEED = 424242
@@ -22,8 +22,7 @@ HELD_OUT_SEED = 424242
 def analysed(tmp_path_factory):
     folder = tmp_path_factory.mktemp("held_out")
     write_fixture_set(folder / "in", count=10, seed=HELD_OUT_SEED, size_range=(400, 900))
-    settings = RunSettings(paths=list(expand_inputs([folder / "in" / "dicom"])), output=folder / "out",
-                           model=load_segmentation_model(DEFAULT_BUNDLE))
+    settings = build_settings(list(expand_inputs([folder / "in" / "dicom"])), folder / "out")
     cases = run_graph(settings)
     manifest = {entry["sop_instance_uid"]: entry
                 for entry in json.loads((folder / "in" / "manifest.json").read_text())}

@@ -11,7 +11,6 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
-
 from xiqa.dicom_fixtures.generate import write_fixture_set
 from xiqa.dicom_fixtures.instances import VARIANTS
 from xiqa.dicom_fixtures.phantom import OBJECT_KINDS, render_phantom

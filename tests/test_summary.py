@@ -197,6 +197,8 @@ def test_validator_needs_the_count_verdict_and_action():
     no_repeat = template_summary(POOR_TWO).replace(" and repeat the exposure", "")
     assert "must be repeated" in _problems(no_repeat, POOR_TWO)
     assert "sentences" in _problems("No foreign objects were found.", NO_OBJECT)
+    singular = template_summary(POOR_TWO).replace("Together they lower", "It lowers")
+    assert 'says "it" for 2 objects' in _problems(singular, POOR_TWO)
 
 
 def test_validator_rejects_repeats_and_non_ascii():
@@ -332,10 +334,10 @@ def test_failing_model_call_falls_back_to_the_template(monkeypatch):
 
 
 def test_summary_operator_runs_in_a_graph():
-    """quality -> SummaryOperator -> summary, executed by Holoscan."""
+    """quality -> QualitySummaryOperator -> summary, executed by Holoscan."""
     from monai.deploy.conditions import CountCondition
     from monai.deploy.core import Application, Fragment, Operator, OperatorSpec
-    from xiqa.operators.summary import SummaryOperator
+    from xiqa.operators.summary import QualitySummaryOperator
 
     inputs, received = [NO_OBJECT, POOR_TWO], []
 
@@ -361,14 +363,29 @@ def test_summary_operator_runs_in_a_graph():
     class App(Application):
         def compose(self) -> None:
             source = Source(self, CountCondition(self, len(inputs)), name="source")
-            summary = SummaryOperator(self, summarizer=Summarizer(SummaryConfig(use_llm=False)),
-                                      name="summary")
+            summary = QualitySummaryOperator(
+                self, summarizer=Summarizer(SummaryConfig(use_llm=False)), name="summary")
             sink = Sink(self, name="sink")
             self.add_flow(source, summary, {(INPUT_PORT_QUALITY, INPUT_PORT_QUALITY)})
             self.add_flow(summary, sink, {(OUTPUT_PORT_SUMMARY, OUTPUT_PORT_SUMMARY)})
 
     App().run()
     assert [summary.text for summary in received] == [template_summary(q) for q in inputs]
+
+
+def test_summary_case_node_sets_the_summary(tmp_path):
+    from graph_harness import run_node
+    from xiqa.operators.case import Case
+    from xiqa.operators.summary import SummaryOperator
+
+    done = Case(tmp_path / "a.dcm", quality=POOR_TWO)
+    failed = Case(tmp_path / "b.dcm", error="segmentation failed: RuntimeError")
+    summarizer = Summarizer(SummaryConfig(use_llm=False))
+    out = run_node(lambda app: SummaryOperator(app, summarizer=summarizer, name="summary"),
+                   [done, failed])
+    assert out[0].summary.text == template_summary(POOR_TWO)
+    assert "summary" in out[0].timings
+    assert out[1].summary is None and out[1].error == failed.error
 
 
 # --------------------------------------------------------------------------- the real model
@@ -408,15 +425,6 @@ def test_real_model_note_is_valid_or_replaced(summarizer, quality):
 
 
 @needs_model
-def test_real_model_free_text_style_is_checked_too(summarizer):
-    model = Summarizer(SummaryConfig(prompt_style=STYLE_FEWSHOT, max_tokens=120))
-    model._llama = summarizer._llama  # share the loaded model; only the prompt style differs
-    summary = model.summarize(SEVERAL_PERIPHERAL)
-    assert validate_summary(summary.text, SEVERAL_PERIPHERAL) == []
-    assert summary.source == SOURCE_LLM or summary.rejected_reason
-
-
-@needs_model
 def test_real_model_time_limit_gives_the_template(summarizer):
     hasty = Summarizer(SummaryConfig(prompt_style=STYLE_PLACEHOLDER, time_limit_s=1e-6))
     hasty._llama = summarizer._llama  # share the loaded model; only the limit differs
@@ -431,3 +439,13 @@ def test_real_model_note_never_carries_identity(summarizer, canary_quality):
     summary = summarizer.summarize(quality)
     _assert_no_identity(summary.text, dataset)
     assert summary.rejected_reason is None or "CANARY" not in summary.rejected_reason
+
+
+@needs_model
+def test_real_model_free_text_style_is_checked_too(summarizer):
+    model = Summarizer(SummaryConfig(prompt_style=STYLE_FEWSHOT, max_tokens=120))
+    model._llama = summarizer._llama  # share the loaded model; only the prompt style differs
+    # last in the module: it replaces the model's cached placeholder prefix
+    summary = model.summarize(SEVERAL_PERIPHERAL)
+    assert validate_summary(summary.text, SEVERAL_PERIPHERAL) == []
+    assert summary.source == SOURCE_LLM or summary.rejected_reason

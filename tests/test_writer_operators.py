@@ -8,7 +8,6 @@ import pytest
 from graph_harness import run_node
 from pydicom import dcmread
 from writer_cases import ALGORITHM, WriterCase, writer_cases
-
 from xiqa.operators.case import Case
 from xiqa.operators.saliency import SaliencyResult
 from xiqa.operators.sc_writer import ScWriterOperator
