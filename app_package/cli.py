@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--saliency", choices=SALIENCY_METHODS, default="gradcam",
                       help="saliency method (default: %(default)s)")
 
+    commands.add_parser("train", add_help=False,
+                        help="K-fold training to MONAI bundles (xiqa train --help for its options)")
+
     fixtures = commands.add_parser("fixtures",
                                    help="write synthetic chest phantoms (DICOM, masks, Object-CXR)")
     fixtures.add_argument("--output", type=Path, required=True, metavar="DIR")
@@ -138,9 +141,14 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["train"]:
+        from xiqa.training.cli import main as train_main
+
+        return train_main(arguments[1:])
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments)
     except SystemExit as exit_:
         return EXIT_USAGE if exit_.code else EXIT_OK
     _prepare_runtime(args.verbose)

@@ -186,8 +186,10 @@ def _draw_ecg_electrode(rng, mask, centre, unit):
     _disk(mask, centre, radius)
     lead = _smooth_curve(rng, np.array(centre), unit * rng.uniform(3, 6), segments=6)
     cv2.polylines(mask, [lead], False, 1, max(1, int(unit * 0.3)))
-    points = np.concatenate([lead, np.array([[centre[0] - radius, centre[1] - radius],
-                                             [centre[0] + radius, centre[1] + radius]])])
+    x, y = centre
+    pad = np.array([[x - radius, y - radius], [x + radius, y - radius],
+                    [x + radius, y + radius], [x - radius, y + radius]])
+    points = np.concatenate([lead, pad])
     hull = cv2.convexHull(points.astype(np.int32)).reshape(-1, 2)
     return Annotation(POLYGON, tuple(int(v) for v in hull.ravel()))
 

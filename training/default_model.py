@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="default: %(default)s")
     parser.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=42, help="default: %(default)s")
+    parser.add_argument("--initial-weights", type=Path, default=None,
+                        help="models/model.pt to continue training from (default: from scratch)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     return parser
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = NetworkSpec(encoder=args.encoder)
     config = TrainConfig(spec=spec, epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, seed=args.seed,
-                         num_threads=args.threads)
+                         num_threads=args.threads, initial_weights=args.initial_weights)
     network, history = train_network(train, validation, config)
     metrics = {"held_out": evaluate_network(network, held_out), "held_out_images": len(held_out),
                "held_out_seed": HELD_OUT_SEED, "validation_best": max(h["dice"] for h in history)}

@@ -32,6 +32,7 @@ class TrainConfig:
     smooth: float = 1.0
     device: str = "auto"
     num_threads: int | None = None
+    initial_weights: Path | None = None  # a models/model.pt to continue from (fine-tuning)
 
 
 def _augment():
@@ -56,7 +57,10 @@ def train_network(train_samples: list[dict], validation_samples: list[dict],
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = pick_device(config.device)
-    network = build_network(config.spec).to(device)
+    network = build_network(config.spec)
+    if config.initial_weights is not None:
+        network.load_state_dict(torch.load(config.initial_weights, map_location="cpu", weights_only=True))
+    network = network.to(device)
     loader = DataLoader(Dataset(train_samples, transform=_augment()), batch_size=config.batch_size,
                         shuffle=True, num_workers=0)
     trainer = SupervisedTrainer(
