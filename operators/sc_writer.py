@@ -14,16 +14,13 @@ The legend carries no patient identity, so Burned In Annotation is ``NO``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import highdicom as hd
 import numpy as np
-from monai.deploy.core import Fragment
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from .case import Case, CaseOperator
+from .case import Case
 from .codes import DEFAULT_UID_ROOT, SOURCE_IMAGE_PURPOSE
 from .loader import SourceImage
 from .preprocess import resize_image
@@ -33,15 +30,14 @@ from .writer_common import (
     MANUFACTURER,
     OUTPUT_CHARACTER_SET,
     AlgorithmInfo,
+    DicomWriterOperator,
     OutputKind,
     algorithm_for_case,
     body_part_examined,
     output_identity,
-    output_path,
     patient_orientation,
     pixel_spacing,
     reference_dataset,
-    save_atomically,
 )
 
 #: Opacity of the heatmap where saliency is 1 (it falls linearly to 0 at saliency 0).
@@ -270,19 +266,12 @@ def _describe_derivation(sc: hd.sc.SCImage, source: Dataset, algorithm: Algorith
     sc.SourceImageSequence = [item]
 
 
-class ScWriterOperator(CaseOperator):
-    """Writes ``<SOP Instance UID>_sc.dcm`` (heatmap, contours, legend); records ``outputs["sc"]``."""
+class ScWriterOperator(DicomWriterOperator):
+    """The heatmap Secondary Capture node (saliency blend, contours, legend)."""
 
-    stage = "sc_writer"
+    kind = OutputKind.SC
 
-    def __init__(self, fragment: Fragment, *args, output: Path, uid_root: str | None = DEFAULT_UID_ROOT,
-                 **kwargs) -> None:
-        self.output, self.uid_root = Path(output), uid_root
-        super().__init__(fragment, *args, **kwargs)
-
-    def step(self, case: Case) -> None:
+    def build(self, case: Case) -> Dataset:
         mask = case.segmentation.mask_for_source(case.source.shape)
-        sc = build_heatmap_capture(case.source, case.saliency.combined, mask, case.quality,
-                                   algorithm_for_case(case), self.uid_root)
-        target = output_path(case.folder(self.output), case.source.dataset, OutputKind.SC)
-        case.outputs["sc"] = save_atomically(sc, target)
+        return build_heatmap_capture(case.source, case.saliency.combined, mask, case.quality,
+                                     algorithm_for_case(case), self.uid_root)

@@ -16,26 +16,23 @@ segment 1, frame 1.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import highdicom as hd
 import numpy as np
-from monai.deploy.core import Fragment
+from pydicom import Dataset
 
-from .case import Case, CaseOperator
+from .case import Case
 from .codes import DEFAULT_UID_ROOT, SEGMENT_CATEGORY, SEGMENT_LABEL, SEGMENT_TYPE, derive_uid
 from .loader import SourceImage
 from .writer_common import (
     MANUFACTURER,
     OUTPUT_CHARACTER_SET,
     AlgorithmInfo,
+    DicomWriterOperator,
     OutputKind,
     algorithm_for_case,
     output_identity,
-    output_path,
     patient_orientation,
     reference_dataset,
-    save_atomically,
 )
 
 #: Number of the only segment, and of the only frame, of every xiqa SEG.
@@ -145,18 +142,11 @@ def build_segmentation(
     return seg
 
 
-class SegWriterOperator(CaseOperator):
-    """Writes ``<SOP Instance UID>_seg.dcm`` into the case's folder; records it as ``outputs["seg"]``."""
+class SegWriterOperator(DicomWriterOperator):
+    """The SEG node: the mask at source resolution as one BINARY segment."""
 
-    stage = "seg_writer"
+    kind = OutputKind.SEG
 
-    def __init__(self, fragment: Fragment, *args, output: Path, uid_root: str | None = DEFAULT_UID_ROOT,
-                 **kwargs) -> None:
-        self.output, self.uid_root = Path(output), uid_root
-        super().__init__(fragment, *args, **kwargs)
-
-    def step(self, case: Case) -> None:
+    def build(self, case: Case) -> Dataset:
         mask = case.segmentation.mask_for_source(case.source.shape)
-        seg = build_segmentation(case.source, mask, algorithm_for_case(case), self.uid_root)
-        target = output_path(case.folder(self.output), case.source.dataset, OutputKind.SEG)
-        case.outputs["seg"] = save_atomically(seg, target)
+        return build_segmentation(case.source, mask, algorithm_for_case(case), self.uid_root)

@@ -33,19 +33,16 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from pathlib import Path
 
 import cv2
 import highdicom as hd
 import numpy as np
-from monai.deploy.core import Fragment
 from pydicom import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage
 
 from . import codes as xc
-from .case import Case, CaseOperator
-from .codes import DEFAULT_UID_ROOT
+from .case import Case
 from .loader import SourceImage
 from .scoring import ObjectFinding, QualityResult
 from .seg_writer import FRAME_NUMBER, SEGMENT_NUMBER
@@ -53,14 +50,13 @@ from .writer_common import (
     MANUFACTURER,
     OUTPUT_CHARACTER_SET,
     AlgorithmInfo,
+    DicomWriterOperator,
     OutputKind,
     algorithm_for_case,
     imager_pixel_spacing,
     output_identity,
-    output_path,
     patient_orientation,
     reference_dataset,
-    save_atomically,
 )
 
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")  # UT keeps TAB, LF, FF, CR
@@ -390,23 +386,16 @@ def _check_seg_references(seg: Dataset, reference: Dataset) -> None:
         raise ValueError('Argument "seg" must reference the source image')
 
 
-class SrWriterOperator(CaseOperator):
-    """Writes ``<SOP Instance UID>_sr.dcm`` referencing the SEG written before; records ``outputs["sr"]``."""
+class SrWriterOperator(DicomWriterOperator):
+    """The TID 1500 SR node; runs after the SEG node, whose file it references."""
 
-    stage = "sr_writer"
+    kind = OutputKind.SR
 
-    def __init__(self, fragment: Fragment, *args, output: Path, uid_root: str | None = DEFAULT_UID_ROOT,
-                 **kwargs) -> None:
-        self.output, self.uid_root = Path(output), uid_root
-        super().__init__(fragment, *args, **kwargs)
-
-    def step(self, case: Case) -> None:
+    def build(self, case: Case) -> Dataset:
         from pydicom import dcmread
 
         # the SR references the SEG as written, so it is read back rather than rebuilt
         seg = dcmread(case.outputs["seg"])
-        sr = build_report(case.source, case.quality, seg, case.summary.text, case.summary.source,
-                          algorithm_for_case(case), grid_mask=case.segmentation.mask,
-                          uid_root=self.uid_root)
-        target = output_path(case.folder(self.output), case.source.dataset, OutputKind.SR)
-        case.outputs["sr"] = save_atomically(sr, target)
+        return build_report(case.source, case.quality, seg, case.summary.text, case.summary.source,
+                            algorithm_for_case(case), grid_mask=case.segmentation.mask,
+                            uid_root=self.uid_root)

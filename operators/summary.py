@@ -514,8 +514,11 @@ def _check_words(text: str, facts: Facts) -> list[str]:
 
 def _check_verdict_and_action(text: str, facts: Facts) -> list[str]:
     problems = []
-    if not _VERDICTS[facts.verdict].search(text):
+    mentions = len(_VERDICTS[facts.verdict].findall(text))
+    if not mentions:
         problems.append(f"verdict {facts.verdict.value!r} is missing")
+    elif mentions > 1:
+        problems.append("states the verdict more than once")  # a sign of looping text
     problems += [f"wrong verdict word {verdict.value!r}" for verdict, pattern in _VERDICTS.items()
                  if verdict is not facts.verdict and pattern.search(text)]
     lowered = text.lower()
@@ -620,11 +623,12 @@ def _placeholder_user(facts: Facts) -> str:
 
 
 def _placeholder_answer(facts: Facts) -> str:
-    """A worked answer; it is ``template_summary`` written with placeholders."""
-    lowers = "The image quality score is" if facts.count == 0 else \
-        "It lowers the image quality score to" if facts.count == 1 else \
-        "Together they lower the image quality score to"
-    return f"[FINDINGS]. {lowers} [SCORE], so the image is rated [VERDICT]. [ACTION]"
+    """A worked answer, worded per verdict and free of pronouns: the model copies these
+    skeletons, and "it"/"they" copied from an example with another count would be wrong."""
+    score = {Verdict.GOOD: "The image quality score is [SCORE]",
+             Verdict.ACCEPTABLE: "The image quality score drops to [SCORE]",
+             Verdict.POOR: "This brings the image quality score down to [SCORE]"}[facts.verdict]
+    return f"[FINDINGS]. {score}, so the image is rated [VERDICT]. [ACTION]"
 
 
 def build_prompt(quality: QualityResult, style: str = STYLE_PLACEHOLDER) -> list[dict[str, str]]:

@@ -39,6 +39,7 @@ from enum import Enum
 from pathlib import Path
 
 import highdicom as hd
+from monai.deploy.core import Fragment
 from pydicom import Dataset
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -46,7 +47,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-from .case import Case
+from .case import Case, CaseOperator
 from .codes import ALGORITHM_FAMILY, DEFAULT_UID_ROOT, check_uid_root, derive_uid
 
 logger = logging.getLogger(__name__)
@@ -509,3 +510,29 @@ def algorithm_for_case(case: Case) -> AlgorithmInfo:
     method = getattr(case.saliency, "method", None)
     return AlgorithmInfo(name="xiqa", version=__version__, model_id=case.segmentation.model_id,
                          parameters=(f"saliency={method}",) if method else ())
+
+
+class DicomWriterOperator(CaseOperator):
+    """Base of the writer nodes: build one dataset for the case, save it atomically in its folder.
+
+    The file is ``<output>/<source SOP Instance UID>/<source SOP Instance UID>_<kind>.dcm``
+    and its path is recorded as ``case.outputs[kind]``.
+    """
+
+    kind: OutputKind
+
+    def __init__(self, fragment: Fragment, *args, output: Path, uid_root: str | None = DEFAULT_UID_ROOT,
+                 **kwargs) -> None:
+        self.output, self.uid_root = Path(output), uid_root
+        super().__init__(fragment, *args, **kwargs)
+
+    @property
+    def stage(self) -> str:
+        return f"{self.kind.value}_writer"
+
+    def build(self, case: Case) -> Dataset:
+        raise NotImplementedError(f"{type(self).__name__} must implement build()")
+
+    def step(self, case: Case) -> None:
+        target = output_path(case.folder(self.output), case.source.dataset, self.kind)
+        case.outputs[self.kind.value] = save_atomically(self.build(case), target)

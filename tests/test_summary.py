@@ -197,6 +197,8 @@ def test_validator_needs_the_count_verdict_and_action():
     no_repeat = template_summary(POOR_TWO).replace(" and repeat the exposure", "")
     assert "must be repeated" in _problems(no_repeat, POOR_TWO)
     assert "sentences" in _problems("No foreign objects were found.", NO_OBJECT)
+    twice = template_summary(POOR_TWO).replace("Remove", "The image is Poor. Remove")
+    assert "states the verdict more than once" in _problems(twice, POOR_TWO)
     singular = template_summary(POOR_TWO).replace("Together they lower", "It lowers")
     assert 'says "it" for 2 objects' in _problems(singular, POOR_TWO)
 
@@ -224,8 +226,8 @@ def test_prompt_carries_the_facts_and_only_them(style):
 
 def test_placeholders_are_filled_from_the_facts():
     filled = fill_placeholders("[FINDINGS]. Together they lower the image quality score to "
-                               "[SCORE], so the image is rated [VERDICT]. [ACTION]", POOR_TWO)
-    assert filled == template_summary(POOR_TWO)
+                               "[SORCE], so the image is rated [VERDICT]. [ACTION]", POOR_TWO)
+    assert filled == template_summary(POOR_TWO)  # near misspellings are filled too
     assert "prompt echo '['" in _problems(fill_placeholders("[FINDINGS]. [PLACE] [VERDICT]. "
                                                             "[ACTION]", POOR_TWO), POOR_TWO)
 
