@@ -108,11 +108,13 @@ def load_segmentation_model(path: Path = DEFAULT_BUNDLE, device: str = "auto") -
         networks.append(network.to(target).eval())
     if len(specs) != 1:
         raise ValueError(f"bundles under {path} disagree on the network: {sorted(map(str, specs))}")
+    # a bundle's own threshold (calibrated on its validation images); an ensemble uses their mean
+    threshold = float(np.mean([read_metadata(f)["xiqa"].get("threshold", 0.5) for f in folders]))
     name = read_metadata(folders[0]).get("name", folders[0].name)
     digest = hashlib.sha256("".join(digests).encode()).hexdigest()[:12]
     model_id = f"{name}@{digest}" + (f"x{len(folders)}" if len(folders) > 1 else "")
     logger.info("segmentation model %s (%d network(s)) on %s", model_id, len(folders), target)
-    return SegmentationModel(networks, specs.pop(), model_id, target)
+    return SegmentationModel(networks, specs.pop(), model_id, target, threshold)
 
 
 @dataclass

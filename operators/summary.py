@@ -522,6 +522,8 @@ def _check_verdict_and_action(text: str, facts: Facts) -> list[str]:
     problems += [f"wrong verdict word {verdict.value!r}" for verdict, pattern in _VERDICTS.items()
                  if verdict is not facts.verdict and pattern.search(text)]
     lowered = text.lower()
+    if re.search(r"\b(up|raises?|raised|increas\w*|improv\w*|boost\w*|higher)\b", lowered):
+        problems.append("says the score went up; objects only lower it")
     if facts.verdict is Verdict.POOR:
         if not re.search(r"\brepeat", lowered):
             problems.append("action: a Poor image must be repeated")
@@ -616,19 +618,24 @@ def _placeholder_values(facts: Facts) -> dict[str, str]:
             "VERDICT": facts.verdict.value, "ACTION": facts.action}
 
 
-def _placeholder_user(facts: Facts) -> str:
+def _placeholder_user(count: int, verdict: Verdict) -> str:
     # the model only needs the shape of the case; the fact values never pass through it
-    return "\n".join([f"Objects found: {facts.count}", f"Verdict: {facts.verdict.value}",
+    return "\n".join([f"Objects found: {count}", f"Verdict: {verdict.value}",
                       "Placeholders: [FINDINGS] [SCORE] [VERDICT] [ACTION]"])
 
 
-def _placeholder_answer(facts: Facts) -> str:
-    """A worked answer, worded per verdict and free of pronouns: the model copies these
-    skeletons, and "it"/"they" copied from an example with another count would be wrong."""
-    score = {Verdict.GOOD: "The image quality score is [SCORE]",
-             Verdict.ACCEPTABLE: "The image quality score drops to [SCORE]",
-             Verdict.POOR: "This brings the image quality score down to [SCORE]"}[facts.verdict]
-    return f"[FINDINGS]. {score}, so the image is rated [VERDICT]. [ACTION]"
+def _placeholder_answer(count: int) -> str:
+    """A worked answer: ``template_summary`` written with placeholders."""
+    lowers = "The image quality score is" if count == 0 else \
+        "It lowers the image quality score to" if count == 1 else \
+        "Together they lower the image quality score to"
+    return f"[FINDINGS]. {lowers} [SCORE], so the image is rated [VERDICT]. [ACTION]"
+
+
+# SmolLM2-135M copies one of these skeletons; it does not track the count reliably ("it
+# lowers" for three objects happens, and the validator rejects it).  Crossing counts and
+# verdicts over five examples made it worse (24% used vs 66%), so three it is.
+_PLACEHOLDER_EXAMPLES = ((0, Verdict.GOOD), (1, Verdict.ACCEPTABLE), (2, Verdict.POOR))
 
 
 def build_prompt(quality: QualityResult, style: str = STYLE_PLACEHOLDER) -> list[dict[str, str]]:
@@ -640,16 +647,16 @@ def build_prompt(quality: QualityResult, style: str = STYLE_PLACEHOLDER) -> list
         raise ValueError(f'Argument "style" must be one of {PROMPT_STYLES}, got {style!r}')
     placeholder = style == STYLE_PLACEHOLDER
     messages = [{"role": "system", "content": _SYSTEM_PLACEHOLDER if placeholder else _SYSTEM}]
-    for example in _EXAMPLES:
-        facts = summary_facts(example)
-        if placeholder:
-            messages += [{"role": "user", "content": _placeholder_user(facts)},
-                         {"role": "assistant", "content": _placeholder_answer(facts)}]
-        else:
-            messages += [{"role": "user", "content": facts_block(facts)},
+    if placeholder:
+        for count, verdict in _PLACEHOLDER_EXAMPLES:
+            messages += [{"role": "user", "content": _placeholder_user(count, verdict)},
+                         {"role": "assistant", "content": _placeholder_answer(count)}]
+    else:
+        for example in _EXAMPLES:
+            messages += [{"role": "user", "content": facts_block(summary_facts(example))},
                          {"role": "assistant", "content": template_summary(example)}]
     facts = summary_facts(quality)
-    content = _placeholder_user(facts) if placeholder else facts_block(facts)
+    content = _placeholder_user(facts.count, facts.verdict) if placeholder else facts_block(facts)
     messages.append({"role": "user", "content": content})
     return messages
 

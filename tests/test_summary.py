@@ -197,6 +197,9 @@ def test_validator_needs_the_count_verdict_and_action():
     no_repeat = template_summary(POOR_TWO).replace(" and repeat the exposure", "")
     assert "must be repeated" in _problems(no_repeat, POOR_TWO)
     assert "sentences" in _problems("No foreign objects were found.", NO_OBJECT)
+    up = template_summary(POOR_TWO).replace("lower the image quality score to",
+                                            "bring the image quality score up to")
+    assert "says the score went up" in _problems(up, POOR_TWO)
     twice = template_summary(POOR_TWO).replace("Remove", "The image is Poor. Remove")
     assert "states the verdict more than once" in _problems(twice, POOR_TWO)
     singular = template_summary(POOR_TWO).replace("Together they lower", "It lowers")

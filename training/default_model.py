@@ -19,7 +19,7 @@ import torch
 from xiqa.operators.segmentation import DEFAULT_BUNDLE, NetworkSpec
 
 from .datasets import render_phantom_samples
-from .trainer import TrainConfig, evaluate_network, train_network, write_bundle
+from .trainer import TrainConfig, calibrate_threshold, evaluate_network, train_network, write_bundle
 
 TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 1, 2, 3
 
@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                          learning_rate=args.learning_rate, seed=args.seed,
                          num_threads=args.threads, initial_weights=args.initial_weights)
     network, history = train_network(train, validation, config)
-    metrics = {"held_out": evaluate_network(network, held_out), "held_out_images": len(held_out),
+    threshold, validation_dice = calibrate_threshold(network, validation)
+    metrics = {"held_out": evaluate_network(network, held_out, threshold=threshold),
+               "held_out_at_0.5": evaluate_network(network, held_out), "held_out_images": len(held_out),
+               "threshold_validation_dice": validation_dice,
                "held_out_seed": HELD_OUT_SEED, "validation_best": max(h["dice"] for h in history)}
     arguments = argv if argv is not None else sys.argv[1:]
     command = "python -m xiqa.training.default_model " + shlex.join(arguments)
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     write_bundle(args.output, network, spec, name="xiqa_phantom_seg",
                  description="DeepLabV3+ trained on xiqa synthetic chest phantoms "
                              "(not real patients)",
-                 metrics=metrics, training=training)
+                 metrics=metrics, training=training, threshold=threshold)
     logging.info("held-out dice %.4f recall %.4f", metrics["held_out"]["dice"],
                  metrics["held_out"]["recall"])
     return 0

@@ -90,26 +90,51 @@ def train_network(train_samples: list[dict], validation_samples: list[dict],
     return network.eval(), history
 
 
-def evaluate_network(network: torch.nn.Module, samples: list[dict],
-                     device: torch.device | None = None, batch_size: int = 16) -> dict[str, float]:
-    """Pooled Dice and recall of thresholded predictions over ``samples``."""
+def predict_probabilities(network: torch.nn.Module, samples: list[dict], device: torch.device | None = None,
+                          batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid probabilities and boolean labels for ``samples``, in order."""
     device = device or next(network.parameters()).device
     was_training = network.training
     network.eval()
-    predictions, labels = [], []
+    probabilities, labels = [], []
     with torch.no_grad():
         for start in range(0, len(samples), batch_size):
             chunk = samples[start:start + batch_size]
             images = torch.from_numpy(np.stack([s["image"] for s in chunk])).to(device)
-            predictions.append((torch.sigmoid(network(images)) > 0.5).cpu().numpy())
+            probabilities.append(torch.sigmoid(network(images)).cpu().numpy())
             labels.append(np.stack([s["label"] for s in chunk]) > 0.5)
     network.train(was_training)
-    return pooled_dice_recall(np.concatenate(predictions), np.concatenate(labels))
+    return np.concatenate(probabilities), np.concatenate(labels)
+
+
+def evaluate_network(network: torch.nn.Module, samples: list[dict],
+                     device: torch.device | None = None, batch_size: int = 16,
+                     threshold: float = 0.5) -> dict[str, float]:
+    """Pooled Dice and recall of thresholded predictions over ``samples``."""
+    probabilities, labels = predict_probabilities(network, samples, device, batch_size)
+    return pooled_dice_recall(probabilities > threshold, labels)
+
+
+CALIBRATION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+
+
+def calibrate_threshold(network: torch.nn.Module, validation_samples: list[dict],
+                        thresholds: tuple[float, ...] = CALIBRATION_THRESHOLDS) -> tuple[float, dict]:
+    """The threshold with the best pooled validation Dice, and Dice per threshold.
+
+    Focal Tversky (alpha 0.7 on false negatives) trades precision for recall, so
+    0.5 over-segments; the model's own threshold is chosen on validation images
+    only, never on the held-out ones.
+    """
+    probabilities, labels = predict_probabilities(network, validation_samples)
+    dice = {threshold: pooled_dice_recall(probabilities > threshold, labels)["dice"]
+            for threshold in thresholds}
+    return max(dice, key=dice.get), {str(k): v for k, v in dice.items()}
 
 
 def write_bundle(folder: Path, network: torch.nn.Module, spec: NetworkSpec, *, name: str,
                  description: str, metrics: dict, training: dict, half_precision: bool = False,
-                 image_size: int = 256) -> Path:
+                 image_size: int = 256, threshold: float = 0.5) -> Path:
     """Write a MONAI bundle: configs/metadata.json, configs/inference.json, models/model.pt.
 
     ``image_size`` is the grid the network was trained on (the app always
@@ -147,7 +172,7 @@ def write_bundle(folder: Path, network: torch.nn.Module, spec: NetworkSpec, *, n
                                  "spatial_shape": [image_size, image_size],
                                  "dtype": "float32", "value_range": [], "is_patch_data": False}},
         },
-        "xiqa": {"network": asdict(spec), "metrics": json_safe(metrics),
+        "xiqa": {"network": asdict(spec), "threshold": threshold, "metrics": json_safe(metrics),
                  "training": json_safe(training),
                  "platform": platform.platform()},
     }
