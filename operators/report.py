@@ -39,6 +39,7 @@ def report_dict(case: Case) -> dict:
         "summary": getattr(summary, "text", None),
         "summary_source": getattr(summary, "source", None),
         "summary_model": getattr(summary, "model", None),
+        "summary_rejected_reason": getattr(summary, "rejected_reason", None),
         "timings_seconds": dict(case.timings),
         "outputs": {kind: path.name for kind, path in case.outputs.items()},
         "xiqa_version": __version__,

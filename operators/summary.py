@@ -25,17 +25,19 @@ image side before it checks the side.
 
 The verdict in the note is the one of Q_img (all objects), not Q_filtered.
 
-Prompt styles (``SummaryConfig.prompt_style``; figures in ``benchmarks/summary.py``):
+Prompt styles (``SummaryConfig.prompt_style``; figures from ``benchmarks/summary.py``):
 
 * ``placeholder`` (default): the model sees only the object count and verdict and
   writes the note with ``[FINDINGS] [SCORE] [VERDICT] [ACTION]``, which code fills
-  from the facts.  SmolLM2-135M follows the worked examples here and rarely
-  invents anything, so most notes are its own; facts are right by construction.
+  from the facts, so facts are right by construction.  SmolLM2-135M copies one of
+  the worked examples' skeletons; 42% of its notes pass (benchmark: 50 cases), the
+  rest fail mostly on "it" for several objects or a garbled, repeated verdict.
 * ``fewshot``: the model sees the facts and writes them itself.  Richer text, for
   a larger GGUF; SmolLM2-135M mixes up places and values beyond one or two
-  objects, so the validator rejects most of its notes.
+  objects, so the validator rejects most of its notes (16% pass).
 * ``grammar``: ``fewshot`` under a GBNF grammar in which digits exist only as the
-  fact literals (no invented number can be sampled); words are still free.
+  fact literals (no invented number can be sampled); words are still free, and
+  with SmolLM2-135M it passes as often as ``fewshot`` (16%) at 1.4x its latency.
 """
 
 from __future__ import annotations
@@ -52,15 +54,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.deploy.core import Fragment
 
 from .case import Case, CaseOperator
 from .scoring import ObjectFinding, QualityResult, Verdict
 
 logger = logging.getLogger(__name__)
 
-INPUT_PORT_QUALITY = "quality"
-OUTPUT_PORT_SUMMARY = "summary"
 
 SOURCE_LLM = "llm"
 SOURCE_TEMPLATE = "template"
@@ -866,21 +866,3 @@ class SummaryOperator(CaseOperator):
 
     def step(self, case: Case) -> None:
         case.summary = self.summarizer.summarize(case.quality)
-
-
-class QualitySummaryOperator(Operator):
-    """The node outside the ``Case`` chain: named input ``quality`` (QualityResult), named
-    output ``summary`` (Summary)."""
-
-    def __init__(self, fragment: Fragment, *args, summarizer: Summarizer | None = None,
-                 **kwargs) -> None:
-        self.summarizer = summarizer if summarizer is not None else Summarizer()
-        super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec) -> None:
-        spec.input(INPUT_PORT_QUALITY)
-        spec.output(OUTPUT_PORT_SUMMARY)
-
-    def compute(self, op_input, op_output, context) -> None:
-        quality = op_input.receive(INPUT_PORT_QUALITY)
-        op_output.emit(self.summarizer.summarize(quality), OUTPUT_PORT_SUMMARY)

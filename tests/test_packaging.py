@@ -1,4 +1,4 @@
-"""MAP packaging: the Dockerfile, app.yaml and requirements agree with the package, and the MAP entry runs."""
+"""MAP packaging: Dockerfile, app.yaml and requirements agree with the package; the MAP entry runs."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
-
 from xiqa.__main__ import MAP_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,8 +50,8 @@ def test_dockerfile_copies_existing_paths_and_runs_the_package_as_non_root():
 def test_dockerfile_and_requirements_pin_what_pyproject_pins():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     dependencies = pyproject["project"]["dependencies"]
-    requirements = [line.strip() for line in (ROOT / "app_package" / "requirements.txt").read_text().splitlines()
-                    if line.strip() and not line.startswith("#")]
+    lines = (ROOT / "app_package" / "requirements.txt").read_text().splitlines()
+    requirements = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     assert requirements == dependencies
     dockerfile = (ROOT / "Dockerfile").read_text()
     for pinned in re.findall(r"(torch(?:vision)?==[\d.]+)", dockerfile):

@@ -17,8 +17,6 @@ import pydicom
 import pytest
 from xiqa.operators.scoring import QualityResult, Verdict, score_mask
 from xiqa.operators.summary import (
-    INPUT_PORT_QUALITY,
-    OUTPUT_PORT_SUMMARY,
     PROMPT_STYLES,
     SOURCE_LLM,
     SOURCE_TEMPLATE,
@@ -336,46 +334,6 @@ def test_failing_model_call_falls_back_to_the_template(monkeypatch):
     summary = summarizer.summarize(ONE_CENTRAL)
     assert summary.source == SOURCE_TEMPLATE
     assert summary.rejected_reason == "model call failed: RuntimeError"
-
-
-def test_summary_operator_runs_in_a_graph():
-    """quality -> QualitySummaryOperator -> summary, executed by Holoscan."""
-    from monai.deploy.conditions import CountCondition
-    from monai.deploy.core import Application, Fragment, Operator, OperatorSpec
-    from xiqa.operators.summary import QualitySummaryOperator
-
-    inputs, received = [NO_OBJECT, POOR_TWO], []
-
-    class Source(Operator):
-        def __init__(self, fragment: Fragment, *args, **kwargs) -> None:
-            self.index = 0
-            super().__init__(fragment, *args, **kwargs)
-
-        def setup(self, spec: OperatorSpec) -> None:
-            spec.output(INPUT_PORT_QUALITY)
-
-        def compute(self, op_input, op_output, context) -> None:
-            op_output.emit(inputs[self.index], INPUT_PORT_QUALITY)
-            self.index += 1
-
-    class Sink(Operator):
-        def setup(self, spec: OperatorSpec) -> None:
-            spec.input(OUTPUT_PORT_SUMMARY)
-
-        def compute(self, op_input, op_output, context) -> None:
-            received.append(op_input.receive(OUTPUT_PORT_SUMMARY))
-
-    class App(Application):
-        def compose(self) -> None:
-            source = Source(self, CountCondition(self, len(inputs)), name="source")
-            summary = QualitySummaryOperator(
-                self, summarizer=Summarizer(SummaryConfig(use_llm=False)), name="summary")
-            sink = Sink(self, name="sink")
-            self.add_flow(source, summary, {(INPUT_PORT_QUALITY, INPUT_PORT_QUALITY)})
-            self.add_flow(summary, sink, {(OUTPUT_PORT_SUMMARY, OUTPUT_PORT_SUMMARY)})
-
-    App().run()
-    assert [summary.text for summary in received] == [template_summary(q) for q in inputs]
 
 
 def test_summary_case_node_sets_the_summary(tmp_path):
