@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian
 from xiqa.dicom_fixtures.instances import VARIANTS, PatientStudy, build_instance, expected_display
 from xiqa.dicom_fixtures.phantom import render_phantom
 from xiqa.operators.loader import LoaderConfig, RejectedInput, expand_inputs, load_case, load_source_image
@@ -149,6 +148,3 @@ def test_folders_are_expanded_recursively_skipping_hidden_files(tmp_path):
     found = list(expand_inputs([tmp_path]))
     assert found == [tmp_path / "a" / "b" / "x.dcm", tmp_path / "y.dcm"]
 
-
-def test_explicit_little_endian_is_the_fixture_default_syntax():
-    assert VARIANTS[0].transfer_syntax == ExplicitVRLittleEndian
