@@ -97,9 +97,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from xiqa.dicom_fixtures.generate import write_fixture_set
 
     write_fixture_set(args.output / "input", DEMO_COUNT, DEMO_SEED, (512, 1024))
-    analyze = argparse.Namespace(inputs=[args.output / "input" / "dicom"], output=args.output / "output",
-                                 saliency=args.saliency, model=None, device="auto",
-                                 modalities="CR,DX,OT", no_progress=False)
+    # parsed like a typed command, so the demo gets exactly analyze's defaults
+    analyze = build_parser().parse_args(["analyze", str(args.output / "input" / "dicom"),
+                                         "--output", str(args.output / "output"),
+                                         "--saliency", args.saliency])
     status = run_analyze(analyze)
     print(f"outputs under {args.output / 'output'} (one folder per SOP Instance UID)")
     return status

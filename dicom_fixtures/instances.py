@@ -140,9 +140,8 @@ def _pixel_module(ds: Dataset, display: np.ndarray, variant: InstanceVariant) ->
         lut.add_new("LUTData", "OW", table.tobytes())
         lut.LUTExplanation = f"gamma {VOI_LUT_GAMMA}"
         ds.VOILUTSequence = [lut]
-    ds.PresentationLUTShape = "INVERSE" if variant.photometric == "MONOCHROME1" else "IDENTITY"
-    if variant.modality == "OT":
-        del ds.PresentationLUTShape
+    if variant.modality != "OT":  # Secondary Capture has no Presentation LUT Shape
+        ds.PresentationLUTShape = "INVERSE" if variant.photometric == "MONOCHROME1" else "IDENTITY"
     return stored.astype(np.uint8 if ds.BitsAllocated == 8 else np.uint16)
 
 

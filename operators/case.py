@@ -67,7 +67,8 @@ def run_step(case: Case, stage: str, step) -> Case:
         with case.timed(stage):
             step(case)
     except Exception as error:  # noqa: BLE001 - isolate the failure to this one case
-        reason = redact(str(error).strip().splitlines()[0][:200], case) if str(error).strip() else ""
+        lines = str(error).strip().splitlines()
+        reason = redact(lines[0][:200], case) if lines else ""
         case.error = f"{stage} failed: {type(error).__name__}" + (f": {reason}" if reason else "")
         logger.error("%s: %s", case.path.name, case.error)
         logger.debug("traceback for %s", case.path.name, exc_info=True)

@@ -96,9 +96,10 @@ def load_segmentation_model(path: Path = DEFAULT_BUNDLE, device: str = "auto") -
     """Load one bundle or an ensemble of bundles; all must share one network spec."""
     folders = bundle_folders(path)
     target = pick_device(device)
+    metadata = [read_metadata(folder) for folder in folders]
     networks, specs, digests = [], set(), []
-    for folder in folders:
-        spec = NetworkSpec.from_dict(read_metadata(folder)["xiqa"]["network"])
+    for folder, meta in zip(folders, metadata, strict=True):
+        spec = NetworkSpec.from_dict(meta["xiqa"]["network"])
         specs.add(spec)
         weights = folder / "models" / "model.pt"
         digests.append(hashlib.sha256(weights.read_bytes()).hexdigest())
@@ -109,8 +110,8 @@ def load_segmentation_model(path: Path = DEFAULT_BUNDLE, device: str = "auto") -
     if len(specs) != 1:
         raise ValueError(f"bundles under {path} disagree on the network: {sorted(map(str, specs))}")
     # a bundle's own threshold (calibrated on its validation images); an ensemble uses their mean
-    threshold = float(np.mean([read_metadata(f)["xiqa"].get("threshold", 0.5) for f in folders]))
-    name = read_metadata(folders[0]).get("name", folders[0].name)
+    threshold = float(np.mean([meta["xiqa"].get("threshold", 0.5) for meta in metadata]))
+    name = metadata[0].get("name", folders[0].name)
     digest = hashlib.sha256("".join(digests).encode()).hexdigest()[:12]
     model_id = f"{name}@{digest}" + (f"x{len(folders)}" if len(folders) > 1 else "")
     logger.info("segmentation model %s (%d network(s)) on %s", model_id, len(folders), target)
