@@ -1,4 +1,4 @@
-"""The ``xiqa`` command: analyze, fixtures, train.
+"""The ``xiqa`` command: analyze, demo, serve, health, fixtures, train.
 
 Exit codes follow the contract in DESIGN.md: 0 when every input was
 processed, 1 when any was rejected or failed, 2 on usage errors.
@@ -40,6 +40,41 @@ def build_parser() -> argparse.ArgumentParser:
                       help="input/ and output/ go here (default: %(default)s)")
     demo.add_argument("--saliency", choices=SALIENCY_METHODS, default="gradcam",
                       help="saliency method (default: %(default)s)")
+
+    serve = commands.add_parser(
+        "serve", help="DICOM node: receive by C-STORE, analyse per study, write and forward outputs",
+        description="Every option may also be set in the TOML --config file (same names, with - or _); "
+                    "options on the command line win.")
+    serve.add_argument("--config", type=Path, metavar="FILE", help="TOML file (top level or [serve])")
+    serve.add_argument("--ae-title", help="our AE title (default: XIQA)")
+    serve.add_argument("--port", type=int, help="DICOM port (default: 11112)")
+    serve.add_argument("--bind", help="address to listen on (default: 0.0.0.0)")
+    serve.add_argument("--storage", type=Path, metavar="DIR", help="spool for received instances")
+    serve.add_argument("--output", type=Path, metavar="DIR", help="where outputs are written")
+    serve.add_argument("--forward", action="append", metavar="AET@HOST:PORT",
+                       help="send outputs here by C-STORE (repeatable)")
+    serve.add_argument("--metrics-port", type=int, metavar="N", help="Prometheus /metrics port")
+    serve.add_argument("--study-timeout", type=float, metavar="S",
+                       help="seconds without a new instance before a study is processed; "
+                            "0 processes each instance (default: 30)")
+    serve.add_argument("--allowed-ae-titles", metavar="AET,...", help="calling AE titles allowed")
+    serve.add_argument("--allowed-hosts", metavar="IP,...", help="peer addresses allowed")
+    serve.add_argument("--min-free-bytes", type=int, metavar="N",
+                       help="free space the storage keeps; below it C-STORE is refused (default: 512 MiB)")
+    serve.add_argument("--tls-certificate", type=Path, metavar="PEM")
+    serve.add_argument("--tls-key", type=Path, metavar="PEM")
+    serve.add_argument("--tls-ca", type=Path, metavar="PEM", help="require client certificates from this CA")
+    serve.add_argument("--model", type=Path, help="MONAI bundle folder (default: shipped model)")
+    serve.add_argument("--device", help="auto, cpu or cuda (default: auto)")
+    serve.add_argument("--saliency", choices=SALIENCY_METHODS, help="default: gradcam")
+    serve.add_argument("--modalities", help="comma-separated modalities to accept (default: CR,DX,OT)")
+
+    health = commands.add_parser("health", help="C-ECHO a node; exit 0 when it answers (health checks)")
+    health.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    health.add_argument("--port", type=int, default=11112, help="default: %(default)s")
+    health.add_argument("--ae-title", default="XIQA", help="called AE title (default: %(default)s)")
+    health.add_argument("--calling-ae-title", default="XIQA-HEALTH", help="default: %(default)s")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds (default: %(default)s)")
 
     commands.add_parser("train", add_help=False,
                         help="K-fold training to MONAI bundles (xiqa train --help for its options)")
@@ -141,6 +176,47 @@ def run_analyze(args: argparse.Namespace) -> int:
     return EXIT_REJECTED if failed else EXIT_OK
 
 
+SERVE_KEYS = ("ae_title", "port", "bind", "storage", "output", "forward", "metrics_port", "study_timeout",
+              "allowed_ae_titles", "allowed_hosts", "min_free_bytes", "tls_certificate", "tls_key", "tls_ca",
+              "model", "device", "saliency", "modalities")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from xiqa.service.settings import read_config, settings_from_mapping
+
+    try:
+        values = read_config(args.config) if args.config else {}
+        values.update({key: getattr(args, key) for key in SERVE_KEYS if getattr(args, key) is not None})
+        settings = settings_from_mapping(values, str(args.config or "xiqa serve"))
+    except ValueError as error:
+        print(f"xiqa serve: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    from xiqa.service.node import Node
+
+    logging.getLogger("xiqa").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    return Node(settings).run()
+
+
+def run_health(args: argparse.Namespace) -> int:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=args.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = args.timeout
+    ae.add_requested_context(Verification)
+    association = ae.associate(args.host, args.port, ae_title=args.ae_title)
+    if not association.is_established:
+        print(f"unhealthy: no association with {args.ae_title}@{args.host}:{args.port}", file=sys.stderr)
+        return EXIT_REJECTED
+    status = association.send_c_echo()
+    association.release()
+    if status is None or status.get("Status") != 0:
+        print(f"unhealthy: C-ECHO to {args.ae_title}@{args.host}:{args.port} failed", file=sys.stderr)
+        return EXIT_REJECTED
+    print(f"healthy: {args.ae_title}@{args.host}:{args.port} answered C-ECHO")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments[:1] == ["train"]:
@@ -154,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if exit_.code else EXIT_OK
     _prepare_runtime(args.verbose)
     _configure_logging(args.verbose)
-    handlers = {"analyze": run_analyze, "demo": run_demo, "fixtures": run_fixtures}
+    handlers = {"analyze": run_analyze, "demo": run_demo, "fixtures": run_fixtures, "serve": run_serve,
+                "health": run_health}
     return handlers[args.command](args)
 
 

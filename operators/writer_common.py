@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from enum import Enum
@@ -46,6 +44,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
+from xiqa.durable import write_atomically
 
 from .case import Case, CaseOperator
 from .codes import ALGORITHM_FAMILY, DEFAULT_UID_ROOT, check_uid_root, derive_uid
@@ -230,29 +229,8 @@ def output_path(folder: Path, source: Dataset, kind: OutputKind | str) -> Path:
 
 
 def save_atomically(dataset: Dataset, path: Path) -> Path:
-    """Write ``dataset`` to a temporary file beside ``path``, fsync it, rename it, fsync the folder.
-
-    The folder is created when missing.  A reader never sees a partial file, and
-    after a crash the file is either complete or absent.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            dataset.save_as(stream, enforce_file_format=True)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # makes the rename itself durable
-    finally:
-        os.close(folder)
-    return path
+    """Write ``dataset`` so that a reader never sees a partial file (``xiqa.durable``)."""
+    return write_atomically(path, lambda stream: dataset.save_as(stream, enforce_file_format=True))
 
 
 # --- the reference copy ---------------------------------------------------------

@@ -1,34 +1,21 @@
 """write_outputs' file contract, and a real Orthanc that files source and outputs in one study.
 
-The Orthanc test starts the Debian ``orthanc`` server on loopback ports chosen
-free at run time, with its own temporary configuration and storage, sends the
-source and its three outputs by C-STORE (pynetdicom) and asks the REST API
-what it holds.
+The Orthanc test starts the Debian ``orthanc`` server (``tests/orthanc.py``),
+sends the source and its three outputs by C-STORE (pynetdicom) and asks the
+REST API what it holds.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from orthanc import Orthanc, requires_orthanc, running_orthanc
 from pydicom import dcmread
 from writer_cases import ALGORITHM, WriterCase, writer_cases
 from xiqa.operators.output_writer import build_outputs, write_outputs
-
-ORTHANC = shutil.which("Orthanc") or (
-    "/usr/sbin/Orthanc" if os.access("/usr/sbin/Orthanc", os.X_OK) else None)
-requires_orthanc = pytest.mark.skipif(
-    ORTHANC is None, reason="Orthanc not installed (Debian package orthanc)")
 
 
 @pytest.fixture(scope="module")
@@ -67,59 +54,10 @@ def test_build_outputs_checks_its_own_arguments(cases: dict[str, WriterCase]) ->
     assert not built.seg.pixel_array.any()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class _Orthanc:
-    def __init__(self, http_port: int, dicom_port: int) -> None:
-        self.http_port, self.dicom_port = http_port, dicom_port
-
-    def get(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as reply:
-            return json.loads(reply.read())
-
-
 @pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[_Orthanc]:
-    http_port, dicom_port = _free_port(), _free_port()
-    config = {
-        "Name": "xiqa-test", "StorageDirectory": str(tmp_path / "storage"),
-        "IndexDirectory": str(tmp_path / "index"), "HttpPort": http_port,
-        "DicomPort": dicom_port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
-        "DicomAlwaysAllowStore": True, "StorageCompression": False, "SaveJobs": False,
-        "HttpThreadsCount": 4, "ConcurrentJobs": 1,
-    }
-    (tmp_path / "orthanc.json").write_text(json.dumps(config))
-    log = open(tmp_path / "orthanc.log", "wb")  # noqa: SIM115 - closed in the finally below
-    process = subprocess.Popen([ORTHANC, str(tmp_path / "orthanc.json")], cwd=tmp_path,
-                               stdout=log, stderr=subprocess.STDOUT)
-    server = _Orthanc(http_port, dicom_port)
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # wait until the REST API answers (or the server has died)
-            if process.poll() is not None:
-                pytest.fail(f"Orthanc exited with {process.returncode}: "
-                            f"{(tmp_path / 'orthanc.log').read_text(errors='replace')[-2000:]}")
-            try:
-                server.get("/system")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    pytest.fail("Orthanc did not answer on its REST port within 60 s")
-                time.sleep(0.1)
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    with running_orthanc(tmp_path) as server:
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def _c_store(paths: list[Path], port: int) -> list[int]:
@@ -141,7 +79,7 @@ def _c_store(paths: list[Path], port: int) -> list[int]:
 
 @requires_orthanc
 def test_orthanc_files_source_and_outputs_in_one_study(cases: dict[str, WriterCase],
-                                                       orthanc: _Orthanc) -> None:
+                                                       orthanc: Orthanc) -> None:
     chosen = [cases["cr_m1_12bit_explicit_window"], cases["latin1_long_names"]]
     for case in chosen:
         files = [case.source.path, case.paths["seg"], case.paths["sc"], case.paths["sr"]]

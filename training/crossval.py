@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from xiqa.durable import write_bytes_atomically
 from xiqa.operators.segmentation import NetworkSpec, build_network, pick_device
 
 from .datasets import evaluation_transforms, training_transforms
@@ -52,7 +53,6 @@ from .handlers import (
     EpochSampler,
     EpochSeeder,
     FoldCheckpointer,
-    atomic_write_bytes,
     derive_seed,
 )
 from .losses import FocalTverskyLoss
@@ -337,7 +337,7 @@ def run_cross_validation(samples: list[dict], output: Path, config: CrossValConf
     fingerprint = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     _check_or_write_run(output, config, data, fingerprint, command)
     if problems:
-        atomic_write_bytes(output / "problems.txt", ("\n".join(problems) + "\n").encode())
+        write_bytes_atomically(output / "problems.txt", ("\n".join(problems) + "\n").encode())
 
     has_object = [bool(np.asarray(sample["label"]).any()) for sample in samples]
     folds = make_folds(has_object, config.folds, config.seed, config.validation_fraction)
@@ -494,7 +494,7 @@ def _check_or_write_run(output: Path, config: CrossValConfig, data: dict, finger
         return
     record = {**wanted, "command": command, "data": data, "torch": torch.__version__,
               "runtime": {key: getattr(config, key) for key in RUNTIME_FIELDS}}
-    atomic_write_bytes(path, json.dumps(record, indent=2).encode())
+    write_bytes_atomically(path, json.dumps(record, indent=2).encode())
 
 
 def _write_splits(output: Path, folds: list[Fold], ids: list[str], has_object: list[bool]) -> None:
@@ -502,7 +502,7 @@ def _write_splits(output: Path, folds: list[Fold], ids: list[str], has_object: l
                "train": [ids[i] for i in f.train], "validation": [ids[i] for i in f.validation],
                "test": [ids[i] for i in f.test],
                "test_with_objects": sum(has_object[i] for i in f.test)} for f in folds]
-    atomic_write_bytes(output / SPLITS_NAME, json.dumps(splits, indent=1).encode())
+    write_bytes_atomically(output / SPLITS_NAME, json.dumps(splits, indent=1).encode())
 
 
 def _write_per_image(path: Path, rows: list[dict]) -> None:
@@ -511,7 +511,7 @@ def _write_per_image(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_bytes(path, text.getvalue().encode())
+    write_bytes_atomically(path, text.getvalue().encode())
 
 
 def summarise_folds(results: list[FoldResult], config: CrossValConfig, data: dict,
@@ -560,9 +560,9 @@ def _flatten(values: dict, prefix: str = "") -> dict:
 
 def write_summary(output: Path, summary: dict) -> None:
     """cv_summary.json, a markdown table (cv_summary.md) and, with matplotlib, cv_summary.png."""
-    atomic_write_bytes(output / f"{SUMMARY_NAME}.json",
+    write_bytes_atomically(output / f"{SUMMARY_NAME}.json",
                        json.dumps(json_safe(summary), indent=2).encode())
-    atomic_write_bytes(output / f"{SUMMARY_NAME}.md", summary_table(summary).encode())
+    write_bytes_atomically(output / f"{SUMMARY_NAME}.md", summary_table(summary).encode())
     try:
         _plot(output / f"{SUMMARY_NAME}.png", summary)
     except ImportError:
@@ -634,4 +634,4 @@ def _plot(path: Path, summary: dict) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_bytes_atomically(path, buffer.getvalue())

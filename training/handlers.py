@@ -25,7 +25,6 @@ import csv
 import io
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from xiqa.durable import write_bytes_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -47,27 +47,10 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temporary file, fsync, rename, directory fsync: a reader sees the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def atomic_torch_save(obj: object, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_bytes_atomically(path, buffer.getvalue())
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
@@ -236,4 +219,4 @@ class FoldCheckpointer:
                                 lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.history)
-        atomic_write_bytes(self.folder / HISTORY_NAME, text.getvalue().encode())
+        write_bytes_atomically(self.folder / HISTORY_NAME, text.getvalue().encode())

@@ -1,0 +1,151 @@
+"""What a site configures for ``xiqa serve``: flags or a TOML file with the same keys."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+#: DICOM AE titles: 1-16 characters of the default repertoire, no backslash, not all spaces.
+_AE_TITLE = re.compile(r"[ -\[\]-~]{1,16}")
+_DESTINATION = re.compile(r"(?P<ae>[^@]+)@(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d+)")
+
+
+def check_ae_title(value: str, what: str) -> str:
+    """``value`` stripped, or ValueError naming ``what`` and why it is not a valid AE title."""
+    title = value.strip()
+    if not _AE_TITLE.fullmatch(value) or not title:
+        raise ValueError(f"{what} must be 1-16 printable ASCII characters without a backslash, "
+                         f"got {value!r}")
+    return title
+
+
+def check_port(value: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+        raise ValueError(f"{what} must be a TCP port 0-65535, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A C-STORE peer that receives the outputs: ``AET@HOST:PORT``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ae_title", check_ae_title(self.ae_title, "destination AE title"))
+        if not self.host:
+            raise ValueError("destination host must not be empty")
+        check_port(self.port, "destination port")
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        match = _DESTINATION.fullmatch(text.strip())
+        if match is None:
+            raise ValueError(f"destination must look like AET@HOST:PORT, got {text!r}")
+        return cls(match["ae"], match["host"].strip("[]"), int(match["port"]))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The node's configuration; every field is also a key of the TOML config file."""
+
+    storage: Path
+    output: Path
+    ae_title: str = "XIQA"
+    port: int = 11112
+    bind: str = "0.0.0.0"
+    #: calling AE titles allowed to associate; empty allows any
+    allowed_ae_titles: tuple[str, ...] = ()
+    #: peer IP addresses allowed to associate; empty allows any
+    allowed_hosts: tuple[str, ...] = ()
+    forward: tuple[Destination, ...] = ()
+    #: seconds without a new instance after which a study is processed; 0 processes per instance
+    study_timeout: float = 30.0
+    #: Prometheus HTTP port; None for no metrics endpoint
+    metrics_port: int | None = None
+    #: free bytes the storage must keep; below it C-STORE answers "out of resources"
+    min_free_bytes: int = 512 * 1024 * 1024
+    forward_retries: int = 5
+    forward_retry_delay: float = 10.0
+    max_pdu_size: int = 131072
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    #: CA bundle; when set, callers must present a certificate signed by it
+    tls_ca: Path | None = None
+    model: Path | None = None
+    device: str = "auto"
+    saliency: str = "gradcam"
+    modalities: tuple[str, ...] = ("CR", "DX", "OT")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ae_title", check_ae_title(self.ae_title, "AE title"))
+        object.__setattr__(self, "allowed_ae_titles", tuple(
+            check_ae_title(title, "allowed calling AE title") for title in self.allowed_ae_titles))
+        check_port(self.port, "port")
+        if self.metrics_port is not None:
+            check_port(self.metrics_port, "metrics port")
+        if self.study_timeout < 0:
+            raise ValueError(f"study timeout must be >= 0 seconds, got {self.study_timeout}")
+        if self.min_free_bytes < 0:
+            raise ValueError(f"min free bytes must be >= 0, got {self.min_free_bytes}")
+        if self.forward_retries < 0 or self.forward_retry_delay < 0:
+            raise ValueError("forward retries and retry delay must be >= 0")
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key")
+        if self.tls_ca is not None and self.tls_certificate is None:
+            raise ValueError("a TLS CA bundle needs a certificate and key as well")
+        if Path(self.storage).resolve() == Path(self.output).resolve():
+            raise ValueError("storage and output must be different folders")
+
+    @property
+    def per_instance(self) -> bool:
+        return self.study_timeout == 0
+
+
+_PATHS = {"storage", "output", "tls_certificate", "tls_key", "tls_ca", "model"}
+_TUPLES = {"allowed_ae_titles", "allowed_hosts", "modalities"}
+
+
+def settings_from_mapping(values: dict[str, Any], origin: str) -> ServeSettings:
+    """ServeSettings from config-file style keys (``-`` or ``_``); errors name ``origin``."""
+    known = {f.name for f in fields(ServeSettings)}
+    converted: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = raw_key.replace("-", "_")
+        if key not in known:
+            raise ValueError(f"{origin}: unknown key {raw_key!r}")
+        if value is None:
+            continue
+        if key in _PATHS:
+            value = Path(value)
+        elif key in _TUPLES:
+            value = tuple(value.split(",") if isinstance(value, str) else value)
+        elif key == "forward":
+            value = tuple(Destination.parse(item) if isinstance(item, str) else item
+                          for item in ([value] if isinstance(value, str) else value))
+        converted[key] = value
+    for required in ("storage", "output"):
+        if required not in converted:
+            raise ValueError(f"{origin}: {required} is required")
+    try:
+        return ServeSettings(**converted)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{origin}: {error}") from None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The keys of a TOML config file (top level, or its ``[serve]`` table)."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"{path}: cannot read config: {error}") from None
+    return data.get("serve", data)

@@ -1,0 +1,123 @@
+"""Where received instances wait: on disk before they are acknowledged, until the graph is done with them.
+
+    storage/incoming/<study>/<sop>.dcm   acknowledged, not yet processed
+    storage/processed/<study>/<sop>.dcm  the graph wrote its outputs
+    storage/rejected/<study>/<sop>.dcm   the graph could not use it (+ <sop>.reason.txt)
+
+Folder and file names are UIDs, never patient data.  A file moves out of
+``incoming`` by one rename, after its outputs are written, so after a crash
+an instance is either still waiting (and is processed again: the outputs have
+deterministic UIDs and replace themselves) or done (and never processed again,
+even when a modality sends it once more).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from xiqa.durable import fsync_folder, write_bytes_atomically
+
+logger = logging.getLogger(__name__)
+
+INCOMING, PROCESSED, REJECTED = "incoming", "processed", "rejected"
+NO_STUDY = "no-study-uid"
+_UNSAFE = re.compile(r"[^0-9A-Za-z.-]")
+#: errno values that mean "the disk cannot take it", answered as out of resources
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class StorageFull(Exception):
+    """The storage cannot take an instance without going below its free-space reserve."""
+
+
+def safe_name(uid: str) -> str:
+    """A UID as a file name: anything but digits, letters, dots and dashes becomes ``_``."""
+    return _UNSAFE.sub("_", uid.strip())[:128] or "unknown"
+
+
+def study_uid_of(encoded: bytes) -> str:
+    """The Study Instance UID of an encoded instance (file meta + dataset), read without its pixels."""
+    try:
+        dataset = dcmread(io.BytesIO(encoded), stop_before_pixels=True,
+                          specific_tags=["StudyInstanceUID"])
+    except (InvalidDicomError, ValueError, EOFError, OSError):
+        return NO_STUDY
+    return str(dataset.get("StudyInstanceUID", "") or "") or NO_STUDY
+
+
+@dataclass(frozen=True)
+class SpooledInstance:
+    study: str  # safe folder name of the Study Instance UID
+    path: Path
+
+
+class Spool:
+    """The storage folder of one node."""
+
+    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+        self.root = Path(root)
+        self.min_free_bytes = min_free_bytes
+        for name in (INCOMING, PROCESSED, REJECTED):
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+
+    def store(self, encoded: bytes, sop_instance_uid: str) -> SpooledInstance | None:
+        """Write one received instance durably; None when it was processed before (a resend).
+
+        Raises ``StorageFull`` when the free space would fall below the reserve
+        or the disk refuses the write; other ``OSError`` propagate.
+        """
+        study = safe_name(study_uid_of(encoded))
+        name = f"{safe_name(sop_instance_uid)}.dcm"
+        if (self.root / PROCESSED / study / name).exists() or (self.root / REJECTED / study / name).exists():
+            return None
+        if shutil.disk_usage(self.root).free - len(encoded) < self.min_free_bytes:
+            raise StorageFull(f"fewer than {self.min_free_bytes} bytes would stay free")
+        path = self.root / INCOMING / study / name
+        try:
+            write_bytes_atomically(path, encoded)
+        except OSError as error:
+            if error.errno in DISK_FULL:
+                raise StorageFull(os.strerror(error.errno)) from None
+            raise
+        return SpooledInstance(study, path)
+
+    def waiting(self) -> list[SpooledInstance]:
+        """Instances acknowledged but not processed (e.g. by a process that was killed).
+
+        Call it before the listener starts: temporary files of writes that never
+        finished were never acknowledged and are removed, and so are emptied
+        study folders (not while a store may be creating one).
+        """
+        found = []
+        for study_folder in sorted((self.root / INCOMING).iterdir()):
+            if not study_folder.is_dir():
+                continue
+            for path in sorted(study_folder.iterdir()):
+                if path.name.endswith(".part"):
+                    path.unlink(missing_ok=True)
+                elif path.suffix == ".dcm":
+                    found.append(SpooledInstance(study_folder.name, path))
+            if not any(study_folder.iterdir()):
+                study_folder.rmdir()
+        return found
+
+    def finish(self, instance: SpooledInstance, reason: str | None = None) -> Path:
+        """Move an instance out of ``incoming``: to ``processed``, or with ``reason`` to ``rejected``."""
+        folder = self.root / (PROCESSED if reason is None else REJECTED) / instance.study
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / instance.path.name
+        if reason is not None:
+            write_bytes_atomically(target.with_suffix(".reason.txt"), (reason + "\n").encode())
+        os.replace(instance.path, target)
+        fsync_folder(folder)
+        fsync_folder(instance.path.parent)
+        return target

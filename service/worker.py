@@ -1,0 +1,181 @@
+"""When a study is complete, run the graph (``xiqa.app``, the one code path) on its waiting instances.
+
+A study is complete when no instance of it arrived for ``study_timeout``
+seconds; with a timeout of 0 every instance is processed on its own.  The
+graph runs in the thread that calls ``run`` (the main thread of ``xiqa
+serve``); the listener's threads only call ``add``.  Instances of a study that
+arrive while it is being processed wait for the next completion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from xiqa.app import RunSettings, run_graph
+from xiqa.operators.case import Case
+from xiqa.operators.writer_common import OutputKind
+
+from .metrics import NodeMetrics
+from .spool import Spool, SpooledInstance
+
+logger = logging.getLogger(__name__)
+
+#: graph runs of one study that may fail (not a case: the run itself) before its instances are set aside
+MAX_RUN_ATTEMPTS = 3
+
+
+class Forwarder(Protocol):
+    def enqueue(self, files: list[Path]) -> None: ...
+
+
+@dataclass
+class _Study:
+    instances: dict[Path, SpooledInstance] = field(default_factory=dict)
+    last_arrival: float = 0.0
+    failed_runs: int = 0
+
+
+class Worker:
+    """Collects spooled instances per study and processes each study once it is complete."""
+
+    def __init__(self, run_settings: RunSettings, spool: Spool, metrics: NodeMetrics,
+                 study_timeout: float, forwarder: Forwarder | None = None,
+                 run_guard: Callable[[], AbstractContextManager] = nullcontext) -> None:
+        self.run_settings = run_settings
+        self.run_guard = run_guard  # entered around each graph run
+        self.spool = spool
+        self.metrics = metrics
+        self.study_timeout = study_timeout
+        self.forwarder = forwarder
+        self._studies: dict[str, _Study] = {}
+        self._changed = threading.Condition()
+        self._stopping = False
+
+    def add(self, instance: SpooledInstance, arrived: float | None = None) -> None:
+        """A stored instance (thread-safe); ``arrived`` is a ``time.time()`` stamp, default now."""
+        with self._changed:
+            study = self._studies.setdefault(instance.study, _Study())
+            if instance.path not in study.instances:
+                study.instances[instance.path] = instance
+            study.last_arrival = max(study.last_arrival, time.time() if arrived is None else arrived)
+            self._update_depth()
+            self._changed.notify_all()
+
+    def stop(self) -> None:
+        """Ask ``run`` to return after the study in progress (thread- and signal-safe)."""
+        self._stopping = True
+        with self._changed:
+            self._changed.notify_all()
+
+    def run(self) -> None:
+        """Process complete studies until ``stop``."""
+        while self.wait_for_complete():
+            self.process_complete()
+
+    def wait_for_complete(self, timeout: float | None = None) -> bool:
+        """Block until some study is complete (True), or until ``stop`` or ``timeout`` (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not self._stopping:
+                now = time.time()
+                waits = [study.last_arrival + self.study_timeout - now
+                         for study in self._studies.values() if study.instances]
+                if waits and min(waits) <= 0:
+                    return True
+                if deadline is not None:
+                    waits.append(deadline - time.monotonic())
+                    if waits[-1] <= 0:
+                        return False
+                self._changed.wait(timeout=min(waits, default=None))
+            return False
+
+    def process_complete(self) -> list[Case]:
+        """Process every study that is complete now; the cases of all of them."""
+        cases = []
+        while (taken := self._take_complete()) is not None:
+            cases += self.process(*taken)
+        return cases
+
+    def pending(self) -> int:
+        with self._changed:
+            return sum(len(study.instances) for study in self._studies.values())
+
+    def _update_depth(self) -> None:
+        self.metrics.queue_depth.set(sum(len(study.instances) for study in self._studies.values()))
+
+    def _take_complete(self) -> tuple[str, list[SpooledInstance]] | None:
+        with self._changed:
+            now = time.time()
+            for key, study in self._studies.items():
+                if study.instances and study.last_arrival + self.study_timeout <= now:
+                    taken = list(study.instances.values())
+                    study.instances.clear()
+                    return key, taken
+        return None
+
+    def process(self, study_key: str, instances: list[SpooledInstance]) -> list[Case]:
+        """Run the graph on one study's instances; each one ends processed or rejected."""
+        by_path = {instance.path: instance for instance in instances}
+        settings = dataclasses.replace(self.run_settings, paths=[i.path for i in instances])
+        started = time.perf_counter()
+        try:
+            with self.run_guard():
+                cases = run_graph(settings, on_case=lambda case: self._finish(case, by_path[case.path]))
+        except Exception as error:  # noqa: BLE001 - the node must outlive one bad run
+            self._run_failed(study_key, instances, f"{type(error).__name__}: {error}".splitlines()[0])
+            return []
+        unfinished = [i for i in instances if i.path.exists()]
+        if unfinished:  # the graph ended without a case for them (should not happen)
+            self._run_failed(study_key, unfinished, "the graph returned no case")
+        good = all(case.ok for case in cases) and not unfinished
+        (self.metrics.studies_processed if good else self.metrics.studies_failed).inc()
+        logger.info("study %s: %d instances in %.1f s%s", study_key, len(instances),
+                    time.perf_counter() - started, "" if good else " (some rejected)")
+        with self._changed:
+            study = self._studies.get(study_key)
+            if study is not None and not study.instances:
+                del self._studies[study_key]
+            self._update_depth()
+        return cases
+
+    def _finish(self, case: Case, instance: SpooledInstance) -> None:
+        for stage, seconds in case.timings.items():
+            self.metrics.stage_seconds.labels(stage=stage).observe(seconds)
+        if not case.ok:
+            self.metrics.instances_rejected.inc()
+            logger.warning("rejected %s: %s", instance.path.name, case.error)
+            self.spool.finish(instance, reason=case.error)
+            return
+        if self.forwarder is not None:  # queued durably before the source leaves incoming
+            self.forwarder.enqueue([case.outputs[kind.value] for kind in OutputKind])
+        self.spool.finish(instance)
+        self.metrics.instances_processed.inc()
+        quality = case.quality
+        logger.info("%s: Q_img %.3f verdict %s", instance.path.name, quality.q_img, quality.verdict.value)
+
+    def _run_failed(self, study_key: str, instances: list[SpooledInstance], reason: str) -> None:
+        with self._changed:
+            study = self._studies.setdefault(study_key, _Study())
+            study.failed_runs += 1
+            attempts = study.failed_runs
+        if attempts >= MAX_RUN_ATTEMPTS:
+            logger.error("study %s: graph run failed %d times (%s); instances set aside as rejected",
+                         study_key, attempts, reason)
+            for instance in instances:
+                if instance.path.exists():
+                    self.spool.finish(instance, reason=f"graph run failed: {reason}")
+                    self.metrics.instances_rejected.inc()
+            self.metrics.studies_failed.inc()
+            return
+        logger.error("study %s: graph run failed (%s); retried after the study timeout", study_key, reason)
+        for instance in instances:
+            if instance.path.exists():
+                self.add(instance)

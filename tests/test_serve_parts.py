@@ -1,0 +1,214 @@
+"""``xiqa serve`` part by part, in process: settings, spool, the SCP over real loopback associations,
+and the worker running the real graph on spooled studies."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from serve_helpers import echo, send
+from xiqa.service.listener import OUT_OF_RESOURCES, SUCCESS, Listener
+from xiqa.service.metrics import NodeMetrics
+from xiqa.service.settings import Destination, ServeSettings, read_config, settings_from_mapping
+from xiqa.service.spool import INCOMING, PROCESSED, REJECTED, Spool, SpooledInstance
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_destination_parses_aet_host_port_and_names_bad_input() -> None:
+    assert Destination.parse("PACS@10.0.0.5:104") == Destination("PACS", "10.0.0.5", 104)
+    assert Destination.parse("PACS@[::1]:11112").host == "::1"
+    with pytest.raises(ValueError, match="AET@HOST:PORT, got 'PACS:104'"):
+        Destination.parse("PACS:104")
+    with pytest.raises(ValueError, match="destination port must be a TCP port"):
+        Destination.parse("PACS@host:70000")
+    with pytest.raises(ValueError, match="destination AE title must be 1-16"):
+        Destination.parse("A_TITLE_THAT_IS_FAR_TOO_LONG@host:104")
+
+
+def test_config_file_keys_become_settings_and_unknown_keys_are_named(tmp_path: Path) -> None:
+    config = tmp_path / "xiqa.toml"
+    config.write_text('[serve]\nae-title = "EDGE1"\nport = 4242\nstorage = "/data/spool"\n'
+                      'output = "/data/out"\nforward = ["PACS@pacs:104", "VNA@vna:11112"]\n'
+                      'allowed_ae_titles = "CR1,DX2"\nstudy-timeout = 0\n')
+    settings = settings_from_mapping(read_config(config), str(config))
+    assert (settings.ae_title, settings.port, settings.storage) == ("EDGE1", 4242, Path("/data/spool"))
+    assert settings.forward == (Destination("PACS", "pacs", 104), Destination("VNA", "vna", 11112))
+    assert settings.allowed_ae_titles == ("CR1", "DX2")
+    assert settings.per_instance
+    with pytest.raises(ValueError, match=r"xiqa.toml: unknown key 'colour'"):
+        settings_from_mapping({"storage": "a", "output": "b", "colour": "red"}, str(config))
+    with pytest.raises(ValueError, match="output is required"):
+        settings_from_mapping({"storage": "a"}, "flags")
+
+
+def test_settings_refuse_contradictions(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="storage and output must be different folders"):
+        ServeSettings(storage=tmp_path, output=tmp_path)
+    with pytest.raises(ValueError, match="TLS needs both a certificate and a key"):
+        ServeSettings(storage=tmp_path / "s", output=tmp_path / "o", tls_certificate=tmp_path / "c.pem")
+    with pytest.raises(ValueError, match="study timeout must be >= 0"):
+        ServeSettings(storage=tmp_path / "s", output=tmp_path / "o", study_timeout=-1)
+    with pytest.raises(ValueError, match="AE title must be 1-16"):
+        ServeSettings(storage=tmp_path / "s", output=tmp_path / "o", ae_title="BAD\\TITLE")
+
+
+# --------------------------------------------------------------------------- spool
+
+
+def test_spool_keeps_instances_until_finished_and_ignores_resends(fixture_records, tmp_path: Path) -> None:
+    record = fixture_records[0]
+    encoded = record.dicom_path.read_bytes()
+    uid = str(dcmread(record.dicom_path, stop_before_pixels=True).SOPInstanceUID)
+    study = str(dcmread(record.dicom_path, stop_before_pixels=True).StudyInstanceUID)
+    spool = Spool(tmp_path)
+    stored = spool.store(encoded, uid)
+    assert stored == SpooledInstance(study, tmp_path / INCOMING / study / f"{uid}.dcm")
+    assert stored.path.read_bytes() == encoded
+    (stored.path.parent / f".{uid}.dcm.abc.part").write_bytes(b"half")  # a write killed half-way
+    assert Spool(tmp_path).waiting() == [stored]  # a restart finds it, and drops the partial file
+    assert not list(stored.path.parent.glob("*.part"))
+    done = spool.finish(stored)
+    assert done == tmp_path / PROCESSED / study / f"{uid}.dcm" and not stored.path.exists()
+    assert spool.store(encoded, uid) is None  # sent again: acknowledged, never processed twice
+    assert Spool(tmp_path).waiting() == []
+
+
+def test_spool_records_why_an_instance_was_rejected(fixture_records, tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    stored = spool.store(fixture_records[1].dicom_path.read_bytes(), "1.2.3")
+    target = spool.finish(stored, reason="loader failed: colour images are not supported")
+    assert target.parent.parent == tmp_path / REJECTED
+    assert target.with_suffix(".reason.txt").read_text() == "loader failed: colour images are not supported\n"
+
+
+# --------------------------------------------------------------------------- listener
+
+
+@pytest.fixture
+def listening(tmp_path: Path):
+    """Start a listener with the given settings; stop every one afterwards."""
+    started = []
+
+    def start(**overrides) -> tuple[Listener, Spool, NodeMetrics, list[SpooledInstance]]:
+        values = {"port": 0, "bind": "127.0.0.1", "min_free_bytes": 0, **overrides}
+        settings = ServeSettings(storage=tmp_path / "storage", output=tmp_path / "out", **values)
+        spool, metrics, stored = Spool(settings.storage, settings.min_free_bytes), NodeMetrics(), []
+        listener = Listener(settings, spool, metrics, stored.append)
+        listener.start()
+        started.append(listener)
+        return listener, spool, metrics, stored
+
+    yield start
+    for listener in started:
+        listener.stop()
+
+
+def test_store_acknowledges_only_what_is_on_disk(listening, fixture_records) -> None:
+    listener, spool, metrics, stored = listening()
+    paths = [r.dicom_path for r in fixture_records]
+    statuses = send(listener.port, paths)
+    assert statuses == [SUCCESS] * len(paths)  # every variant, compressed ones included
+    assert len(stored) == len(paths)
+    for path, instance in zip(paths, stored, strict=True):
+        sent, kept = dcmread(path), dcmread(instance.path)
+        assert (kept.SOPInstanceUID, kept.PixelData) == (sent.SOPInstanceUID, sent.PixelData)
+        assert kept.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+    assert metrics.registry.get_sample_value("xiqa_instances_received_total") == len(paths)
+    assert echo(listener.port)
+
+
+def test_full_storage_answers_out_of_resources(listening, fixture_records) -> None:
+    listener, spool, metrics, stored = listening(min_free_bytes=2**62)
+    assert send(listener.port, [fixture_records[0].dicom_path]) == [OUT_OF_RESOURCES]
+    assert stored == [] and spool.waiting() == []
+    assert metrics.registry.get_sample_value("xiqa_instances_refused_total",
+                                             {"reason": "storage full"}) == 1
+
+
+def test_only_radiograph_sop_classes_are_accepted(listening, fixture_records) -> None:
+    listener, spool, metrics, stored = listening()
+    computed_tomography = Path(get_testdata_file("CT_small.dcm"))
+    assert send(listener.port, [computed_tomography, fixture_records[0].dicom_path]) == [None, SUCCESS]
+    assert [i.path.stem for i in stored] == [str(dcmread(fixture_records[0].dicom_path).SOPInstanceUID)]
+
+
+def test_allow_lists_turn_away_unknown_callers(listening, fixture_records) -> None:
+    listener, *_ = listening(allowed_ae_titles=("CR_ROOM_1",))
+    assert echo(listener.port, calling="CR_ROOM_1")
+    with pytest.raises(ConnectionError):
+        send(listener.port, [fixture_records[0].dicom_path], calling="INTRUDER")
+    by_host, *_ = listening(allowed_hosts=("10.99.99.99",))
+    assert not echo(by_host.port)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_listener_talks_to_a_tls_caller_only(listening, tmp_path: Path) -> None:
+    key, certificate = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(certificate)], check=True, capture_output=True)
+    listener, *_ = listening(tls_certificate=certificate, tls_key=key)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(certificate))
+    assert echo(listener.port, ssl_context=client)
+    assert not echo(listener.port)  # plain DICOM to a TLS port gets nowhere
+
+
+# --------------------------------------------------------------------------- worker
+
+
+@pytest.fixture(scope="module")
+def run_settings(tmp_path_factory: pytest.TempPathFactory):
+    from xiqa.app import build_settings
+
+    return build_settings([], tmp_path_factory.mktemp("worker-out"), device="cpu")
+
+
+def test_worker_processes_a_complete_study_and_sets_aside_a_broken_instance(
+        run_settings, fixture_records, tmp_path: Path) -> None:
+    from xiqa.service.worker import Worker
+
+    spool, metrics = Spool(tmp_path / "storage"), NodeMetrics()
+    good = fixture_records[0].dicom_path
+    broken = tmp_path / "broken.dcm"
+    dataset = dcmread(fixture_records[1].dicom_path)
+    dataset.Rows = dataset.Rows * 2  # the pixel data is now too short for the header
+    dataset.save_as(broken)
+    worker = Worker(run_settings, spool, metrics, study_timeout=0.2)
+    for path in (good, broken):
+        worker.add(spool.store(path.read_bytes(), str(dcmread(path).SOPInstanceUID)))
+    assert metrics.registry.get_sample_value("xiqa_queue_depth") == 2
+    assert worker.wait_for_complete(timeout=5)
+    time.sleep(0.05)  # both arrived within a few ms: both studies are complete now
+    cases = worker.process_complete()
+    assert sorted(case.ok for case in cases) == [False, True]
+    good_case = next(case for case in cases if case.ok)
+    assert {kind: path.exists() for kind, path in good_case.outputs.items()} == {
+        "seg": True, "sc": True, "sr": True, "report_png": True, "report_json": True}
+    assert spool.waiting() == []
+    rejected = list((tmp_path / "storage" / REJECTED).rglob("*.reason.txt"))
+    assert len(rejected) == 1 and "pixel" in rejected[0].read_text().lower()
+    assert metrics.registry.get_sample_value("xiqa_instances_processed_total") == 1
+    assert metrics.registry.get_sample_value("xiqa_instances_rejected_total") == 1
+    assert metrics.registry.get_sample_value("xiqa_queue_depth") == 0
+    assert metrics.registry.get_sample_value("xiqa_stage_seconds_count", {"stage": "segmentation"}) == 1
+
+
+def test_worker_waits_for_the_study_timeout_after_the_last_arrival(run_settings, tmp_path: Path) -> None:
+    from xiqa.service.worker import Worker
+
+    worker = Worker(run_settings, Spool(tmp_path), NodeMetrics(), study_timeout=0.5)
+    now = time.time()
+    worker.add(SpooledInstance("1.2", tmp_path / "a.dcm"), arrived=now)
+    worker.add(SpooledInstance("1.2", tmp_path / "b.dcm"), arrived=now + 0.4)  # resets the clock
+    assert not worker.wait_for_complete(timeout=0.7)  # 0.5 after the first arrival is not enough
+    assert worker.wait_for_complete(timeout=2)
+    assert time.time() - now >= 0.9 - 0.01
+    worker.stop()
+    assert not worker.wait_for_complete()
