@@ -187,7 +187,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         values = read_config(args.config) if args.config else {}
         values.update({key: getattr(args, key) for key in SERVE_KEYS if getattr(args, key) is not None})
-        settings = settings_from_mapping(values, str(args.config or "xiqa serve"))
+        settings = settings_from_mapping(values, str(args.config or "command line"))
     except ValueError as error:
         print(f"xiqa serve: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,6 +13,7 @@ from xiqa.operators.loader import LoaderConfig
 
 from .listener import Listener
 from .metrics import NodeMetrics
+from .outbox import Outbox
 from .settings import ServeSettings
 from .spool import Spool
 from .worker import Worker
@@ -32,8 +33,6 @@ class Node:
         self.spool = Spool(settings.storage, settings.min_free_bytes)
         self.outbox = None
         if settings.forward:
-            from .outbox import Outbox
-
             self.outbox = Outbox(Path(settings.storage) / OUTBOX, settings.forward,
                                  calling_ae_title=settings.ae_title, metrics=self.metrics,
                                  retries=settings.forward_retries, retry_delay=settings.forward_retry_delay,

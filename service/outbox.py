@@ -9,15 +9,18 @@ is deleted only after its destination answered Success or a warning status.  A
 process killed between the answer and the deletion sends the file again after
 the restart; outputs have deterministic UIDs, so the resend replaces the first
 copy.  A failed attempt is retried after ``retry_delay`` seconds, doubled after
-each further failure up to ten times ``retry_delay``; after ``retries`` failed
-attempts the entry is moved to ``failed/``.  A file that is missing or not
+each further failure up to ten times ``retry_delay``; when the first attempt and
+``retries`` retries have failed, the entry is moved to ``failed/``.  A file that is missing or not
 readable DICOM goes to ``failed/`` at once: no retry can fix it.
 
-Due entries of one destination travel on one association.  A rejected
-association or a network error costs one attempt for every file of that batch,
-a failure status only for its own file.  Entries keep the destination they
-were queued for, so entries left by a run with other destinations still go
-where they were meant to.  One process owns the folder at a time.
+Due entries of one destination travel on one association, with a presentation
+context per SOP class and transfer syntax read from each file's meta (explicit
+and implicit VR little endian are offered together: pynetdicom converts between
+them).  A rejected association or a network error costs one attempt for every
+file of that batch, a failure status only for its own file.  Entries keep the
+destination they were queued for, so entries left by a run with other
+destinations still go where they were meant to.  The folder belongs to one
+Outbox at a time; nothing enforces that.
 
 Logs name destinations, entry and file names (UIDs), never dataset contents.
 """
@@ -113,7 +116,7 @@ class Outbox:
         ``outbox_depth`` follows the waiting entries; ``forwarded``, ``forward_failures`` (failed
         attempts) and ``forward_given_up`` (entries moved to ``failed/``) count per destination.
     retries
-        Failed attempts after which an entry is given up; one attempt is always made.
+        Retries after a failed first attempt before an entry is given up (0: one attempt only).
     retry_delay
         Seconds before the first retry; each further retry waits twice as long, at most ten times this.
     max_pdu_size
@@ -302,25 +305,25 @@ class Outbox:
             self._condition.notify_all()
 
     def _failed(self, entries: list[_Entry], reason: str) -> None:
-        """Count one failed attempt for each entry; reschedule it, or give it up after ``retries``."""
+        """Count one failed attempt for each entry; reschedule it, or give it up after 1 + ``retries``."""
         if not entries:
             return
-        retrying = []
+        retrying, now = [], time.time()  # one clock reading: a batch retries together, as one batch
         for entry in entries:
             self._metrics.forward_failures.labels(str(entry.destination)).inc()
             entry.attempts += 1
-            if entry.attempts >= self._retries:
+            if entry.attempts > self._retries:
                 self._give_up(entry, reason)
                 continue
             delay = min(self._retry_delay * 2 ** (entry.attempts - 1), MAX_BACKOFF * self._retry_delay)
-            entry.next_attempt = time.time() + delay
+            entry.next_attempt = now + delay
             retrying.append(entry)
             write_bytes_atomically(self.folder / entry.name, entry.encode())
         if retrying:
             first = retrying[0]
             logger.warning("forwarding %d file(s) to %s failed: %s; failed attempt %d of %d, next in %.3g s",
                            len(retrying), first.destination, reason, first.attempts,
-                           max(self._retries, 1), first.next_attempt - time.time())
+                           self._retries + 1, first.next_attempt - now)
 
     def _unreadable(self, entry: _Entry, error: Exception) -> None:
         """A missing or broken file fails for good: one failed attempt, then ``failed/`` at once."""

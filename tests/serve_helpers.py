@@ -1,8 +1,7 @@
-"""Shared by the ``xiqa serve`` tests: a pynetdicom SCU that sends files, and a free loopback port."""
+"""Shared by the ``xiqa serve`` tests: a pynetdicom SCU that sends files or echoes."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,12 +9,6 @@ from pathlib import Path
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def send(port: int, paths: Sequence[Path], *, calling: str = "MODALITY", called: str = "XIQA",

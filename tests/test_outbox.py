@@ -70,17 +70,22 @@ def make_outbox(tmp_path: Path, metrics: NodeMetrics) -> Iterator[Callable[..., 
 
 
 class StoreSCP:
-    """A pynetdicom storage SCP that records SOP Instance UIDs and answers scripted statuses."""
+    """A pynetdicom storage SCP that records associations and SOP Instance UIDs, answers scripted statuses."""
 
     def __init__(self, port: int, statuses: dict[str, list[int]]) -> None:
         self.port = port
+        self.associations = 0
         self.received: list[str] = []
         self._statuses = statuses  # SOP Instance UID -> statuses to answer first, in order
         ae = AE(ae_title="STORESCP")
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self._server: ThreadedAssociationServer = ae.start_server(
-            ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
+            ("127.0.0.1", port), block=False,
+            evt_handlers=[(evt.EVT_ACCEPTED, self._accepted), (evt.EVT_C_STORE, self._store)])
+
+    def _accepted(self, event: Event) -> None:
+        self.associations += 1
 
     def _store(self, event: Event) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
@@ -148,7 +153,7 @@ def test_every_file_reaches_every_destination_and_entries_are_on_disk_first(
         assert outbox.wait_empty(20)
         uids = {uid_of(file) for file in files}
         assert orthanc.sop_instance_uids() == uids
-        assert sorted(scp.received) == sorted(uids)
+        assert sorted(scp.received) == sorted(uids) and scp.associations == 1
     assert entries(tmp_path / "outbox") == []
     assert not any((tmp_path / "outbox" / FAILED).iterdir())
     assert value(metrics, "xiqa_outbox_depth") == 0
@@ -175,6 +180,7 @@ def test_a_destination_that_is_down_gets_the_files_once_it_is_up(
     scp = store_scp(destination.port)
     assert outbox.wait_empty(10)
     assert sorted(scp.received) == sorted(uid_of(file) for file in files[:2])
+    assert scp.associations == 1  # entries that failed together retry together
     assert entries(tmp_path / "outbox") == []
     assert value(metrics, "xiqa_forwarded_total", destination) == 2
     assert value(metrics, "xiqa_forward_given_up_total", destination) == 0
@@ -191,6 +197,7 @@ def test_a_failure_status_costs_only_its_own_file_an_attempt_and_warnings_count_
     outbox.start()
     assert outbox.wait_empty(10)
     assert sorted(scp.received) == sorted([refused, refused, coerced, stored])
+    assert scp.associations == 2  # the second one carries the refused file only
     assert value(metrics, "xiqa_forward_failures_total", destination) == 1
     assert value(metrics, "xiqa_forwarded_total", destination) == 3
 
@@ -226,6 +233,8 @@ def test_entries_a_killed_process_left_are_sent_after_the_restart(
         child.wait()
         child.stdout.close()
     assert len(entries(tmp_path / "outbox")) == 3
+    (tmp_path / "outbox" / "garbage.json").write_text("{")  # not ours: set aside, not sent
+    (tmp_path / "outbox" / ".x.json.abc.part").write_text("{")  # a write cut short: removed
 
     with running_orthanc(tmp_path / "orthanc", dicom_port=destination.port) as orthanc:
         outbox = make_outbox([destination])
@@ -233,7 +242,8 @@ def test_entries_a_killed_process_left_are_sent_after_the_restart(
         outbox.start()
         assert outbox.wait_empty(20)
         assert orthanc.sop_instance_uids() == {uid_of(file) for file in files}
-    assert entries(tmp_path / "outbox") == []
+    assert sorted(path.name for path in (tmp_path / "outbox").iterdir()) == [FAILED]
+    assert [path.name for path in (tmp_path / "outbox" / FAILED).iterdir()] == ["garbage.json"]
     assert value(metrics, "xiqa_forwarded_total", destination) == 3
 
 
@@ -241,17 +251,17 @@ def test_an_entry_out_of_retries_moves_to_failed_with_one_log_line(
         files: list[Path], tmp_path: Path, metrics: NodeMetrics, make_outbox: Callable[..., Outbox],
         caplog: pytest.LogCaptureFixture) -> None:
     destination = Destination("NOBODY", "127.0.0.1", free_port())
-    outbox = make_outbox([destination], retries=1)
+    outbox = make_outbox([destination], retries=1)  # the first attempt and one retry
     outbox.enqueue(files[:1])
     with caplog.at_level(logging.INFO, logger="xiqa.service.outbox"):
         outbox.start()
         assert outbox.wait_empty(10)
     assert entries(tmp_path / "outbox") == []
     [failed] = entries(tmp_path / "outbox" / FAILED)
-    assert failed["attempts"] == 1 and failed["file"] == str(files[0].absolute())
+    assert failed["attempts"] == 2 and failed["file"] == str(files[0].absolute())
     assert "not reachable" in failed["error"]
     assert value(metrics, "xiqa_forward_given_up_total", destination) == 1
-    assert value(metrics, "xiqa_forward_failures_total", destination) == 1
+    assert value(metrics, "xiqa_forward_failures_total", destination) == 2
     assert value(metrics, "xiqa_outbox_depth") == 0
     [line] = [record.getMessage() for record in caplog.records
               if record.name == "xiqa.service.outbox" and record.levelno == logging.ERROR]
