@@ -1,7 +1,10 @@
-# xiqa as a MONAI Application Package layout (what `monai-deploy package` would produce, by hand).
-#   docker build -t xiqa:0.1.0 .                                  CPU or CUDA torch from PyPI's default build
-#   docker build --build-arg TORCH_INDEX_URL=<your torch wheel index> -t xiqa:0.1.0-cpu .
+# xiqa as a MONAI Application Package layout (what `monai-deploy package` would produce, by hand),
+# and the same image as a long-running DICOM node (target `serve`).
+#   docker build --target map -t xiqa:0.1.0 .                     CPU or CUDA torch from PyPI's default build
+#   docker build --target map --build-arg TORCH_INDEX_URL=<your torch wheel index> -t xiqa:0.1.0-cpu .
 #   docker run --rm -v $PWD/in:/var/holoscan/input -v $PWD/out:/var/holoscan/output xiqa:0.1.0
+#   docker build --target serve -t xiqa-serve:0.1.0 .
+#   docker run -d -p 11112:11112 -p 9100:9100 -v xiqa-data:/var/xiqa xiqa-serve:0.1.0 [--forward PACS@host:104]
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS map
 
@@ -26,6 +29,7 @@ COPY app_package ./app_package
 COPY operators ./operators
 COPY training ./training
 COPY dicom_fixtures ./dicom_fixtures
+COPY service ./service
 RUN pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
         torch==2.14.1 torchvision==0.29.1 \
     && pip install --no-cache-dir . \
@@ -39,3 +43,17 @@ RUN useradd --create-home --uid 1000 holoscan \
 USER holoscan
 WORKDIR /var/holoscan
 ENTRYPOINT ["python3", "-u", "-m", "xiqa"]
+
+# The DICOM node: C-STORE in on 11112, Prometheus on 9100, spool and outputs on the /var/xiqa volume.
+# Arguments after the image name are added to the command (e.g. --forward PACS@pacs:104 --config FILE).
+# With allow-lists, admit the health check: calling AE title XIQA-HEALTH from 127.0.0.1.
+FROM map AS serve
+USER root
+RUN mkdir -p /var/xiqa/storage /var/xiqa/output && chown -R holoscan /var/xiqa
+USER holoscan
+VOLUME ["/var/xiqa"]
+EXPOSE 11112 9100
+HEALTHCHECK --interval=30s --timeout=15s --start-period=180s --retries=3 \
+    CMD ["xiqa", "health", "--port", "11112", "--timeout", "10"]
+ENTRYPOINT ["xiqa", "serve", "--storage", "/var/xiqa/storage", "--output", "/var/xiqa/output", \
+            "--port", "11112", "--metrics-port", "9100"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -16,15 +17,29 @@ from xiqa.__main__ import MAP_DEFAULTS
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _dockerfile() -> list[tuple[str, str]]:
+def _dockerfile() -> dict[str, list[tuple[str, str]]]:
+    """Instructions per build stage (by its ``AS`` name), continuation lines joined."""
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+    stages: dict[str, list[tuple[str, str]]] = {"": []}
+    current = ""
+    for line in (line.strip() for line in text.splitlines()):
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, rest = line.partition(" ")
+        if instruction.upper() == "FROM":
+            current = rest.split(" AS ")[-1].strip() if " AS " in rest else rest
+            stages[current] = []
+        stages[current].append((instruction.upper(), rest.strip()))
+    return stages
+
+
+def _json_form(rest: str) -> list[str]:
+    return json.loads(rest)
 
 
 def test_dockerfile_sets_the_map_environment_the_entry_point_reads():
     env = {}
-    for instruction, rest in _dockerfile():
+    for instruction, rest in _dockerfile()["map"]:
         if instruction == "ENV":
             for item in shlex.split(rest):
                 key, value = item.split("=", 1)
@@ -33,18 +48,39 @@ def test_dockerfile_sets_the_map_environment_the_entry_point_reads():
         assert env[variable] == default
 
 
-def test_dockerfile_copies_existing_paths_and_runs_the_package_as_non_root():
-    instructions = _dockerfile()
-    for instruction, rest in instructions:
+def test_dockerfile_copies_every_package_folder_and_runs_as_non_root():
+    stages = _dockerfile()
+    copied = set()
+    for instruction, rest in stages["map"]:
         if instruction == "COPY":
             *sources, _ = rest.split()
             for source in sources:
                 assert (ROOT / source).exists(), source
-    users = [rest for instruction, rest in instructions if instruction == "USER"]
-    assert users and users[-1] not in ("root", "0")
-    entrypoint = [rest for instruction, rest in instructions if instruction == "ENTRYPOINT"][-1]
-    assert entrypoint == '["python3", "-u", "-m", "xiqa"]'
+                copied.add(source)
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    assert set(package_dirs.values()) <= copied  # every import package ends up in the image
+    for stage in ("map", "serve"):
+        users = [rest for instruction, rest in stages[stage] if instruction == "USER"]
+        assert users and users[-1] not in ("root", "0"), stage
+    entrypoint = [rest for instruction, rest in stages["map"] if instruction == "ENTRYPOINT"][-1]
+    assert _json_form(entrypoint) == ["python3", "-u", "-m", "xiqa"]
     assert (ROOT / "app_package" / "__main__.py").is_file()  # `python -m xiqa` resolves to it
+
+
+def test_dockerfile_serve_target_runs_xiqa_serve_and_checks_its_own_port():
+    from xiqa.cli import build_parser
+
+    serve = dict(_dockerfile()["serve"])
+    assert serve["FROM"] == "map AS serve"
+    command = _json_form(serve["ENTRYPOINT"])
+    assert command[:2] == ["xiqa", "serve"]
+    parsed = build_parser().parse_args(command[1:])  # every option exists in the CLI
+    health = _json_form(serve["HEALTHCHECK"].split(" CMD ", 1)[1])
+    checked = build_parser().parse_args(health[1:])
+    assert health[:2] == ["xiqa", "health"] and checked.port == parsed.port
+    assert str(parsed.port) in serve["EXPOSE"].split() and str(parsed.metrics_port) in serve["EXPOSE"].split()
+    volume = _json_form(serve["VOLUME"])[0]
+    assert parsed.storage.is_relative_to(volume) and parsed.output.is_relative_to(volume)
 
 
 def test_dockerfile_and_requirements_pin_what_pyproject_pins():
