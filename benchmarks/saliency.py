@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/saliency.py [--quick] [--full] [--threads 1]
         [--device cpu|cuda|auto] [--encoders resnet50 mobilenet_v2] [--size 256]
         [--repeats 5] [--sample 20] [--ng1-sample 10] [--ng1-batch 1]
-        [--no-memory | --memory-only] [--json OUT]
+        [--no-memory | --memory-only] [--floor] [--json OUT]
 
 For DeepLabV3+ at ``--size`` x ``--size`` (ResNet50 with random weights, seed
 0, as in shared/reference/saliency-baseline.md; MobileNetV2 is the shipped
@@ -23,7 +23,10 @@ bundle when it exists, random weights otherwise) it prints:
 - peak memory: on the CPU, VmHWM of a fresh interpreter per measurement (its
   "idle" row is import + model); on a GPU, ``torch.cuda.max_memory_allocated``;
 - the largest difference between our normalised layer maps and the
-  reference's, on the sampled layers.
+  reference's, on the sampled layers;
+- with ``--floor``, the least time exact order 1 can take on this device one
+  image at a time (its FLOPs in whole-network passes times the time of one
+  pass), and so the best ratio against each reference.
 
 Times are medians of ``--repeats`` runs after one warm-up (NormGrad 1: at
 most 2 runs, no warm-up), as wall and as CPU (process) seconds.  On a shared
@@ -48,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from xiqa.operators.saliency import (
     SaliencyConfig,
     compute_saliencies,
@@ -81,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ng1-batch", type=int, default=1,
                      help="layers per order-1 replay batch (default: %(default)s)")
     run.add_argument("--full", action="store_true", help="run the whole reference loops")
+    run.add_argument("--floor", action="store_true",
+                     help="also count the FLOPs of exact order 1 (slow: one more NormGrad 1 run)")
     run.add_argument("--quick", action="store_true",
                      help="smoke test: 2 repeats, 4 + 3 reference layers, 128 px, no memory")
     run.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -256,11 +262,17 @@ def bench_encoder(encoder: str, args: argparse.Namespace, device: torch.device) 
         network.zero_grad(set_to_none=True)
         target_score(network(image)).sum().backward()
 
+    def forward_backward_to_input():  # what one order-1 replay needs per layer: no weight gradients
+        inputs = image.detach().requires_grad_(True) * 1.0  # not a leaf: FlopCounterMode needs that
+        torch.autograd.grad(target_score(network(inputs)).sum(), inputs)
+
     def ours(*methods):
         return lambda: compute_saliencies(network, image[0], config, methods=methods)
 
     rows = [("forward (no grad)", "forward", forward, args.repeats),
             ("forward + full backward", "fwd_bwd", forward_backward, args.repeats),
+            ("forward + backward to the input only", "fwd_bwd_input", forward_backward_to_input,
+             args.repeats),
             ("ours: Grad-CAM", "ours_gc", ours("gradcam"), args.repeats),
             ("ours: NormGrad 0", "ours_ng0", ours("normgrad0"), args.repeats),
             ("ours: Grad-CAM + NormGrad 0 (one pass)", "ours_gc_ng0", ours("gradcam", "normgrad0"),
@@ -315,6 +327,8 @@ def bench_encoder(encoder: str, args: argparse.Namespace, device: torch.device) 
         cpu, wall = figures["ratios"]["cpu"][key], figures["ratios"]["wall"][key]
         print(f"{label:52s} {wall:8.2f}x {cpu:8.2f}x   {goal}")
 
+    if args.floor:
+        figures["floor"] = order1_floor(figures, forward_backward_to_input, ours("normgrad1"))
     if device.type == "cuda":
         for key, function in (("fwd_bwd", forward_backward),
                               ("gc_ng0", ours("gradcam", "normgrad0")), ("ng1", ours("normgrad1"))):
@@ -330,6 +344,34 @@ def bench_encoder(encoder: str, args: argparse.Namespace, device: torch.device) 
     return figures
 
 
+def flops(function) -> float:
+    with FlopCounterMode(display=False) as counter:
+        function()
+    return float(counter.get_total_flops())
+
+
+def order1_floor(figures: dict, forward_backward_to_input, ours_ng1) -> dict:
+    """How much work exact order 1 is, and what that work alone costs at whole-network speed.
+
+    Exact order 1 must evaluate, per stepped layer, the rest of the network at
+    that layer's new output and the gradient back to it: work that no caching
+    removes.  Our order-1 FLOPs in units of one forward + input-gradient
+    backward of the whole network, times the measured time of such a pass, is
+    the time that work takes on a device where a batch of replays costs the
+    sum of its parts (a CPU).  When ours is at or below it, only hardware that
+    runs replays in parallel (a GPU, ``normgrad1_batch``) can go faster.
+    """
+    passes = flops(ours_ng1) / flops(forward_backward_to_input)
+    floor = {kind: passes * figures["fwd_bwd_input"][kind] for kind in ("cpu", "wall")}
+    result = {"network_passes": passes, "seconds": floor,
+              "best_ref_ratio": figures["ref_ng1"]["cpu"] / floor["cpu"],
+              "best_thesis_ratio": figures["ref_ng1_thesis"]["cpu"] / floor["cpu"]}
+    print(f"{'order-1 work: ' + f'{passes:.1f} x (fwd + input bwd), at that speed':52s} "
+          f"{floor['wall']:9.1f} {floor['cpu']:9.1f}   reference / it "
+          f"{result['best_ref_ratio']:.1f}x, thesis / it {result['best_thesis_ratio']:.1f}x")
+    return result
+
+
 def print_table(everything: list[dict]) -> None:
     """The summary as a Markdown table: CPU seconds (wall in brackets), ratios from CPU time."""
     names = " | ".join(f"{f['encoder']} ({f['size']} px)" for f in everything)
@@ -338,6 +380,7 @@ def print_table(everything: list[dict]) -> None:
              [f"{f['layers']} ({f['layers_with_parameters']})" for f in everything])]
     for label, key, digits in (
             ("forward, no grad", "forward", 3), ("forward + full backward", "fwd_bwd", 3),
+            ("forward + backward to the input", "fwd_bwd_input", 3),
             ("ours GC", "ours_gc", 3), ("ours NG0", "ours_ng0", 3),
             ("ours GC + NG0, one pass", "ours_gc_ng0", 3), ("ours NG1", "ours_ng1", 1),
             ("reference GC", "ref_gc", 1), ("reference NG0", "ref_ng0", 1),
@@ -353,6 +396,13 @@ def print_table(everything: list[dict]) -> None:
         cells = [f"{f['ratios']['cpu'][key]:.1f}x ({f['ratios']['wall'][key]:.1f}x)"
                  for f in everything]
         rows.append((label + ", CPU (wall)", cells))
+    if all("floor" in f for f in everything):
+        rows.append(("exact NG1 work at whole-network speed (passes), CPU s",
+                     [f"{f['floor']['seconds']['cpu']:.1f} ({f['floor']['network_passes']:.0f})"
+                      for f in everything]))
+        rows.append(("ref NG1 / that time (1 copy; thesis)",
+                     [f"{f['floor']['best_ref_ratio']:.1f}x; {f['floor']['best_thesis_ratio']:.1f}x"
+                      for f in everything]))
     rows.append(("max abs diff vs reference, GC / NG0 / NG1",
                  [" / ".join(f"{f[k]['max_diff']:.0e}" for k in ("ref_gc", "ref_ng0", "ref_ng1"))
                   for f in everything]))
