@@ -1,7 +1,8 @@
 """C-STORE ingest speed of ``xiqa serve``'s listener + spool against dcmtk and a plain pynetdicom SCP.
 
     .venv/bin/python benchmarks/ingest.py [--count 100] [--repeats 3] [--parallel 1 4]
-        [--sets large small] [--receivers ours storescp storescp-sync plain] [--json OUT] [--quick]
+        [--sets large small] [--receivers ours storescp storescp-sync plain [plain-128k]]
+        [--settle 3] [--json OUT] [--quick]
 
 Everything runs on loopback in one go, from inputs the script writes itself
 into a temporary folder (no downloads):
@@ -26,8 +27,19 @@ Receivers, each started fresh as its own process, with its own empty output fold
 storescp gets ``--fork`` when several associations arrive in parallel, as in the baseline.
 The sender is dcmtk ``storescu -R`` with ``TCP_NODELAY=1`` (as is storescp), either one
 process with every file or ``P`` concurrent processes with ``files[i::P]``.  The clock runs
-from starting the storescu process(es) until the last exits, after ``os.sync()`` and a short
-settle.  Receiver CPU is utime + stime (and that of reaped children) over its /proc process tree.
+from starting the storescu process(es) until the last exits.  Receiver CPU is utime + stime (and
+that of reaped children) over its /proc process tree, with the system part shown apart.
+
+``--settle`` (default 3 s) is the least time from the previous run's cleanup (its files deleted,
+then ``os.sync()``) to the start of the clock, whatever the receiver's start-up takes.  On a VM
+with free page reporting (virtio-balloon, as on this Firecracker box) memory freed more than ~2 s
+ago goes back to the host, and filling the page cache from it costs up to 8x more system time
+(0.06 s vs 0.5 s for 288 MB, measured here).  Without the settle, receivers that start in 0.5 s
+(storescp, the plain SCP) often wrote into memory the previous run had just freed, while ours,
+whose start-up imports the whole graph (~10 s), never did.  Even so, the large set's system time
+still varies up to 2x from run to run, for every receiver, nearly all of it in the kernel's copy
+into page-cache folios (``perf``): hence interleaved runs and medians.
+
 Runs are interleaved (repeat > set > parallel > receiver, receiver order rotated each repeat);
 the table shows medians.
 
@@ -213,8 +225,8 @@ def serve_plain(out: Path, max_pdu: int | None) -> None:
 # --------------------------------------------------------------------------- receivers (driver side)
 
 
-def _cpu_ticks_of_tree(root: int) -> int:
-    """utime + stime + cutime + cstime of ``root`` and its live (or zombie) descendants."""
+def _cpu_ticks_of_tree(root: int) -> tuple[int, int]:
+    """(user, system) ticks, reaped children's included, of ``root`` and its live or zombie descendants."""
     parent_of, ticks = {}, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -226,16 +238,19 @@ def _cpu_ticks_of_tree(root: int) -> int:
             continue
         fields = text[text.rindex(b")") + 2:].split()
         parent_of[int(entry)] = int(fields[1])
-        ticks[int(entry)] = sum(int(value) for value in fields[11:15])
-    total, stack = 0, [root]
+        utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
+        ticks[int(entry)] = (utime + cutime, stime + cstime)
+    user = system = 0
+    stack = [root]
     children: dict[int, list[int]] = {}
     for pid, parent in parent_of.items():
         children.setdefault(parent, []).append(pid)
     while stack:
         pid = stack.pop()
-        total += ticks.get(pid, 0)
+        user += ticks.get(pid, (0, 0))[0]
+        system += ticks.get(pid, (0, 0))[1]
         stack.extend(children.get(pid, []))
-    return total
+    return user, system
 
 
 def _free_port() -> int:
@@ -286,8 +301,10 @@ class Receiver:
             raise BenchmarkFailed(f"{self.kind}: expected {key!r}, got {line!r}: {self.log_text()}")
         return line.split(" ", 1)[1].strip()
 
-    def cpu_seconds(self) -> float:
-        return _cpu_ticks_of_tree(self.process.pid) / os.sysconf("SC_CLK_TCK")
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the receiver's process tree so far."""
+        user, system = _cpu_ticks_of_tree(self.process.pid)
+        return user / os.sysconf("SC_CLK_TCK"), system / os.sysconf("SC_CLK_TCK")
 
     def log_text(self) -> str:
         self.log.flush()
@@ -378,6 +395,7 @@ class Run:
     bytes: int
     wall_s: float
     receiver_cpu_s: float
+    receiver_sys_s: float
     sender_cpu_s: float
 
 
@@ -386,8 +404,9 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def send(receiver: Receiver, inputs: InputSet, parallel: int, logs: Path) -> tuple[float, float, float]:
-    """storescu(s) to ``receiver``: wall seconds, receiver CPU-s, sender CPU-s."""
+def send(receiver: Receiver, inputs: InputSet, parallel: int,
+         logs: Path) -> tuple[float, float, float, float]:
+    """storescu(s) to ``receiver``: wall seconds, receiver CPU-s (all, system), sender CPU-s."""
     groups = [inputs.paths[index::parallel] for index in range(parallel)]
     base = ["storescu", "-R", "-aec", receiver.called, "127.0.0.1", str(receiver.port)]
     outputs = [open(logs / f"storescu-{index}.log", "w+b") for index in range(parallel)]  # noqa: SIM115
@@ -399,7 +418,7 @@ def send(receiver: Receiver, inputs: InputSet, parallel: int, logs: Path) -> tup
                    for group, log in zip(groups, outputs, strict=True)]
         codes = [sender.wait(timeout=900) for sender in senders]
         wall = time.perf_counter() - started
-        receiver_cpu = receiver.cpu_seconds() - cpu_before
+        cpu_after = receiver.cpu_seconds()
         sender_cpu = _children_cpu() - children_before
         for code, log in zip(codes, outputs, strict=True):
             log.seek(0)
@@ -410,16 +429,19 @@ def send(receiver: Receiver, inputs: InputSet, parallel: int, logs: Path) -> tup
     finally:
         for log in outputs:
             log.close()
-    return wall, receiver_cpu, sender_cpu
+    return wall, sum(cpu_after) - sum(cpu_before), cpu_after[1] - cpu_before[1], sender_cpu
 
 
-def run_once(kind: str, inputs: InputSet, parallel: int, repeat: int, scratch: Path) -> Run:
+def run_once(kind: str, inputs: InputSet, parallel: int, repeat: int, scratch: Path, settle: float) -> Run:
+    """One receiver, fresh, on one set; the clock starts ``settle`` s or more after the previous run's
+    files were deleted and synced (see ``--settle``)."""
     out = scratch / f"out-{kind}-{inputs.name}-p{parallel}-r{repeat}"
     os.sync()
-    time.sleep(0.5)
+    synced = time.monotonic()
     receiver = Receiver(kind, out, parallel)
+    time.sleep(max(0.0, settle - (time.monotonic() - synced)))
     try:
-        wall, receiver_cpu, sender_cpu = send(receiver, inputs, parallel, scratch)
+        wall, receiver_cpu, receiver_sys, sender_cpu = send(receiver, inputs, parallel, scratch)
         verify(kind, out, inputs)  # before stopping: on disk once the sender has its answers
         tally = receiver.stop()
     except BaseException:
@@ -430,7 +452,8 @@ def run_once(kind: str, inputs: InputSet, parallel: int, repeat: int, scratch: P
     if tally is not None and tally != (count, 0):
         raise BenchmarkFailed(f"{kind}: the SCP counted stored={tally[0]} errors={tally[1]} for {count} sent")
     shutil.rmtree(out)
-    return Run(kind, inputs.name, parallel, repeat, count, inputs.total_bytes, wall, receiver_cpu, sender_cpu)
+    return Run(kind, inputs.name, parallel, repeat, count, inputs.total_bytes, wall, receiver_cpu,
+               receiver_sys, sender_cpu)
 
 
 # --------------------------------------------------------------------------- report
@@ -452,6 +475,7 @@ def summarise(runs: list[Run]) -> list[dict]:
                 "inst_s": count / wall, "inst_s_best": count / min(run.wall_s for run in mine),
                 "mb_s": size / 1e6 / wall,
                 "receiver_cpu_s": statistics.median(run.receiver_cpu_s for run in mine),
+                "receiver_sys_s": statistics.median(run.receiver_sys_s for run in mine),
                 "sender_cpu_s": statistics.median(run.sender_cpu_s for run in mine),
             })
     for row in rows:
@@ -463,8 +487,8 @@ def summarise(runs: list[Run]) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     header = (f"{'receiver':<14} {'set':<6} {'par':>3} {'n':>2} {'count':>5} {'MB':>7} {'wall s med':>10} "
-              f"{'(min)':>7} {'inst/s':>7} {'(best)':>7} {'MB/s':>6} {'recv CPU-s':>10} {'send CPU-s':>10} "
-              f"{'ours / it':>9}")
+              f"{'(min)':>7} {'inst/s':>7} {'(best)':>7} {'MB/s':>6} {'recv CPU-s':>10} {'(sys)':>6} "
+              f"{'send CPU-s':>10} {'ours / it':>9}")
     print(header)
     print("-" * len(header))
     previous = None
@@ -476,7 +500,8 @@ def print_table(rows: list[dict]) -> None:
         print(f"{row['receiver']:<14} {row['set']:<6} {row['parallel']:>3} {row['n']:>2} {row['count']:>5} "
               f"{row['bytes'] / 1e6:>7.1f} {row['wall_s_median']:>10.3f} {row['wall_s_min']:>7.3f} "
               f"{row['inst_s']:>7.1f} {row['inst_s_best']:>7.1f} {row['mb_s']:>6.1f} "
-              f"{row['receiver_cpu_s']:>10.2f} {row['sender_cpu_s']:>10.2f} {ratio:>9}")
+              f"{row['receiver_cpu_s']:>10.2f} {row['receiver_sys_s']:>6.2f} {row['sender_cpu_s']:>10.2f} "
+              f"{ratio:>9}")
     cells = sorted({(row["set"], row["parallel"]) for row in rows},
                    key=lambda key: (key[0] != "large", key[1]))
     references = [kind for kind in REFERENCES if any(row["receiver"] == kind for row in rows)]
@@ -515,10 +540,13 @@ def main(argv: list[str] | None = None) -> int:
                         default=list(RECEIVERS))
     parser.add_argument("--json", type=Path, default=None, help="write every run and the summary here")
     parser.add_argument("--scratch", type=Path, default=None, help="parent of the temporary folder")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 8 instances, 1 repeat")
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds from the previous run's cleanup to the clock's start (default 3; see "
+                             "below)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 8 instances, 1 repeat, no settle")
     args = parser.parse_args(argv)
     if args.quick:
-        args.count, args.repeats = 8, 1
+        args.count, args.repeats, args.settle = 8, 1, 0.0
     if args.count < 2 or args.count % 2 or min(args.parallel) < 1 or args.count < max(args.parallel):
         parser.error("--count must be even, at least 2 and at least the largest --parallel")
     for tool in ("storescp", "storescu", "echoscu"):
@@ -528,10 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     import pydicom
     import pynetdicom
 
+    dcmtk = subprocess.run(["storescp", "--version"], capture_output=True, text=True).stdout.split()[2]
     print(f"# {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, pydicom "
-          f"{pydicom.__version__}, pynetdicom {pynetdicom.__version__}, "
-          f"{subprocess.run(['storescp', '--version'], capture_output=True, text=True).stdout.split()[1]}; "
-          f"load {os.getloadavg()[0]:.2f}", flush=True)
+          f"{pydicom.__version__}, pynetdicom {pynetdicom.__version__}, dcmtk {dcmtk}; "
+          f"settle {args.settle} s; load {os.getloadavg()[0]:.2f}", flush=True)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="xiqa-ingest-", dir=args.scratch) as scratch_name:
         scratch = Path(scratch_name)
@@ -546,11 +574,11 @@ def main(argv: list[str] | None = None) -> int:
             for repeat, name, parallel in plan:
                 shift = repeat % len(args.receivers)
                 for kind in args.receivers[shift:] + args.receivers[:shift]:
-                    run = run_once(kind, sets[name], parallel, repeat, scratch)
+                    run = run_once(kind, sets[name], parallel, repeat, scratch, args.settle)
                     runs.append(run)
                     print(f"  r{repeat} {name:<5} p{parallel} {kind:<14} {run.wall_s:7.3f} s "
-                          f"{run.count / run.wall_s:7.1f} inst/s  recv {run.receiver_cpu_s:5.2f} CPU-s  "
-                          f"send {run.sender_cpu_s:5.2f} CPU-s", flush=True)
+                          f"{run.count / run.wall_s:7.1f} inst/s  recv {run.receiver_cpu_s:5.2f} CPU-s "
+                          f"({run.receiver_sys_s:4.2f} sys)  send {run.sender_cpu_s:5.2f} CPU-s", flush=True)
         except BenchmarkFailed as failure:
             print(f"\nFAILED: {failure}", file=sys.stderr)
             return 1
