@@ -8,14 +8,20 @@ closed), the calling AE title by pynetdicom's own association rejection.
 
 from __future__ import annotations
 
+import io
 import logging
 import ssl
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any
 
+from pydicom import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.tag import Tag
 from pydicom.uid import (
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -30,6 +36,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from xiqa.operators.loader import SUPPORTED_SOP_CLASSES
@@ -44,6 +51,7 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 PROCESSING_FAILURE = 0x0110
 #: what the loader can decode (pylibjpeg, OpenJPEG, RLE, GDCM)
+STUDY_INSTANCE_UID = Tag("StudyInstanceUID")
 TRANSFER_SYNTAXES = (
     ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian,
     JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
@@ -51,12 +59,27 @@ TRANSFER_SYNTAXES = (
 )
 
 
+def study_uid_of(dataset: bytes, transfer_syntax: UID) -> str:
+    """The Study Instance UID of an encoded dataset (no file meta), parsed only up to that element."""
+    if transfer_syntax.is_deflated:
+        dataset = zlib.decompress(dataset, -zlib.MAX_WBITS)
+    try:
+        found = read_dataset(io.BytesIO(dataset), transfer_syntax.is_implicit_VR,
+                             transfer_syntax.is_little_endian, specific_tags=[STUDY_INSTANCE_UID],
+                             stop_when=lambda tag, vr, length: tag > STUDY_INSTANCE_UID)
+        return str(found.get("StudyInstanceUID", "") or "")
+    except (ValueError, EOFError, OSError, zlib.error):
+        return ""  # spooled under "no study"; the loader gives the reason
+
+
 def handle_store(event: evt.Event, spool: Spool, metrics: NodeMetrics,
                  on_stored: Callable[[SpooledInstance], None]) -> int:
     """Spool one C-STORE request; Success only once the instance is durably on disk."""
     sop_instance_uid = str(event.request.AffectedSOPInstanceUID)
+    dataset = event.request.DataSet.getvalue()
     try:
-        stored = spool.store(event.encoded_dataset(), sop_instance_uid)
+        stored = spool.store((file_header(event.file_meta), dataset), sop_instance_uid,
+                             study_uid_of(dataset, event.context.transfer_syntax))
     except StorageFull as full:
         metrics.instances_refused.labels(reason="storage full").inc()
         logger.error("refused %s from %s: storage full (%s)", sop_instance_uid,
@@ -73,6 +96,11 @@ def handle_store(event: evt.Event, spool: Spool, metrics: NodeMetrics,
     else:
         on_stored(stored)
     return SUCCESS
+
+
+def file_header(file_meta: Dataset) -> bytes:
+    """Preamble, prefix and file meta: what precedes the dataset in a DICOM file."""
+    return b"\x00" * 128 + b"DICM" + encode_file_meta(file_meta)
 
 
 class AllowListServer(ThreadedAssociationServer):

@@ -14,17 +14,15 @@ even when a modality sends it once more).
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
-from xiqa.durable import fsync_folder, write_bytes_atomically
+from xiqa.durable import fsync_folder, write_atomically, write_bytes_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +42,6 @@ def safe_name(uid: str) -> str:
     return _UNSAFE.sub("_", uid.strip())[:128] or "unknown"
 
 
-def study_uid_of(encoded: bytes) -> str:
-    """The Study Instance UID of an encoded instance (file meta + dataset), read without its pixels."""
-    try:
-        dataset = dcmread(io.BytesIO(encoded), stop_before_pixels=True,
-                          specific_tags=["StudyInstanceUID"])
-    except (InvalidDicomError, ValueError, EOFError, OSError):
-        return NO_STUDY
-    return str(dataset.get("StudyInstanceUID", "") or "") or NO_STUDY
-
-
 @dataclass(frozen=True)
 class SpooledInstance:
     study: str  # safe folder name of the Study Instance UID
@@ -69,21 +57,23 @@ class Spool:
         for name in (INCOMING, PROCESSED, REJECTED):
             (self.root / name).mkdir(parents=True, exist_ok=True)
 
-    def store(self, encoded: bytes, sop_instance_uid: str) -> SpooledInstance | None:
-        """Write one received instance durably; None when it was processed before (a resend).
+    def store(self, chunks: Sequence[bytes], sop_instance_uid: str,
+              study_instance_uid: str) -> SpooledInstance | None:
+        """Write one received instance (the concatenated ``chunks``) durably; None when it was
+        processed before (a resend).
 
         Raises ``StorageFull`` when the free space would fall below the reserve
         or the disk refuses the write; other ``OSError`` propagate.
         """
-        study = safe_name(study_uid_of(encoded))
+        study = safe_name(study_instance_uid or NO_STUDY)
         name = f"{safe_name(sop_instance_uid)}.dcm"
         if (self.root / PROCESSED / study / name).exists() or (self.root / REJECTED / study / name).exists():
             return None
-        if shutil.disk_usage(self.root).free - len(encoded) < self.min_free_bytes:
+        if shutil.disk_usage(self.root).free - sum(map(len, chunks)) < self.min_free_bytes:
             raise StorageFull(f"fewer than {self.min_free_bytes} bytes would stay free")
         path = self.root / INCOMING / study / name
         try:
-            write_bytes_atomically(path, encoded)
+            write_atomically(path, lambda stream: stream.writelines(chunks))
         except OSError as error:
             if error.errno in DISK_FULL:
                 raise StorageFull(os.strerror(error.errno)) from None

@@ -7,16 +7,25 @@ import shutil
 import ssl
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from serve_helpers import echo, send
-from xiqa.service.listener import OUT_OF_RESOURCES, SUCCESS, Listener
+from xiqa.service.listener import OUT_OF_RESOURCES, SUCCESS, Listener, study_uid_of
 from xiqa.service.metrics import NodeMetrics
 from xiqa.service.settings import Destination, ServeSettings, read_config, settings_from_mapping
-from xiqa.service.spool import INCOMING, PROCESSED, REJECTED, Spool, SpooledInstance
+from xiqa.service.spool import INCOMING, NO_STUDY, PROCESSED, REJECTED, Spool, SpooledInstance
 
 # --------------------------------------------------------------------------- settings
 
@@ -68,7 +77,7 @@ def test_spool_keeps_instances_until_finished_and_ignores_resends(fixture_record
     uid = str(dcmread(record.dicom_path, stop_before_pixels=True).SOPInstanceUID)
     study = str(dcmread(record.dicom_path, stop_before_pixels=True).StudyInstanceUID)
     spool = Spool(tmp_path)
-    stored = spool.store(encoded, uid)
+    stored = spool.store([encoded], uid, study)
     assert stored == SpooledInstance(study, tmp_path / INCOMING / study / f"{uid}.dcm")
     assert stored.path.read_bytes() == encoded
     (stored.path.parent / f".{uid}.dcm.abc.part").write_bytes(b"half")  # a write killed half-way
@@ -76,13 +85,14 @@ def test_spool_keeps_instances_until_finished_and_ignores_resends(fixture_record
     assert not list(stored.path.parent.glob("*.part"))
     done = spool.finish(stored)
     assert done == tmp_path / PROCESSED / study / f"{uid}.dcm" and not stored.path.exists()
-    assert spool.store(encoded, uid) is None  # sent again: acknowledged, never processed twice
+    assert spool.store([encoded], uid, study) is None  # sent again: acknowledged, never processed twice
     assert Spool(tmp_path).waiting() == []
 
 
 def test_spool_records_why_an_instance_was_rejected(fixture_records, tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    stored = spool.store(fixture_records[1].dicom_path.read_bytes(), "1.2.3")
+    stored = spool.store([fixture_records[1].dicom_path.read_bytes()], "1.2.3", "")
+    assert stored.study == NO_STUDY
     target = spool.finish(stored, reason="loader failed: colour images are not supported")
     assert target.parent.parent == tmp_path / REJECTED
     assert target.with_suffix(".reason.txt").read_text() == "loader failed: colour images are not supported\n"
@@ -119,6 +129,7 @@ def test_store_acknowledges_only_what_is_on_disk(listening, fixture_records) -> 
     for path, instance in zip(paths, stored, strict=True):
         sent, kept = dcmread(path), dcmread(instance.path)
         assert (kept.SOPInstanceUID, kept.PixelData) == (sent.SOPInstanceUID, sent.PixelData)
+        assert instance.study == sent.StudyInstanceUID  # read from the dataset in its transfer syntax
         assert kept.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
     assert metrics.registry.get_sample_value("xiqa_instances_received_total") == len(paths)
     assert echo(listener.port)
@@ -182,7 +193,8 @@ def test_worker_processes_a_complete_study_and_sets_aside_a_broken_instance(
     dataset.save_as(broken)
     worker = Worker(run_settings, spool, metrics, study_timeout=0.2)
     for path in (good, broken):
-        worker.add(spool.store(path.read_bytes(), str(dcmread(path).SOPInstanceUID)))
+        header = dcmread(path, stop_before_pixels=True)
+        worker.add(spool.store([path.read_bytes()], header.SOPInstanceUID, header.StudyInstanceUID))
     assert metrics.registry.get_sample_value("xiqa_queue_depth") == 2
     assert worker.wait_for_complete(timeout=5)
     time.sleep(0.05)  # both arrived within a few ms: both studies are complete now
@@ -212,3 +224,20 @@ def test_worker_waits_for_the_study_timeout_after_the_last_arrival(run_settings,
     assert time.time() - now >= 0.9 - 0.01
     worker.stop()
     assert not worker.wait_for_complete()
+
+
+def test_study_uid_is_read_in_every_uncompressed_transfer_syntax() -> None:
+    dataset = Dataset()
+    dataset.SOPInstanceUID, dataset.StudyInstanceUID, dataset.SeriesInstanceUID = "1.2.3", "1.2.3.4", "1.2.9"
+    dataset.PatientName, dataset.BitsAllocated, dataset.PixelData = "Doe^Jane", 8, b"\0" * 64
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
+                   DeflatedExplicitVRLittleEndian):
+        stream = DicomBytesIO()
+        stream.is_implicit_VR, stream.is_little_endian = syntax.is_implicit_VR, syntax.is_little_endian
+        write_dataset(stream, dataset)
+        encoded = stream.getvalue()
+        if syntax.is_deflated:
+            deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+            encoded = deflate.compress(encoded) + deflate.flush()
+        assert study_uid_of(encoded, syntax) == "1.2.3.4", syntax.name
+    assert study_uid_of(b"\x08\x00\x16", ExplicitVRLittleEndian) == ""  # cut short: no study, no crash
