@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from writer_cases import WriterCase, writer_cases
 from xiqa.dicom_fixtures.generate import FixtureRecord, write_fixture_set
 
 # Holoscan warns about the stack size and missing CUDA on import; neither matters to the tests.
@@ -34,3 +35,9 @@ def fixture_records(fixture_dir: Path) -> list[FixtureRecord]:
     return [FixtureRecord(entry["name"], fixture_dir / entry["dicom"], fixture_dir / entry["mask"],
                           VARIANTS_BY_NAME[entry["variant"]],
                           tuple(o["kind"] for o in entry["objects"])) for entry in manifest]
+
+
+@pytest.fixture(scope="session")
+def cases(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, WriterCase]:
+    """Every writer case (fixture variants and quirky sources) with its SEG/SC/SR written; read only."""
+    return writer_cases(fixture_dir, tmp_path_factory.mktemp("writer_cases"))

@@ -14,13 +14,8 @@ import numpy as np
 import pytest
 from orthanc import Orthanc, requires_orthanc, running_orthanc
 from pydicom import dcmread
-from writer_cases import ALGORITHM, WriterCase, writer_cases
+from writer_cases import ALGORITHM, WriterCase
 from xiqa.operators.output_writer import build_outputs, write_outputs
-
-
-@pytest.fixture(scope="module")
-def cases(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, WriterCase]:
-    return writer_cases(fixture_dir, tmp_path_factory.getbasetemp() / "writer_cases")
 
 
 def test_write_outputs_names_files_after_the_source(cases: dict[str, WriterCase],

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from io import BytesIO
-from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
-from writer_cases import ALGORITHM, CASE_NAMES, WriterCase, dciodvfy, requires_dciodvfy, writer_cases
+from writer_cases import ALGORITHM, CASE_NAMES, WriterCase, dciodvfy, requires_dciodvfy
 from xiqa.operators.sc_writer import (
     CONTOUR_RGB,
     build_heatmap_capture,
@@ -16,11 +15,6 @@ from xiqa.operators.sc_writer import (
     render_heatmap,
 )
 from xiqa.operators.scoring import score_mask
-
-
-@pytest.fixture(scope="module")
-def cases(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, WriterCase]:
-    return writer_cases(fixture_dir, tmp_path_factory.getbasetemp() / "writer_cases")
 
 
 @requires_dciodvfy

@@ -18,15 +18,9 @@ from writer_cases import (
     WriterCase,
     dciodvfy,
     requires_dciodvfy,
-    writer_cases,
 )
 from xiqa.operators.seg_writer import build_segmentation, check_source_mask
 from xiqa.operators.writer_common import AlgorithmInfo, reference_dataset
-
-
-@pytest.fixture(scope="module")
-def cases(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, WriterCase]:
-    return writer_cases(fixture_dir, tmp_path_factory.getbasetemp() / "writer_cases")
 
 
 @requires_dciodvfy

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 from io import BytesIO
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -20,16 +19,10 @@ from writer_cases import (
     dciodvfy,
     requires_dciodvfy,
     requires_dsrdump,
-    writer_cases,
 )
 from xiqa.operators import codes as xc
 from xiqa.operators.seg_writer import build_segmentation
 from xiqa.operators.sr_writer import SummarySource, build_report, object_outlines
-
-
-@pytest.fixture(scope="module")
-def cases(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, WriterCase]:
-    return writer_cases(fixture_dir, tmp_path_factory.getbasetemp() / "writer_cases")
 
 
 def _report(case: WriterCase) -> hd.sr.MeasurementReport:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from graph_harness import run_node
 from pydicom import dcmread
-from writer_cases import ALGORITHM, WriterCase, writer_cases
+from writer_cases import ALGORITHM, WriterCase
 from xiqa.operators.case import Case
 from xiqa.operators.saliency import SaliencyResult
 from xiqa.operators.sc_writer import ScWriterOperator
@@ -15,11 +14,6 @@ from xiqa.operators.seg_writer import SegWriterOperator
 from xiqa.operators.segmentation import SegmentationResult
 from xiqa.operators.sr_writer import SrWriterOperator
 from xiqa.operators.summary import Summary
-
-
-@pytest.fixture(scope="module")
-def cases(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, WriterCase]:
-    return writer_cases(fixture_dir, tmp_path_factory.getbasetemp() / "writer_cases")
 
 
 def _case(case: WriterCase, with_summary: bool = True) -> Case:

@@ -225,14 +225,8 @@ class _Collect(logging.Handler):
         self.sink.append(record.getMessage())
 
 
-_CACHE: dict[Path, dict[str, WriterCase]] = {}
-
-
 def writer_cases(fixture_dir: Path, work: Path) -> dict[str, WriterCase]:
-    """All cases, built once per fixture set (the tests only read them)."""
-    if fixture_dir in _CACHE:
-        return _CACHE[fixture_dir]
-
+    """All cases, written under ``work`` (the session fixture ``cases`` builds them once)."""
     sources: dict[str, tuple[Path, Path]] = {}
     for entry in json.loads((fixture_dir / "manifest.json").read_text()):
         sources.setdefault(entry["variant"], (fixture_dir / entry["dicom"],
@@ -274,7 +268,6 @@ def writer_cases(fixture_dir: Path, work: Path) -> dict[str, WriterCase]:
         cases[name] = WriterCase(name, source, probability, saliency, quality,
                                  mask_at_source(probability, source.shape, THRESHOLD), grid_mask,
                                  summary, paths, messages)
-    _CACHE[fixture_dir] = cases
     return cases
 
 
