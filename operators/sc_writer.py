@@ -34,6 +34,7 @@ from .writer_common import (
     OutputKind,
     algorithm_for_case,
     body_part_examined,
+    check_argument_type,
     output_identity,
     patient_orientation,
     pixel_spacing,
@@ -200,13 +201,9 @@ def build_heatmap_capture(
         A map has the wrong shape or values, or the source lacks the UIDs
         needed to reference it.
     """
-    if not isinstance(source, SourceImage):
-        raise TypeError(f'Argument "source" must be a SourceImage, got {type(source).__name__}')
-    if not isinstance(quality, QualityResult):
-        raise TypeError(f'Argument "quality" must be a QualityResult, got {type(quality).__name__}')
-    if not isinstance(algorithm, AlgorithmInfo):
-        raise TypeError('Argument "algorithm" must be an AlgorithmInfo, got '
-                        f"{type(algorithm).__name__}")
+    check_argument_type("source", source, SourceImage, "a SourceImage")
+    check_argument_type("quality", quality, QualityResult, "a QualityResult")
+    check_argument_type("algorithm", algorithm, AlgorithmInfo, "an AlgorithmInfo")
     rgb = render_heatmap(source.pixels, saliency, mask, quality, algorithm)
     reference = reference_dataset(source.dataset)
     identity = output_identity(source.dataset, OutputKind.SC, algorithm, uid_root)

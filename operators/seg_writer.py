@@ -30,6 +30,7 @@ from .writer_common import (
     DicomWriterOperator,
     OutputKind,
     algorithm_for_case,
+    check_argument_type,
     output_identity,
     patient_orientation,
     reference_dataset,
@@ -92,11 +93,8 @@ def build_segmentation(
         ``mask`` does not match the source's shape or is not binary, or the
         source lacks the UIDs needed to reference it.
     """
-    if not isinstance(source, SourceImage):
-        raise TypeError(f'Argument "source" must be a SourceImage, got {type(source).__name__}')
-    if not isinstance(algorithm, AlgorithmInfo):
-        raise TypeError('Argument "algorithm" must be an AlgorithmInfo, got '
-                        f"{type(algorithm).__name__}")
+    check_argument_type("source", source, SourceImage, "a SourceImage")
+    check_argument_type("algorithm", algorithm, AlgorithmInfo, "an AlgorithmInfo")
     binary = check_source_mask(mask, (int(source.dataset.Rows), int(source.dataset.Columns)))
     reference = reference_dataset(source.dataset)
     # No Pixel Measures in the SEG: for a projection image highdicom (0.28) writes them

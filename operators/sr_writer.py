@@ -53,6 +53,7 @@ from .writer_common import (
     DicomWriterOperator,
     OutputKind,
     algorithm_for_case,
+    check_argument_type,
     imager_pixel_spacing,
     output_identity,
     patient_orientation,
@@ -205,15 +206,10 @@ def build_report(
         ``summary`` is empty, ``summary_source`` unknown, ``seg`` is not a
         Segmentation of this source, or ``grid_mask`` has the wrong shape.
     """
-    if not isinstance(source, SourceImage):
-        raise TypeError(f'Argument "source" must be a SourceImage, got {type(source).__name__}')
-    if not isinstance(quality, QualityResult):
-        raise TypeError(f'Argument "quality" must be a QualityResult, got {type(quality).__name__}')
-    if not isinstance(seg, Dataset):
-        raise TypeError(f'Argument "seg" must be a pydicom Dataset, got {type(seg).__name__}')
-    if not isinstance(algorithm, AlgorithmInfo):
-        raise TypeError('Argument "algorithm" must be an AlgorithmInfo, got '
-                        f"{type(algorithm).__name__}")
+    check_argument_type("source", source, SourceImage, "a SourceImage")
+    check_argument_type("quality", quality, QualityResult, "a QualityResult")
+    check_argument_type("seg", seg, Dataset, "a pydicom Dataset")
+    check_argument_type("algorithm", algorithm, AlgorithmInfo, "an AlgorithmInfo")
     try:
         summary_source = SummarySource(summary_source)
     except ValueError:

@@ -152,6 +152,12 @@ class AlgorithmInfo:
         )
 
 
+def check_argument_type(name: str, value: object, expected: type, description: str) -> None:
+    """TypeError naming the argument, what it must be (``description``) and what it got."""
+    if not isinstance(value, expected):
+        raise TypeError(f'Argument "{name}" must be {description}, got {type(value).__name__}')
+
+
 def _check_long_string(key: str, value: str) -> None:
     if not value:
         raise ValueError(f'Argument "{key}" must not be empty')
@@ -273,8 +279,7 @@ def reference_dataset(source: Dataset) -> Dataset:
         ``source`` lacks an attribute without which no output can be placed
         (SOP Class/Instance UID, Study/Series Instance UID, Rows, Columns).
     """
-    if not isinstance(source, Dataset):
-        raise TypeError(f'Argument "source" must be a pydicom Dataset, got {type(source).__name__}')
+    check_argument_type("source", source, Dataset, "a pydicom Dataset")
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
                     "Rows", "Columns"):
         if not source.get(keyword):
