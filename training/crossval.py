@@ -39,13 +39,13 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from xiqa.durable import write_bytes_atomically
-from xiqa.operators.segmentation import NetworkSpec, build_network, pick_device
+from xiqa.operators.segmentation import build_network, pick_device
 
 from .datasets import evaluation_transforms, training_transforms
 from .handlers import (
@@ -55,7 +55,6 @@ from .handlers import (
     FoldCheckpointer,
     derive_seed,
 )
-from .losses import FocalTverskyLoss
 from .metrics import (
     METRIC_NAMES,
     json_safe,
@@ -65,6 +64,7 @@ from .metrics import (
     summarise,
 )
 from .splits import Fold, make_folds
+from .trainer import Hyperparameters
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +80,10 @@ class ResumeMismatch(ValueError):
 
 
 @dataclass
-class CrossValConfig:
+class CrossValConfig(Hyperparameters):
     """Everything that defines a cross-validation run (DESIGN.md "The method" defaults)."""
 
-    spec: NetworkSpec = field(default_factory=NetworkSpec)
     folds: int = 5
-    epochs: int = 50
-    batch_size: int = 16
-    learning_rate: float = 1e-4
-    seed: int = 42
-    alpha: float = 0.7
-    beta: float = 0.3
-    gamma: float = 0.75
-    smooth: float = 1.0
     image_size: int = 256
     validation_fraction: float = 0.1
     patience: int = 0
@@ -254,7 +245,7 @@ def train_fold(fold: Fold, samples: list[dict], config: CrossValConfig, folder: 
     trainer = SupervisedTrainer(
         device=device, max_epochs=config.epochs, train_data_loader=train_loader, network=network,
         optimizer=optimizer,
-        loss_function=FocalTverskyLoss(config.alpha, config.beta, config.gamma, config.smooth),
+        loss_function=config.loss(),
     )
     checkpointer = FoldCheckpointer(folder, network, optimizer, evaluator, "val_dice",
                                     patience=config.patience)

@@ -20,7 +20,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
+class Hyperparameters:
+    """Network, schedule and Focal Tversky loss (DESIGN.md "The method" defaults) of both trainers."""
+
     spec: NetworkSpec = field(default_factory=NetworkSpec)
     epochs: int = 50
     batch_size: int = 16
@@ -30,6 +32,13 @@ class TrainConfig:
     beta: float = 0.3
     gamma: float = 0.75
     smooth: float = 1.0
+
+    def loss(self) -> FocalTverskyLoss:
+        return FocalTverskyLoss(self.alpha, self.beta, self.gamma, self.smooth)
+
+
+@dataclass
+class TrainConfig(Hyperparameters):
     device: str = "auto"
     num_threads: int | None = None
     initial_weights: Path | None = None  # a models/model.pt to continue from (fine-tuning)
@@ -66,7 +75,7 @@ def train_network(train_samples: list[dict], validation_samples: list[dict],
     trainer = SupervisedTrainer(
         device=device, max_epochs=config.epochs, train_data_loader=loader, network=network,
         optimizer=torch.optim.Adam(network.parameters(), lr=config.learning_rate),
-        loss_function=FocalTverskyLoss(config.alpha, config.beta, config.gamma, config.smooth),
+        loss_function=config.loss(),
     )
     history: list[dict] = []
     best = {"dice": -1.0, "state": None}
