@@ -7,8 +7,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE
+from pynetdicom import AE, Association
 from pynetdicom.sop_class import Verification
+
+
+def _associate(port: int, contexts: set[tuple[str, ...]], calling: str, called: str,
+               ssl_context: ssl.SSLContext | None) -> Association:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    for context in contexts:
+        ae.add_requested_context(*context)
+    tls_args = (ssl_context, "localhost") if ssl_context is not None else None
+    return ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls_args)
 
 
 def send(port: int, paths: Sequence[Path], *, calling: str = "MODALITY", called: str = "XIQA",
@@ -17,13 +27,9 @@ def send(port: int, paths: Sequence[Path], *, calling: str = "MODALITY", called:
 
     Raises ``ConnectionError`` when no association could be established.
     """
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     metas = [dcmread(path, stop_before_pixels=True) for path in paths]
-    for context in {(str(m.SOPClassUID), str(m.file_meta.TransferSyntaxUID)) for m in metas}:
-        ae.add_requested_context(*context)
-    tls_args = (ssl_context, "localhost") if ssl_context is not None else None
-    association = ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls_args)
+    contexts = {(str(m.SOPClassUID), str(m.file_meta.TransferSyntaxUID)) for m in metas}
+    association = _associate(port, contexts, calling, called, ssl_context)
     if not association.is_established:
         raise ConnectionError(f"no association with {called} on port {port}")
     statuses = []
@@ -42,11 +48,7 @@ def send(port: int, paths: Sequence[Path], *, calling: str = "MODALITY", called:
 
 def echo(port: int, *, calling: str = "MODALITY", called: str = "XIQA",
          ssl_context: ssl.SSLContext | None = None) -> bool:
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    ae.add_requested_context(Verification)
-    tls_args = (ssl_context, "localhost") if ssl_context is not None else None
-    association = ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls_args)
+    association = _associate(port, {(Verification,)}, calling, called, ssl_context)
     if not association.is_established:
         return False
     status = association.send_c_echo()
