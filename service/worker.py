@@ -106,10 +106,13 @@ class Worker:
 
     def pending(self) -> int:
         with self._changed:
-            return sum(len(study.instances) for study in self._studies.values())
+            return self._waiting()
+
+    def _waiting(self) -> int:
+        return sum(len(study.instances) for study in self._studies.values())
 
     def _update_depth(self) -> None:
-        self.metrics.queue_depth.set(sum(len(study.instances) for study in self._studies.values()))
+        self.metrics.queue_depth.set(self._waiting())
 
     def _take_complete(self) -> tuple[str, list[SpooledInstance]] | None:
         with self._changed:
