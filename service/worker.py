@@ -133,7 +133,9 @@ class Worker:
             with self.run_guard():
                 cases = run_graph(settings, on_case=lambda case: self._finish(case, by_path[case.path]))
         except Exception as error:  # noqa: BLE001 - the node must outlive one bad run
-            self._run_failed(study_key, instances, f"{type(error).__name__}: {error}".splitlines()[0])
+            # the type only: a framework's message may quote dataset values (case errors are redacted)
+            logger.debug("graph run of study %s failed", study_key, exc_info=True)
+            self._run_failed(study_key, instances, type(error).__name__)
             return []
         unfinished = [i for i in instances if i.path.exists()]
         if unfinished:  # the graph ended without a case for them (should not happen)
