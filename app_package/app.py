@@ -1,7 +1,10 @@
 """The xiqa MONAI Deploy application: the graph every entry point runs.
 
-    loader -> preprocess -> segmentation -> saliency -> scoring -> summary
+    loader -> preprocess -> gate -> segmentation -> saliency -> scoring -> summary
            -> seg_writer -> sc_writer -> sr_writer -> report -> collect
+
+The gate lets only frontal chest radiographs through to the analysis nodes; the others go on
+to the SR and the report with the reason and no verdict.
 
 Each arrow carries one ``Case`` on the ``case`` port.  ``xiqa analyze``, the MAP
 entry point (``python -m xiqa``) and the benchmarks build ``RunSettings`` with
@@ -18,6 +21,7 @@ from pathlib import Path
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import Application
 from xiqa.operators.case import CASE_PORT, Case, CollectOperator
+from xiqa.operators.gate import GateConfig, GateOperator
 from xiqa.operators.loader import LoaderConfig, LoaderOperator
 from xiqa.operators.preprocess import PreprocessConfig, PreprocessOperator
 from xiqa.operators.report import ReportOperator
@@ -40,6 +44,7 @@ class RunSettings:
     summarizer: Summarizer
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
@@ -79,6 +84,7 @@ class XiqaApp(Application):
         loader = LoaderOperator(self, CountCondition(self, len(settings.paths)), paths=settings.paths,
                                 config=settings.loader, name="loader")
         preprocess = PreprocessOperator(self, config=settings.preprocess, name="preprocess")
+        gate = GateOperator(self, config=settings.gate, name="gate")
         segmentation = SegmentationOperator(self, model=settings.model, name="segmentation")
         saliency = SaliencyOperator(self, model=settings.model, config=settings.saliency, name="saliency")
         scoring = ScoringOperator(self, config=settings.scoring, name="scoring")
@@ -90,7 +96,8 @@ class XiqaApp(Application):
         collect = CollectOperator(self, on_case=self._collect, name="collect")
 
         self.add_flow(loader, preprocess, {(CASE_PORT, CASE_PORT)})
-        self.add_flow(preprocess, segmentation, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(preprocess, gate, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(gate, segmentation, {(CASE_PORT, CASE_PORT)})
         self.add_flow(segmentation, saliency, {(CASE_PORT, CASE_PORT)})
         self.add_flow(saliency, scoring, {(CASE_PORT, CASE_PORT)})
         self.add_flow(scoring, summary, {(CASE_PORT, CASE_PORT)})

@@ -1,7 +1,9 @@
 """The ``xiqa`` command: analyze, demo, serve, health, fixtures, train.
 
 Exit codes follow the contract in DESIGN.md: 0 when every input was
-processed, 1 when any was rejected or failed, 2 on usage errors.
+processed, 1 when any was rejected or failed, 2 on usage errors; 3 when all
+inputs could be read but some are not frontal chest radiographs (not scored,
+counted apart from rejects; 1 wins when both happen).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_CHEST = 0, 1, 2, 3
 SALIENCY_METHODS = ("gradcam", "normgrad0", "normgrad1")
 
 logger = logging.getLogger("xiqa")
@@ -153,8 +155,9 @@ def run_analyze(args: argparse.Namespace) -> int:
     loader = LoaderConfig(allowed_modalities=frozenset(m.strip().upper() for m in args.modalities.split(",")))
     settings = build_settings(paths, args.output, model=args.model, device=args.device,
                               saliency=args.saliency, loader=loader)
-    progress = tqdm(total=len(paths), unit="image", disable=args.no_progress or len(paths) < 2,
-                    file=sys.stderr)
+    # a bar only on a terminal: in a log, every line must start at column 0 and stay greppable
+    progress = tqdm(total=len(paths), unit="image", file=sys.stderr,
+                    disable=args.no_progress or len(paths) < 2 or not sys.stderr.isatty())
 
     def report(case) -> None:
         progress.update(1)
@@ -162,6 +165,8 @@ def run_analyze(args: argparse.Namespace) -> int:
             progress.write(f"rejected {case.path}: {case.error}", file=sys.stderr)
         elif not case.ok:
             progress.write(f"failed {case.path}: {case.error}", file=sys.stderr)
+        elif not case.frontal_chest:
+            progress.write(f"not scored {case.path}: {case.gate.reason}", file=sys.stderr)
         else:
             quality = case.quality
             progress.write(f"{case.path}: Q_img {quality.q_img:.3f} Q_filtered {quality.q_filtered:.3f} "
@@ -172,8 +177,10 @@ def run_analyze(args: argparse.Namespace) -> int:
     cases = run_graph(settings, on_case=report)
     progress.close()
     failed = len(missing) + sum(not case.ok for case in cases)
-    logger.info("%d inputs, %d failed, %.1f s", len(paths), failed, time.perf_counter() - started)
-    return EXIT_REJECTED if failed else EXIT_OK
+    not_chest = sum(case.ok and not case.frontal_chest for case in cases)
+    logger.info("%d inputs, %d failed, %d not frontal chest, %.1f s", len(paths), failed, not_chest,
+                time.perf_counter() - started)
+    return EXIT_REJECTED if failed else EXIT_NOT_CHEST if not_chest else EXIT_OK
 
 
 SERVE_KEYS = ("ae_title", "port", "bind", "storage", "output", "forward", "metrics_port", "study_timeout",

@@ -33,6 +33,7 @@ class Case:
     path: Path
     source: Any = None  # loader.SourceImage
     network_input: Any = None  # numpy (C, H, W)
+    gate: Any = None  # gate.GateDecision
     segmentation: Any = None  # segmentation.SegmentationResult
     saliency: Any = None  # saliency.SaliencyResult
     quality: Any = None  # scoring.QualityResult
@@ -45,6 +46,11 @@ class Case:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def frontal_chest(self) -> bool:
+        """False once the gate found that this is not a frontal chest radiograph (not an error)."""
+        return self.gate is None or self.gate.frontal_chest
 
     def folder(self, output: Path) -> Path:
         """``output/<SOP Instance UID>``: where every output of this case goes (a UID, never a name)."""
@@ -93,9 +99,14 @@ def redact(text: str, case: Case) -> str:
 
 
 class CaseOperator(Operator):
-    """Base of the graph nodes: receive a case, run ``self.step`` on it, emit it."""
+    """Base of the graph nodes: receive a case, run ``self.step`` on it, emit it.
+
+    A node with ``chest_only`` set passes by a case that the gate found not to be a frontal
+    chest radiograph: there is nothing to segment, explain or score on it.
+    """
 
     stage = "step"
+    chest_only = False
 
     def __init__(self, fragment: Fragment, *args, **kwargs) -> None:
         super().__init__(fragment, *args, **kwargs)
@@ -109,6 +120,9 @@ class CaseOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         case = op_input.receive(CASE_PORT)
+        if self.chest_only and not case.frontal_chest:
+            op_output.emit(case, CASE_PORT)
+            return
         op_output.emit(run_step(case, self.stage, self.step), CASE_PORT)
 
 

@@ -955,6 +955,7 @@ class SaliencyOperator(CaseOperator):
     """Sets ``case.saliency`` (a ``SaliencyResult``) from ``case.network_input``."""
 
     stage = "saliency"
+    chest_only = True
 
     def __init__(self, fragment: Fragment, *args, model: nn.Module | SegmentationModel,
                  config: SaliencyConfig = SaliencyConfig(), **kwargs) -> None:

@@ -267,6 +267,7 @@ class ScWriterOperator(DicomWriterOperator):
     """The heatmap Secondary Capture node (saliency blend, contours, legend)."""
 
     kind = OutputKind.SC
+    chest_only = True
 
     def build(self, case: Case) -> Dataset:
         mask = case.segmentation.mask_for_source(case.source.shape)

@@ -144,6 +144,7 @@ class SegWriterOperator(DicomWriterOperator):
     """The SEG node: the mask at source resolution as one BINARY segment."""
 
     kind = OutputKind.SEG
+    chest_only = True
 
     def build(self, case: Case) -> Dataset:
         mask = case.segmentation.mask_for_source(case.source.shape)

@@ -23,7 +23,7 @@ from .case import Case, CaseOperator
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "app_package" / "bundles" / "xiqa_phantom_seg"
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "app_package" / "bundles" / "xiqa_cxr_seg"
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,7 @@ class SegmentationOperator(CaseOperator):
     """Sets ``case.segmentation`` (probability map and mask on the analysis grid)."""
 
     stage = "segmentation"
+    chest_only = True
 
     def __init__(self, fragment: Fragment, *args, model: SegmentationModel, **kwargs) -> None:
         self.model = model

@@ -279,6 +279,51 @@ def build_report(
             measurements=measurements,
         ))
 
+    return _measurement_report(source, reference, groups, text, summary_source, algorithm, identity,
+                               evidence=[reference, seg], uid_root=uid_root)
+
+
+def build_not_scored_report(source: SourceImage, reason: str, summary: str, algorithm: AlgorithmInfo,
+                            uid_root: str | None = xc.DEFAULT_UID_ROOT) -> hd.sr.ComprehensiveSR:
+    """The TID 1500 report for an image the input gate did not let through.
+
+    No Q_img, verdict or SEG: one image-level group says "not a frontal chest radiograph",
+    and the narrative summary (which must state ``reason``) carries the reason.
+
+    Raises
+    ------
+    TypeError
+        An argument has the wrong type.
+    ValueError
+        ``reason`` or ``summary`` is empty, or the source is of an unsupported SOP class.
+    """
+    check_argument_type("source", source, SourceImage, "a SourceImage")
+    check_argument_type("algorithm", algorithm, AlgorithmInfo, "an AlgorithmInfo")
+    if _check_summary(reason) not in summary:
+        raise ValueError('Argument "summary" must state the reason')
+    text = _check_summary(summary)
+    reference = reference_dataset(source.dataset)
+    if str(reference.SOPClassUID) not in xc.MODALITY_BY_SOP_CLASS:
+        raise ValueError(f'Argument "source" has SOP class {reference.SOPClassUID}, not one of '
+                         f"{sorted(xc.MODALITY_BY_SOP_CLASS)}")
+    identity = output_identity(source.dataset, OutputKind.SR, algorithm, uid_root)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=xc.derive_uid(("tracking", identity.sop_instance_uid, "image"), uid_root),
+            identifier="xiqa input gate"),
+        algorithm_id=algorithm.sr_identification(),
+        source_images=[hd.sr.SourceImageForMeasurementGroup(reference.SOPClassUID, reference.SOPInstanceUID)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(xc.INPUT_GATE, xc.NOT_FRONTAL_CHEST)],
+    )
+    return _measurement_report(source, reference, [group], text, SummarySource.TEMPLATE, algorithm, identity,
+                               evidence=[reference], uid_root=uid_root)
+
+
+def _measurement_report(source: SourceImage, reference: Dataset, groups: list, text: str,
+                        summary_source: SummarySource, algorithm: AlgorithmInfo, identity,
+                        evidence: list[Dataset], uid_root: str | None) -> hd.sr.ComprehensiveSR:
+    """TID 1500 around ``groups``: observer, image library, the narrative summary; the SR instance."""
+    sop_uid = identity.sop_instance_uid
     observer = hd.sr.ObserverContext(
         observer_type=xc.DEVICE_OBSERVER,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -296,7 +341,7 @@ def build_report(
     content.insert(len(content) - 1, _image_library(reference, source.dataset))
     content.append(_qualitative_evaluations(text, summary_source))
     return hd.sr.ComprehensiveSR(
-        evidence=[reference, seg],
+        evidence=evidence,
         content=report[0],
         series_instance_uid=identity.series_instance_uid,
         series_number=identity.series_number,
@@ -390,6 +435,9 @@ class SrWriterOperator(DicomWriterOperator):
     def build(self, case: Case) -> Dataset:
         from pydicom import dcmread
 
+        if not case.frontal_chest:
+            return build_not_scored_report(case.source, case.gate.reason, case.summary.text,
+                                           algorithm_for_case(case), uid_root=self.uid_root)
         # the SR references the SEG as written, so it is read back rather than rebuilt
         seg = dcmread(case.outputs["seg"])
         return build_report(case.source, case.quality, seg, case.summary.text, case.summary.source,

@@ -847,6 +847,14 @@ class Summarizer:
         return Summary(text, SOURCE_LLM, self.model_name, None, seconds, generation.tokens)
 
 
+def not_scored_summary(reason: str) -> Summary:
+    """The fixed note for an image the gate did not let through (no model call: nothing to describe)."""
+    text = (f"This image was not scored: {reason}. xiqa rates foreign objects on frontal (PA "
+            "or AP) chest radiographs only; no quality verdict is given. Check the image and its tags, "
+            "and send the frontal chest image for a quality score.")
+    return Summary(text, SOURCE_TEMPLATE, TEMPLATE_MODEL, "not a frontal chest radiograph")
+
+
 # --------------------------------------------------------------------------- operator
 
 
@@ -865,4 +873,7 @@ class SummaryOperator(CaseOperator):
         super().__init__(fragment, *args, **kwargs)
 
     def step(self, case: Case) -> None:
+        if not case.frontal_chest:
+            case.summary = not_scored_summary(case.gate.reason)
+            return
         case.summary = self.summarizer.summarize(case.quality)

@@ -488,11 +488,16 @@ def algorithm_for_case(case: Case) -> AlgorithmInfo:
     """
     from xiqa import __version__
 
+    if not case.frontal_chest:  # the gate stopped it: no model ran on this image
+        return AlgorithmInfo(name="xiqa", version=__version__, model_id=GATE_MODEL_ID)
     if case.segmentation is None or not getattr(case.segmentation, "model_id", None):
         raise ValueError('Argument "case" has no segmentation result with a model id')
     method = getattr(case.saliency, "method", None)
     return AlgorithmInfo(name="xiqa", version=__version__, model_id=case.segmentation.model_id,
                          parameters=(f"saliency={method}",) if method else ())
+
+
+GATE_MODEL_ID = "xiqa-input-gate"
 
 
 class DicomWriterOperator(CaseOperator):

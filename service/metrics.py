@@ -22,6 +22,9 @@ class NodeMetrics:
             "xiqa_instances_rejected", "Stored instances the graph could not use", registry=registry)
         self.instances_processed = Counter(
             "xiqa_instances_processed", "Instances the graph processed", registry=registry)
+        self.instances_not_chest = Counter(
+            "xiqa_instances_not_chest", "Processed instances that are not frontal chest radiographs "
+            "(not scored; also counted as processed, never as rejected)", registry=registry)
         self.studies_processed = Counter(
             "xiqa_studies_processed", "Studies processed with every instance good", registry=registry)
         self.studies_failed = Counter(

@@ -160,9 +160,15 @@ class Worker:
             self.spool.finish(instance, reason=case.error)
             return
         if self.forwarder is not None:  # queued durably before the source leaves incoming
-            self.forwarder.enqueue([case.outputs[kind.value] for kind in OutputKind])
+            # a case that is not a frontal chest has an SR (with the reason) but no SEG or SC
+            self.forwarder.enqueue([case.outputs[kind.value] for kind in OutputKind
+                                    if kind.value in case.outputs])
         self.spool.finish(instance)
         self.metrics.instances_processed.inc()
+        if not case.frontal_chest:
+            self.metrics.instances_not_chest.inc()
+            logger.info("not scored %s: %s", instance.path.name, case.gate.reason)
+            return
         quality = case.quality
         logger.info("%s: Q_img %.3f verdict %s", instance.path.name, quality.q_img, quality.verdict.value)
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from xiqa.cli import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, main
+from xiqa.cli import EXIT_NOT_CHEST, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, main
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,48 @@ def test_usage_errors_exit_2():
     assert main(["analyze", "x.dcm"]) == EXIT_USAGE  # --output missing
     assert main(["analyze", "x.dcm", "--output", "o", "--saliency", "lime"]) == EXIT_USAGE
     assert main(["frobnicate"]) == EXIT_USAGE
+
+
+def test_images_that_are_not_frontal_chests_are_not_scored_and_exit_3(tmp_path, fixture_records,
+                                                                       random_bundle):
+    """A real extremity CR and a real chest CR tagged lateral: an SR and a report with the reason, no
+    verdict, no SEG or SC; the chest phantom in the same batch is scored as usual."""
+    import copy
+
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from writer_cases import DSRDUMP, dciodvfy
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(fixture_records[0].dicom_path, inputs / "chest.dcm")
+    shutil.copy(get_testdata_file("RG3_J2KR.dcm"), inputs / "ankle.dcm")
+    lateral = copy.deepcopy(dcmread(get_testdata_file("RG1_J2KR.dcm")))
+    lateral.ViewPosition = "LL"
+    lateral.save_as(inputs / "lateral.dcm")
+    result = _run("analyze", str(inputs), "--output", str(tmp_path / "out"), "--model",
+                  str(random_bundle))
+    assert result.returncode == EXIT_NOT_CHEST, result.stderr
+    not_scored = sorted(line for line in result.stderr.splitlines() if line.startswith("not scored "))
+    assert not_scored == [
+        f"not scored {inputs / 'ankle.dcm'}: not a frontal chest radiograph: Body Part Examined is EXTREMITY",
+        f"not scored {inputs / 'lateral.dcm'}: not a frontal chest radiograph: "
+        "View Position is LL (not frontal)",
+    ]
+    reports = {json.loads(path.read_text())["source_sop_instance_uid"]: json.loads(path.read_text())
+               for path in (tmp_path / "out").glob("*/report.json")}
+    assert len(reports) == 3
+    refused = [report for report in reports.values() if not report["frontal_chest"]]
+    assert len(refused) == 2
+    for report in refused:
+        assert report["q_img"] is None and report["verdict"] is None and report["objects"] == []
+        assert report["not_scored_reason"].startswith("not a frontal chest radiograph: ")
+        assert set(report["outputs"]) == {"sr", "report_png", "report_json"}
+        sr = next((tmp_path / "out").glob(f"*/{report['outputs']['sr']}"))
+        assert dciodvfy(sr).errors == []
+        rendered = subprocess.run([DSRDUMP, "+Pl", str(sr)], capture_output=True, text=True,
+                                  timeout=60).stdout
+        assert "Not a frontal chest radiograph" in rendered and report["not_scored_reason"] in rendered
+        assert "Q_img" not in rendered
+    (scored,) = [report for report in reports.values() if report["frontal_chest"]]
+    assert scored["verdict"] in {"Good", "Acceptable", "Poor"} and scored["gate"]["chest_region"]["found"]

@@ -131,3 +131,46 @@ def test_verdict_thresholds_are_strict(quality, verdict):
 def test_mismatched_saliency_shape_is_rejected_with_argument_name():
     with pytest.raises(ValueError, match='"saliency"'):
         score_mask(np.zeros((8, 8), np.uint8), np.zeros((4, 4), np.float32))
+
+
+def test_a_broken_lead_counts_once_and_keeps_its_raw_components():
+    mask = np.zeros((256, 256), np.uint8)
+    for start in range(40, 200, 20):  # a dashed line: 8 pieces 3 pixels apart
+        mask[128, start:start + 17] = 1
+    raw = score_mask(mask, config=ScoringConfig(merge_radius=0))
+    merged = score_mask(mask)
+    assert len(raw.objects) == raw.raw_component_count == 8
+    assert len(merged.objects) == 1 and merged.raw_component_count == 8
+    (lead,) = merged.objects
+    assert lead.fragments == 8
+    assert lead.area_pixels == int(mask.sum())  # the closing joins pieces but adds no area
+    assert merged.q_img > raw.q_img
+
+
+def test_objects_outside_the_chest_region_are_listed_apart_and_do_not_count():
+    mask = np.zeros((256, 256), np.uint8)
+    mask[100:110, 100:110] = 1  # over the chest
+    mask[5:15, 230:245] = 1  # a marker in the corner
+    region = np.zeros((256, 256), bool)
+    region[40:220, 40:220] = True
+    result = score_mask(mask, region=region)
+    assert [f.bbox for f in result.objects] == [(100, 100, 110, 110)]
+    assert [f.bbox for f in result.objects_outside] == [(5, 230, 15, 245)]
+    assert result.objects_outside[0].inside_fraction == 0.0
+    assert result.q_img == pytest.approx(1 - result.objects[0].severity)
+    assert tuple(result.to_dict()["objects_outside_chest"][0]["bbox"]) == (5, 230, 15, 245)
+    assert result.region_used and not score_mask(mask).region_used
+
+
+def test_an_object_mostly_outside_counts_when_enough_of_it_is_over_the_chest():
+    mask = np.zeros((256, 256), np.uint8)
+    mask[100, 10:110] = 1  # a lead that enters the chest region for 30 of its 100 pixels
+    region = np.zeros((256, 256), bool)
+    region[:, 80:] = True
+    assert len(score_mask(mask, region=region).objects) == 1
+    assert len(score_mask(mask, config=ScoringConfig(min_inside_fraction=0.5), region=region).objects) == 0
+
+
+def test_mismatched_region_shape_is_rejected_with_argument_name():
+    with pytest.raises(ValueError, match='"region"'):
+        score_mask(np.zeros((8, 8), np.uint8), region=np.zeros((4, 4), bool))

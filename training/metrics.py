@@ -196,3 +196,32 @@ def json_safe(value):
     if isinstance(value, list):
         return [json_safe(v) for v in value]
     return value
+
+
+def object_level_metrics(prediction: np.ndarray, truth: np.ndarray, merge_radius: int | None = None) -> dict:
+    """Object-level sensitivity and false objects per image over a stack of (N, [1,] H, W) masks.
+
+    Objects are what scoring counts (``scoring.find_objects``, fragments merged with
+    ``merge_radius``, the scoring default when None).  A true object is found when a predicted
+    pixel lies on it; a predicted object that touches no true pixel is a false object.
+    """
+    from xiqa.operators.scoring import ScoringConfig, find_objects
+
+    radius = ScoringConfig().merge_radius if merge_radius is None else merge_radius
+    prediction, truth = np.asarray(prediction).astype(bool), np.asarray(truth).astype(bool)
+    if prediction.shape != truth.shape or prediction.ndim < 2:
+        raise ValueError(f'Arguments "prediction" and "truth" must be masks of one shape, got '
+                         f"{prediction.shape} and {truth.shape}")
+    prediction = prediction.reshape(-1, *prediction.shape[-2:])
+    truth = truth.reshape(-1, *truth.shape[-2:])
+    true_objects = found = false_objects = 0
+    for predicted, expected in zip(prediction, truth, strict=True):
+        for component, _ in find_objects(expected, radius):
+            true_objects += 1
+            found += bool((predicted & component).any())
+        false_objects += sum(not (component & expected).any()
+                             for component, _ in find_objects(predicted, radius))
+    images = max(len(prediction), 1)
+    return {"object_sensitivity": found / true_objects if true_objects else float("nan"),
+            "true_objects": true_objects, "false_objects_per_image": false_objects / images,
+            "merge_radius": radius}

@@ -44,6 +44,9 @@ class TrainConfig(Hyperparameters):
     initial_weights: Path | None = None  # a models/model.pt to continue from (fine-tuning)
 
 
+PROGRESS_EVERY = 10  # batches between progress lines
+
+
 def _augment():
     from monai.transforms import Compose, RandAdjustContrastd, RandFlipd, RandScaleIntensityd
 
@@ -54,9 +57,13 @@ def _augment():
     ])
 
 
-def train_network(train_samples: list[dict], validation_samples: list[dict],
+def train_network(train_samples, validation_samples: list[dict],
                   config: TrainConfig) -> tuple[torch.nn.Module, list[dict]]:
-    """Train from scratch; returns the network with the best validation Dice and the history."""
+    """Train (from scratch or ``initial_weights``); the network with the best validation Dice and the history.
+
+    ``train_samples`` is a list of samples (augmented here) or a dataset that makes its own
+    (``composite.CompositeStream``).  Progress is logged every ``PROGRESS_EVERY`` batches.
+    """
     from ignite.engine import Events
     from monai.data import DataLoader, Dataset
     from monai.engines import SupervisedTrainer
@@ -70,8 +77,9 @@ def train_network(train_samples: list[dict], validation_samples: list[dict],
     if config.initial_weights is not None:
         network.load_state_dict(torch.load(config.initial_weights, map_location="cpu", weights_only=True))
     network = network.to(device)
-    loader = DataLoader(Dataset(train_samples, transform=_augment()), batch_size=config.batch_size,
-                        shuffle=True, num_workers=0)
+    dataset = (Dataset(train_samples, transform=_augment()) if isinstance(train_samples, list)
+               else train_samples)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=0)
     trainer = SupervisedTrainer(
         device=device, max_epochs=config.epochs, train_data_loader=loader, network=network,
         optimizer=torch.optim.Adam(network.parameters(), lr=config.learning_rate),
@@ -80,6 +88,12 @@ def train_network(train_samples: list[dict], validation_samples: list[dict],
     history: list[dict] = []
     best = {"dice": -1.0, "state": None}
     started = time.perf_counter()
+
+    @trainer.on(Events.ITERATION_COMPLETED(every=PROGRESS_EVERY))
+    def _progress(engine) -> None:
+        logger.info("epoch %d batch %d/%d loss %.4f (%.0f s)", engine.state.epoch,
+                    (engine.state.iteration - 1) % engine.state.epoch_length + 1, engine.state.epoch_length,
+                    float(engine.state.output[0]["loss"]), time.perf_counter() - started)
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _validate(engine) -> None:

@@ -1,0 +1,125 @@
+"""The input gate and the chest region on real radiographs (pydicom-data's NEMA WG04 CR plates and the
+held-out real chest plates of data/real_cxr), on phantoms and on images that are not chests."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from xiqa.operators.chest_region import find_chest_region
+from xiqa.operators.gate import NOT_FRONTAL_CHEST, judge_frontal_chest, tag_problem
+from xiqa.operators.loader import load_source_image
+from xiqa.operators.preprocess import resize_image, to_network_input
+from xiqa.training.composite import read_background
+
+REAL_CXR = Path(__file__).resolve().parents[1] / "data" / "real_cxr"
+testdata = pytest.importorskip("pydicom.data")
+
+
+def _grid(pixels: np.ndarray) -> np.ndarray:
+    return to_network_input(pixels)[0]
+
+
+@pytest.fixture(scope="module")
+def chest_cr():
+    """NEMA WG04 RG1: a real CR PA chest plate, MONOCHROME1, 1841 x 1955."""
+    return load_source_image(Path(testdata.get_testdata_file("RG1_UNCR.dcm")))
+
+
+@pytest.fixture(scope="module")
+def extremity_cr():
+    """NEMA WG04 RG3: a real CR of the lower leg and ankle."""
+    return load_source_image(Path(testdata.get_testdata_file("RG3_UNCR.dcm")))
+
+
+def test_real_chest_plate_passes_and_its_region_spans_both_lungs(chest_cr):
+    decision = judge_frontal_chest(chest_cr.dataset, _grid(chest_cr.pixels))
+    assert decision.frontal_chest, decision.reason
+    region = decision.region
+    assert 0.3 < region.area_fraction < 0.8
+    left, right = region.lungs
+    assert left.centroid_x < 0.45 < 0.55 < right.centroid_x
+    assert region.mediastinum_contrast > 0.1
+    # the corners (markers, collimation) are outside the chest
+    assert not region.mask[:20, :20].any() and not region.mask[-20:, -20:].any()
+
+
+def test_extremity_with_forged_chest_tags_is_refused_by_the_image_check(extremity_cr):
+    dataset = copy.deepcopy(extremity_cr.dataset)
+    dataset.BodyPartExamined, dataset.ViewPosition = "CHEST", "PA"
+    decision = judge_frontal_chest(dataset, _grid(extremity_cr.pixels))
+    assert not decision.frontal_chest
+    assert decision.reason.startswith(f"{NOT_FRONTAL_CHEST}: image check:")
+    assert not decision.region.mask.any()
+
+
+def test_extremity_tag_is_followed(extremity_cr):
+    decision = judge_frontal_chest(extremity_cr.dataset, _grid(extremity_cr.pixels))
+    assert decision.reason == f"{NOT_FRONTAL_CHEST}: Body Part Examined is EXTREMITY"
+
+
+def test_lateral_view_position_refuses_a_chest(chest_cr):
+    dataset = copy.deepcopy(chest_cr.dataset)
+    dataset.ViewPosition = "LL"
+    decision = judge_frontal_chest(dataset, _grid(chest_cr.pixels))
+    assert decision.reason == f"{NOT_FRONTAL_CHEST}: View Position is LL (not frontal)"
+
+
+@pytest.mark.parametrize(
+    ("tags", "problem"),
+    [
+        ({}, None),
+        ({"BodyPartExamined": "CHEST", "ViewPosition": "AP"}, None),
+        ({"BodyPartExamined": "ABDOMEN"}, "Body Part Examined is ABDOMEN"),
+        ({"ViewPosition": "RL"}, "View Position is RL (not frontal)"),
+        ({"ImageLaterality": "L"}, "Image Laterality L with no chest Body Part (a paired body part)"),
+        ({"BodyPartExamined": "CHEST", "ImageLaterality": "L"}, None),
+    ],
+)
+def test_tag_rules(tags, problem):
+    assert tag_problem(tags) == problem
+
+
+def test_missing_tags_leave_the_decision_to_the_image(chest_cr, extremity_cr):
+    assert judge_frontal_chest(None, _grid(chest_cr.pixels)).frontal_chest
+    assert not judge_frontal_chest(None, _grid(extremity_cr.pixels)).frontal_chest
+
+
+@pytest.mark.parametrize("pattern", ["uniform", "bars", "gradient", "noise"])
+def test_test_patterns_are_not_chests(pattern):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:512, 0:512] / 512
+    image = {
+        "uniform": np.full((512, 512), 0.5),
+        "bars": (np.floor(xx * 8) % 2) * 0.8 + 0.1,
+        "gradient": xx,
+        "noise": rng.uniform(0, 1, (512, 512)),
+    }[pattern]
+    decision = judge_frontal_chest(None, _grid(image.astype(np.float32)))
+    assert not decision.frontal_chest, pattern
+
+
+def test_every_held_out_real_chest_plate_passes_the_gate():
+    manifest = json.loads((REAL_CXR / "manifest.json").read_text())["images"]
+    held_out = [entry for entry in manifest if entry["split"] == "held_out_clean"]
+    assert len(held_out) >= 10
+    refused = [
+        entry["id"]
+        for entry in held_out
+        if not find_chest_region(
+            np.clip(resize_image(read_background(REAL_CXR / entry["file"]), 256, 256), 0, 1)
+        ).found
+    ]
+    assert refused == []
+
+
+def test_phantoms_pass_the_gate():
+    from xiqa.dicom_fixtures.phantom import render_phantom
+
+    rng = np.random.default_rng(7)
+    for _ in range(6):
+        phantom = render_phantom(rng, int(rng.integers(400, 900)), int(rng.integers(400, 900)))
+        assert find_chest_region(_grid(phantom.image)).found
