@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ from .metrics import (
     summarise,
 )
 from .splits import Fold, make_folds
-from .trainer import Hyperparameters
+from .trainer import Hyperparameters, attach_progress_log
 
 logger = logging.getLogger(__name__)
 
@@ -260,12 +261,14 @@ def train_fold(fold: Fold, samples: list[dict], config: CrossValConfig, folder: 
     for handler in handlers:
         handler.attach(trainer)
     checkpointer.attach(trainer)
-    if config.progress:
+    if config.progress and sys.stderr.isatty():
         from ignite.handlers import ProgressBar
 
         loss_of = from_engine(["loss"], first=True)
         ProgressBar(persist=False, desc=f"fold {fold.index}").attach(
             trainer, output_transform=lambda output: {"loss": float(loss_of(output))})
+    elif config.progress:  # a log, not a terminal: lines, never carriage returns
+        attach_progress_log(trainer, f"fold {fold.index}")
     _attach_tensorboard(trainer, evaluator, folder)
 
     if not _already_finished(checkpointer.checkpoint_path, config):
@@ -367,6 +370,7 @@ def run_fold(fold: Fold, samples: list[dict], output: Path, config: CrossValConf
     network, checkpointer = train_fold(fold, samples, config, work, device)
     started = time.perf_counter()
     test_samples = [samples[i] for i in fold.test]
+    logger.info("fold %d: held-out evaluation of %d images", fold.index, len(test_samples))
     held_out, rows = evaluate_samples(network, test_samples, config, device)
     _write_per_image(work / "per_image.csv", rows)
     explanation = fold_explanation_metrics(network, test_samples, config, device)
@@ -433,6 +437,9 @@ def fold_explanation_metrics(network: torch.nn.Module, samples: list[dict], conf
         images = np.stack([np.repeat(np.asarray(s["image"], np.float32), channels, axis=0)
                            for s in chunk])
         labels = np.stack([np.asarray(s["label"])[0] > 0 for s in chunk])
+        logger.info("explanation metrics (%s): images %d-%d of %d (%.0f s so far)",
+                    ", ".join(config.explanation_methods), start + 1, start + len(chunk), len(chosen),
+                    time.perf_counter() - started)
         report = evaluate_explanations(network, images, labels,
                                        methods=tuple(config.explanation_methods))
         for method, values in report.items():

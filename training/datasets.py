@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,7 +365,7 @@ def prepare_samples(items: list[dict], size: int = 256, progress: bool = False,
     else:
         executor = None
         outcomes = (_load_or_reason(load, item) for item in items)
-    if progress:
+    if progress and sys.stderr.isatty():  # a bar on a terminal only; in a log it writes CRs
         from tqdm import tqdm
 
         outcomes = tqdm(outcomes, total=len(items), desc="loading", unit="image", leave=False)

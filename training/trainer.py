@@ -47,6 +47,22 @@ class TrainConfig(Hyperparameters):
 PROGRESS_EVERY = 10  # batches between progress lines
 
 
+def attach_progress_log(trainer, label: str, every: int = PROGRESS_EVERY) -> None:
+    """One log line every ``every`` batches (epoch, batch, loss, seconds): progress that stays
+    greppable in a log, where a progress bar would write carriage returns."""
+    from ignite.engine import Events
+
+    started = time.perf_counter()
+
+    @trainer.on(Events.ITERATION_COMPLETED(every=every))
+    def _progress(engine) -> None:
+        output = engine.state.output
+        loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
+        logger.info("%s: epoch %d batch %d/%d loss %.4f (%.0f s)", label, engine.state.epoch,
+                    (engine.state.iteration - 1) % engine.state.epoch_length + 1,
+                    engine.state.epoch_length, float(loss), time.perf_counter() - started)
+
+
 def _augment():
     from monai.transforms import Compose, RandAdjustContrastd, RandFlipd, RandScaleIntensityd
 
@@ -89,11 +105,7 @@ def train_network(train_samples, validation_samples: list[dict],
     best = {"dice": -1.0, "state": None}
     started = time.perf_counter()
 
-    @trainer.on(Events.ITERATION_COMPLETED(every=PROGRESS_EVERY))
-    def _progress(engine) -> None:
-        logger.info("epoch %d batch %d/%d loss %.4f (%.0f s)", engine.state.epoch,
-                    (engine.state.iteration - 1) % engine.state.epoch_length + 1, engine.state.epoch_length,
-                    float(engine.state.output[0]["loss"]), time.perf_counter() - started)
+    attach_progress_log(trainer, "training")
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _validate(engine) -> None:
