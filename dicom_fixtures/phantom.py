@@ -270,7 +270,8 @@ def render_phantom(
     objects = []
     for kind in object_kinds:
         own = np.zeros_like(mask)
-        centre = (int(width * rng.uniform(0.12, 0.88)), int(height * rng.uniform(0.1, 0.9)))
+        # over the thorax (lung fields and mediastinum), where scoring counts foreign bodies
+        centre = (int(width * rng.uniform(0.22, 0.78)), int(height * rng.uniform(0.22, 0.76)))
         annotation = _DRAWERS[kind](rng, own, centre, unit)
         objects.append(PlantedObject(kind, annotation, int(own.sum())))
         metal = rng.uniform(0.88, 1.0)

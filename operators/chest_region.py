@@ -30,7 +30,7 @@ class ChestRegionConfig:
     min_lung_fraction: float = 0.02  # of the image, per lung field
     max_lung_fraction: float = 0.35
     max_border_contact: float = 0.08  # a candidate may touch the border along this share of its outline
-    margin_fraction: float = 0.03  # of the image side, added around the hull
+    margin_fraction: float = 0.05  # of the image side, added around the hull
     min_mediastinum_fraction: float = 0.03  # gap between the lung fields, of the image width
     min_mediastinum_contrast: float = 0.08  # mediastinum brighter than the lungs, normalised units
     # lungs joined over the mediastinum (split at the midline, so no gap) need a clearer mediastinum

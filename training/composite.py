@@ -10,7 +10,7 @@ Every step works on one square canvas in the display domain (brighter = more
 attenuation, as a MONOCHROME2 image is shown):
 
 1. geometry: random crop, scale and rotation of the background;
-2. hard negatives that are not foreign bodies, drawn unmasked: burnt-in
+2. hard negatives that are not foreign bodies, drawn unmasked: calcified nodules, burnt-in
    laterality markers and text, collimation borders, skin folds, breast
    shadows;
 3. objects, drawn at ``SUPERSAMPLING`` times the canvas resolution and area
@@ -85,6 +85,9 @@ class CompositeConfig:
     skin_fold_probability: float = 0.3
     breast_shadow_probability: float = 0.3
     grid_probability: float = 0.3
+    washed_out_probability: float = 0.3
+    calcification_probability: float = 0.3
+    density_range: tuple[float, float] = (0.45, 1.0)  # opacity scale of the image's objects
 
 
 # --------------------------------------------------------------------------- backgrounds
@@ -197,8 +200,26 @@ def _draw_soft_tissue(rng: np.random.Generator, image: np.ndarray, config: Compo
         for side in (-1, 1):
             cx, cy = 0.5 + side * rng.uniform(0.18, 0.26), rng.uniform(0.68, 0.8)
             radius = rng.uniform(0.14, 0.2)
-            inside = np.clip((radius - np.hypot(xx - cx, (yy - cy) * 1.3)) * size / 4, 0, 1)
-            image += rng.uniform(0.03, 0.08) * inside * (yy > cy - 0.05)
+            # a soft-edged lower half-disc: the breast's lower contour is its only sharp edge
+            inside = np.clip((radius - np.hypot(xx - cx, (yy - cy) * 1.3)) * size / 24, 0, 1)
+            image += rng.uniform(0.03, 0.08) * inside * np.clip((yy - cy + 0.08) * 12, 0, 1)
+    np.clip(image, 0, 1, out=image)
+
+
+def _draw_calcifications(rng: np.random.Generator, image: np.ndarray) -> None:
+    """Calcified granulomas and nodules: small, round, fuzzy and less dense than metal (anatomy)."""
+    size = image.shape[0]
+    layer = np.zeros_like(image)
+    for _ in range(int(rng.integers(1, 7))):
+        centre = (int(size * rng.uniform(0.22, 0.78)), int(size * rng.uniform(0.2, 0.7)))
+        cv2.circle(
+            layer,
+            centre,
+            max(1, int(rng.uniform(1.0, 3.5) * size / CANVAS)),
+            float(rng.uniform(0.06, 0.2)),
+            -1,
+        )
+    image += cv2.GaussianBlur(layer, (0, 0), rng.uniform(0.6, 1.5) * size / CANVAS)
     np.clip(image, 0, 1, out=image)
 
 
@@ -515,13 +536,22 @@ _DRAWERS: dict[str, Callable] = {
     "central_line": _central_line,
 }
 # how often each kind is drawn: ECG electrodes and lines are the commonest devices on a chest film
-_KIND_WEIGHTS = np.array([1, 1, 1, 0.6, 0.5, 0.8, 0.6, 2.5, 0.8, 0.5, 0.6, 0.7, 0.5, 0.4, 1.2])
+_KIND_WEIGHTS = np.array([1, 1, 1, 0.6, 0.5, 0.8, 0.6, 2.5, 1.2, 0.8, 0.6, 0.7, 0.5, 0.4, 1.2])
 
 
 def _insert_object(
-    rng: np.random.Generator, image: np.ndarray, kind: str, centre: np.ndarray, blur_sigma: float
+    rng: np.random.Generator,
+    image: np.ndarray,
+    kind: str,
+    centre: np.ndarray,
+    blur_sigma: float,
+    density: float = 1.0,
 ) -> np.ndarray:
-    """Attenuate ``image`` in place by one object; returns its canvas mask (coverage >= 0.5)."""
+    """Attenuate ``image`` in place by one object; returns its canvas mask (coverage >= 0.5).
+
+    ``density`` scales every opacity: the same device looks near white on a hard-processed plate
+    and only light grey on a soft, washed-out one.
+    """
     size = image.shape[0]
     fine = size * SUPERSAMPLING
     layers = _Layers(fine)
@@ -534,7 +564,7 @@ def _insert_object(
             mask |= coverage >= 0.5
         if blur_sigma > 0:
             coverage = cv2.GaussianBlur(coverage, (0, 0), blur_sigma)
-        image += coverage * opacity * (1.0 - image)
+        image += coverage * opacity * density * (1.0 - image)
     return mask
 
 
@@ -557,6 +587,8 @@ def _acquire(rng: np.random.Generator, image: np.ndarray, config: CompositeConfi
     if rng.random() < 0.5:  # unsharp masking, the usual CR/DX edge enhancement
         sigma = rng.uniform(4, 20) * size / CANVAS
         image = image + rng.uniform(0.2, 1.0) * (image - cv2.GaussianBlur(image, (0, 0), sigma))
+    if rng.random() < config.washed_out_probability:  # soft, low-contrast processing (grey plates)
+        image = rng.uniform(0.15, 0.35) + rng.uniform(0.4, 0.7) * image
     image = image * rng.uniform(0.85, 1.05) + rng.uniform(-0.03, 0.03)
     noise = rng.uniform(0.003, 0.02)
     image = image + rng.normal(0, noise, image.shape).astype(np.float32) * np.sqrt(np.clip(image, 0.05, 1))
@@ -593,12 +625,15 @@ def make_composite(
     image = _place_background(rng, background, size).astype(np.float32)
     _draw_soft_tissue(rng, image, config)
     _draw_markers(rng, image, config)
+    if rng.random() < config.calcification_probability:
+        _draw_calcifications(rng, image)
     blur_sigma = rng.uniform(0.2, 0.8) * size / CANVAS  # detector blur, canvas pixels
+    density = rng.uniform(*config.density_range)
     mask = np.zeros((size, size), bool)
     objects = []
     for kind in kinds:
         centre = _object_centre(rng, size, rng.random() < config.inside_chest_fraction)
-        own = _insert_object(rng, image, kind, centre, blur_sigma)
+        own = _insert_object(rng, image, kind, centre, blur_sigma, density)
         objects.append(InsertedObject(kind, int(own.sum())))
         mask |= own
     if rng.random() < config.collimation_probability:
