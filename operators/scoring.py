@@ -53,7 +53,7 @@ class ScoringConfig:
     good_above: float = 0.8
     acceptable_above: float = 0.5
     # analysis-grid pixels (chosen on validation composites); 0 counts raw components as the thesis
-    merge_radius: int = 2
+    merge_radius: int = 4
     min_inside_fraction: float = 0.2  # of an object's pixels over the chest region for it to count
 
     def __post_init__(self) -> None:
