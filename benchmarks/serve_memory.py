@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         figures["health_exit"] = health.returncode
         figures["health_peak_rss_mib"] = round(usage.ru_maxrss / 1024)
 
-        node.terminate()
-        node.wait(timeout=120)
+        os.kill(pid, signal.SIGTERM)  # the node itself, also when strace is its parent
+        node.wait(timeout=300)
         log.close()
         if args.trace_writes:
             figures["written_outside_storage_and_output"] = written_folders(
