@@ -14,7 +14,6 @@ import json
 import signal
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,15 +84,6 @@ class RoundRobinProxy:
         self._server.close()
 
 
-@pytest.fixture
-def replicas() -> Iterator[list[ServeNode]]:
-    started: list[ServeNode] = []
-    yield started
-    for node in started:
-        if node.process.poll() is None:
-            node.stop(signal.SIGKILL)
-
-
 def _study(fixture_records, folder: Path, count: int) -> list[Path]:
     """``count`` fixture radiographs re-identified as one new study (new study and SOP UIDs)."""
     study_uid = generate_uid()
@@ -120,11 +110,12 @@ def _send_until_acknowledged(port: int, path: Path, attempts: int = 5) -> None:
 
 @requires_orthanc
 def test_two_replicas_one_killed_mid_stream_give_one_result_set_per_instance_and_each_output_once_to_the_pacs(
-        replicas, fixture_records, tmp_path: Path) -> None:
+        nodes, fixture_records, tmp_path: Path) -> None:
     sources_folder = tmp_path / "sources"
     sources_folder.mkdir()
     first_study, second_study = (_study(fixture_records, sources_folder, 3) for _ in range(2))
     stream = first_study + second_study
+    replicas = nodes
     with running_orthanc(tmp_path / "orthanc", lua=RECEPTION_LOG) as pacs:
         ports = [free_port(), free_port()]
         forward = ("--forward", f"{AE_TITLE}@127.0.0.1:{pacs.dicom_port}")

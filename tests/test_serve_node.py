@@ -6,25 +6,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from orthanc import AE_TITLE, free_port, requires_orthanc, running_orthanc
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from serve_helpers import ServeNode, send, wait_for, xiqa_command
 from xiqa.service.listener import SUCCESS
 from xiqa.service.spool import INCOMING, REJECTED
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[ServeNode]]:
-    started: list[ServeNode] = []
-    yield started
-    for node in started:
-        if node.process.poll() is None:
-            node.stop(signal.SIGKILL)
 
 
 def test_node_survives_kill_9_and_never_processes_twice(nodes, fixture_dir: Path, tmp_path: Path) -> None:
