@@ -13,6 +13,10 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xiqa.service.settings import ServeSettings
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_CHEST = 0, 1, 2, 3
 SALIENCY_METHODS = ("gradcam", "normgrad0", "normgrad1")
@@ -77,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--ae-title", default="XIQA", help="called AE title (default: %(default)s)")
     health.add_argument("--calling-ae-title", default="XIQA-HEALTH", help="default: %(default)s")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds (default: %(default)s)")
+    health.add_argument("--tls", action="store_true",
+                        help="speak TLS; the node's certificate is not checked (a liveness check)")
+    health.add_argument("--tls-certificate", type=Path, metavar="PEM",
+                        help="client certificate, for a node that requires one (implies --tls)")
+    health.add_argument("--tls-key", type=Path, metavar="PEM", help="key of --tls-certificate")
 
     commands.add_parser("train", add_help=False,
                         help="K-fold training to MONAI bundles (xiqa train --help for its options)")
@@ -188,13 +197,21 @@ SERVE_KEYS = ("ae_title", "port", "bind", "storage", "output", "forward", "metri
               "model", "device", "saliency", "modalities")
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def serve_settings(args: argparse.Namespace) -> ServeSettings:
+    """The ServeSettings of parsed ``serve`` arguments: the --config file, then the flags over it.
+
+    Raises ValueError naming the file (or "command line") and the bad key or value.
+    """
     from xiqa.service.settings import read_config, settings_from_mapping
 
+    values = read_config(args.config) if args.config else {}
+    values.update({key: getattr(args, key) for key in SERVE_KEYS if getattr(args, key) is not None})
+    return settings_from_mapping(values, str(args.config or "command line"))
+
+
+def run_serve(args: argparse.Namespace) -> int:
     try:
-        values = read_config(args.config) if args.config else {}
-        values.update({key: getattr(args, key) for key in SERVE_KEYS if getattr(args, key) is not None})
-        settings = settings_from_mapping(values, str(args.config or "command line"))
+        settings = serve_settings(args)
     except ValueError as error:
         print(f"xiqa serve: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -204,6 +221,20 @@ def run_serve(args: argparse.Namespace) -> int:
     return Node(settings).run()
 
 
+def _health_tls(args: argparse.Namespace):
+    """TLS arguments for ``AE.associate`` (None for plain DICOM): encrypted, the node not verified."""
+    import ssl
+
+    if not (args.tls or args.tls_certificate):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if args.tls_certificate:
+        context.load_cert_chain(str(args.tls_certificate), str(args.tls_key) if args.tls_key else None)
+    return context, args.host
+
+
 def run_health(args: argparse.Namespace) -> int:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
@@ -211,7 +242,12 @@ def run_health(args: argparse.Namespace) -> int:
     ae = AE(ae_title=args.calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = args.timeout
     ae.add_requested_context(Verification)
-    association = ae.associate(args.host, args.port, ae_title=args.ae_title)
+    try:
+        tls_args = _health_tls(args)
+    except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+        print(f"xiqa health: error: cannot use the TLS client certificate: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    association = ae.associate(args.host, args.port, ae_title=args.ae_title, tls_args=tls_args)
     if not association.is_established:
         print(f"unhealthy: no association with {args.ae_title}@{args.host}:{args.port}", file=sys.stderr)
         return EXIT_REJECTED

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serve_helpers import ServeNode
 from writer_cases import WriterCase, writer_cases
 from xiqa.dicom_fixtures.generate import FixtureRecord, write_fixture_set
 
@@ -41,3 +44,13 @@ def fixture_records(fixture_dir: Path) -> list[FixtureRecord]:
 def cases(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, WriterCase]:
     """Every writer case (fixture variants and quirky sources) with its SEG/SC/SR written; read only."""
     return writer_cases(fixture_dir, tmp_path_factory.mktemp("writer_cases"))
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[ServeNode]]:
+    """``xiqa serve`` processes a test started (append them); any still running is killed afterwards."""
+    started: list[ServeNode] = []
+    yield started
+    for node in started:
+        if node.process.poll() is None:
+            node.stop(signal.SIGKILL)

@@ -53,8 +53,12 @@ class Orthanc:
 
 
 @contextmanager
-def running_orthanc(folder: Path, dicom_port: int | None = None) -> Iterator[Orthanc]:
-    """Start Orthanc with everything under ``folder``, yield it once its REST API answers, stop it."""
+def running_orthanc(folder: Path, dicom_port: int | None = None,
+                    lua: str | None = None) -> Iterator[Orthanc]:
+    """Start Orthanc with everything under ``folder``, yield it once its REST API answers, stop it.
+
+    ``lua``: a Lua script Orthanc runs (its ``print`` lines go to ``folder/orthanc.log``).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), dicom_port or free_port()
     config = {
@@ -65,6 +69,9 @@ def running_orthanc(folder: Path, dicom_port: int | None = None) -> Iterator[Ort
         "DicomAlwaysAllowStore": True, "StorageCompression": False, "SaveJobs": False,
         "HttpThreadsCount": 4, "ConcurrentJobs": 1,
     }
+    if lua is not None:
+        (folder / "script.lua").write_text(lua)
+        config["LuaScripts"] = [str(folder / "script.lua")]
     (folder / "orthanc.json").write_text(json.dumps(config))
     log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 - closed in the finally below
     process = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], cwd=folder,

@@ -1,9 +1,15 @@
-"""Shared by the ``xiqa serve`` tests: a pynetdicom SCU that sends files or echoes."""
+"""Shared by the ``xiqa serve`` tests: a pynetdicom SCU that sends files or echoes, and
+``xiqa serve`` as a real process."""
 
 from __future__ import annotations
 
+import signal
 import ssl
-from collections.abc import Sequence
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydicom import dcmread
@@ -54,3 +60,64 @@ def echo(port: int, *, calling: str = "MODALITY", called: str = "XIQA",
     status = association.send_c_echo()
     association.release()
     return status is not None and status.Status == 0
+
+
+def xiqa_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "xiqa.cli", *args]
+
+
+class ServeNode:
+    """``xiqa serve`` on ``port`` with ``folder/storage`` and ``folder/out``; by default the
+    constructor returns once it answers C-ECHO (``wait=False``: call ``wait_ready``)."""
+
+    def __init__(self, folder: Path, port: int, study_timeout: float, metrics_port: int | None = None,
+                 extra: tuple[str, ...] = (), wait: bool = True) -> None:
+        self.folder, self.port, self.metrics_port = folder, port, metrics_port
+        command = xiqa_command("serve", "--storage", str(folder / "storage"), "--output", str(folder / "out"),
+                               "--port", str(port), "--bind", "127.0.0.1", "--study-timeout",
+                               str(study_timeout), "--min-free-bytes", "0", "--device", "cpu")
+        if metrics_port is not None:
+            command += ["--metrics-port", str(metrics_port)]
+        command += extra
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log_path = folder / f"node-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, seconds: float = 180) -> None:
+        deadline = time.monotonic() + seconds
+        while not echo(self.port):
+            assert self.process.poll() is None, f"xiqa serve exited early:\n{self.text()}"
+            assert time.monotonic() < deadline, f"xiqa serve not ready after {seconds} s:\n{self.text()}"
+            time.sleep(0.5)
+
+    def text(self) -> str:
+        return self.log_path.read_text()
+
+    def metric(self, name: str) -> float:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read()
+        for line in body.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)
+
+    def stop(self, how: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(how)
+        try:
+            return self.process.wait(timeout=60)
+        finally:
+            self.log.close()
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str, *nodes: ServeNode) -> None:
+    """Poll ``condition`` until true; fail with the nodes' logs when one exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        for node in nodes:
+            assert node.process.poll() is None, f"xiqa serve exited while waiting for {what}:\n{node.text()}"
+        assert time.monotonic() < deadline, f"no {what} after {seconds} s:\n" + "\n".join(
+            node.text()[-3000:] for node in nodes)
+        time.sleep(0.5)

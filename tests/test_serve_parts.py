@@ -159,16 +159,42 @@ def test_allow_lists_turn_away_unknown_callers(listening, fixture_records) -> No
     assert not echo(by_host.port)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-def test_tls_listener_talks_to_a_tls_caller_only(listening, tmp_path: Path) -> None:
-    key, certificate = tmp_path / "key.pem", tmp_path / "cert.pem"
+def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``localhost`` (its own CA) and its key: (certificate, key)."""
+    key, certificate = folder / f"{name}.key", folder / f"{name}.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
                     "-keyout", str(key), "-out", str(certificate)], check=True, capture_output=True)
+    return certificate, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_listener_talks_to_a_tls_caller_only(listening, tmp_path: Path) -> None:
+    certificate, key = _self_signed(tmp_path, "node")
     listener, *_ = listening(tls_certificate=certificate, tls_key=key)
     client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(certificate))
     assert echo(listener.port, ssl_context=client)
     assert not echo(listener.port)  # plain DICOM to a TLS port gets nowhere
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_health_check_reaches_a_tls_node_with_tls_and_a_client_certificate_where_required(
+        listening, tmp_path: Path, capsys) -> None:
+    from xiqa.cli import main
+
+    certificate, key = _self_signed(tmp_path, "node")
+    client_certificate, client_key = _self_signed(tmp_path, "probe")
+    tls_only, *_ = listening(tls_certificate=certificate, tls_key=key)
+    assert main(["health", "--port", str(tls_only.port), "--timeout", "5"]) == 1
+    assert main(["health", "--port", str(tls_only.port), "--timeout", "5", "--tls"]) == 0
+    mutual, *_ = listening(tls_certificate=certificate, tls_key=key, tls_ca=client_certificate)
+    assert main(["health", "--port", str(mutual.port), "--timeout", "5", "--tls"]) == 1
+    assert main(["health", "--port", str(mutual.port), "--timeout", "5", "--tls-certificate",
+                 str(client_certificate), "--tls-key", str(client_key)]) == 0
+    assert main(["health", "--port", str(mutual.port), "--tls-certificate", str(tmp_path / "none.pem")]) == 2
+    lines = capsys.readouterr()
+    assert lines.out.count("healthy: XIQA@127.0.0.1") == 2
+    assert "cannot use the TLS client certificate" in lines.err.splitlines()[-1]
 
 
 # --------------------------------------------------------------------------- worker
