@@ -1,9 +1,15 @@
-"""Shared by the ``xiqa serve`` tests: a pynetdicom SCU that sends files or echoes."""
+"""Shared by the ``xiqa serve`` tests: ``xiqa serve`` as a real process, a pynetdicom SCU that sends
+files or echoes."""
 
 from __future__ import annotations
 
+import signal
 import ssl
-from collections.abc import Sequence
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydicom import dcmread
@@ -54,3 +60,60 @@ def echo(port: int, *, calling: str = "MODALITY", called: str = "XIQA",
     status = association.send_c_echo()
     association.release()
     return status is not None and status.Status == 0
+
+
+def xiqa_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "xiqa.cli", *args]
+
+
+class NodeProcess:
+    """``xiqa serve`` on loopback in its own process, its log in a file under ``folder``; ready once it
+    answers C-ECHO (``ready_calling`` is the calling AE title of that check)."""
+
+    def __init__(self, folder: Path, port: int, study_timeout: float,
+                 metrics_port: int | None = None, extra: tuple[str, ...] = (),
+                 ready_calling: str = "MODALITY", ready_ssl: ssl.SSLContext | None = None) -> None:
+        self.folder, self.port, self.metrics_port = folder, port, metrics_port
+        command = xiqa_command("serve", "--storage", str(folder / "storage"), "--output", str(folder / "out"),
+                               "--port", str(port), "--bind", "127.0.0.1", "--study-timeout",
+                               str(study_timeout), "--min-free-bytes", "0", "--device", "cpu")
+        if metrics_port is not None:
+            command += ["--metrics-port", str(metrics_port)]
+        command += extra
+        self.log_path = folder / f"node-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not echo(port, calling=ready_calling, ssl_context=ready_ssl):
+            assert self.process.poll() is None, f"xiqa serve exited early:\n{self.text()}"
+            assert time.monotonic() < deadline, f"xiqa serve not ready after 120 s:\n{self.text()}"
+            time.sleep(0.5)
+
+    def text(self) -> str:
+        return self.log_path.read_text()
+
+    def metrics_text(self) -> str:
+        address = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return urllib.request.urlopen(address, timeout=5).read().decode()
+
+    def metric(self, name: str) -> float:
+        for line in self.metrics_text().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)
+
+    def stop(self, how: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(how)
+        try:
+            return self.process.wait(timeout=60)
+        finally:
+            self.log.close()
+
+    def wait_for(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
+        """Until ``condition()``; fails when the node exits or ``seconds`` pass first."""
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert self.process.poll() is None, f"xiqa serve exited while waiting for {what}:\n{self.text()}"
+            assert time.monotonic() < deadline, f"no {what} after {seconds} s:\n{self.text()[-4000:]}"
+            time.sleep(0.5)

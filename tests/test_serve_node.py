@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,68 +13,18 @@ import pytest
 from orthanc import AE_TITLE, free_port, requires_orthanc, running_orthanc
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from serve_helpers import echo, send
+from serve_helpers import NodeProcess, send, xiqa_command
 from xiqa.service.listener import SUCCESS
 from xiqa.service.spool import INCOMING, REJECTED
 
 
-def _xiqa(*args: str) -> list[str]:
-    return [sys.executable, "-m", "xiqa.cli", *args]
-
-
-class _Node:
-    def __init__(self, folder: Path, port: int, study_timeout: float,
-                 metrics_port: int | None = None, extra: tuple[str, ...] = ()) -> None:
-        self.folder, self.port, self.metrics_port = folder, port, metrics_port
-        command = _xiqa("serve", "--storage", str(folder / "storage"), "--output", str(folder / "out"),
-                        "--port", str(port), "--bind", "127.0.0.1", "--study-timeout", str(study_timeout),
-                        "--min-free-bytes", "0", "--device", "cpu")
-        if metrics_port is not None:
-            command += ["--metrics-port", str(metrics_port)]
-        command += extra
-        self.log_path = folder / f"node-{time.monotonic_ns()}.log"
-        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while not echo(port):
-            assert self.process.poll() is None, f"xiqa serve exited early:\n{self.text()}"
-            assert time.monotonic() < deadline, f"xiqa serve not ready after 120 s:\n{self.text()}"
-            time.sleep(0.5)
-
-    def text(self) -> str:
-        return self.log_path.read_text()
-
-    def metric(self, name: str) -> float:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read()
-        for line in body.decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise KeyError(name)
-
-    def stop(self, how: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(how)
-        try:
-            return self.process.wait(timeout=60)
-        finally:
-            self.log.close()
-
-
 @pytest.fixture
-def nodes() -> Iterator[list[_Node]]:
-    started: list[_Node] = []
+def nodes() -> Iterator[list[NodeProcess]]:
+    started: list[NodeProcess] = []
     yield started
     for node in started:
         if node.process.poll() is None:
             node.stop(signal.SIGKILL)
-
-
-def _wait_for(condition, seconds: float, what: str, node: _Node) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert node.process.poll() is None, f"xiqa serve exited while waiting for {what}:\n{node.text()}"
-        assert time.monotonic() < deadline, f"no {what} after {seconds} s:\n{node.text()}"
-        time.sleep(0.5)
 
 
 def test_node_survives_kill_9_and_never_processes_twice(nodes, fixture_dir: Path, tmp_path: Path) -> None:
@@ -89,7 +37,7 @@ def test_node_survives_kill_9_and_never_processes_twice(nodes, fixture_dir: Path
     dataset.save_as(broken)
 
     # 1. acknowledged, then killed before the study timeout: nothing processed yet
-    first = _Node(tmp_path, port, study_timeout=3600)
+    first = NodeProcess(tmp_path, port, study_timeout=3600)
     nodes.append(first)
     assert send(port, [*good, broken]) == [SUCCESS] * (len(good) + 1)
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -97,28 +45,29 @@ def test_node_survives_kill_9_and_never_processes_twice(nodes, fixture_dir: Path
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
     # 2. a restart processes what the killed node acknowledged
-    second = _Node(tmp_path, port, study_timeout=1)
+    second = NodeProcess(tmp_path, port, study_timeout=1)
     nodes.append(second)
     reports = lambda: list((tmp_path / "out").glob("*/report.json"))  # noqa: E731
-    _wait_for(lambda: len(reports()) == len(good) and not any(
-        (tmp_path / "storage" / INCOMING).rglob("*.dcm")), 240, "outputs for every instance", second)
+    second.wait_for(lambda: len(reports()) == len(good) and not any(
+        (tmp_path / "storage" / INCOMING).rglob("*.dcm")), 240, "outputs for every instance")
     for report in reports():
         assert {p.name.rsplit("_", 1)[-1] for p in report.parent.glob("*.dcm")} == {
             "seg.dcm", "sc.dcm", "sr.dcm"}
     reasons = list((tmp_path / "storage" / REJECTED).rglob("*.reason.txt"))
     assert len(reasons) == 1 and "pixel" in reasons[0].read_text().lower()
-    health = subprocess.run(_xiqa("health", "--port", str(port)), capture_output=True, text=True, timeout=60)
+    health = subprocess.run(xiqa_command("health", "--port", str(port)), capture_output=True, text=True,
+                            timeout=60)
     assert health.returncode == 0, health.stderr
     assert second.stop(signal.SIGTERM) == 0
     assert "xiqa serve stopped" in second.text()
-    down = subprocess.run(_xiqa("health", "--port", str(port), "--timeout", "2"), capture_output=True,
+    down = subprocess.run(xiqa_command("health", "--port", str(port), "--timeout", "2"), capture_output=True,
                           text=True, timeout=60)
     assert down.returncode == 1 and "unhealthy" in down.stderr
 
     # 3. a third start, and the same instance sent again: nothing is processed twice
     stamps = {report: report.stat().st_mtime_ns for report in reports()}
     metrics_port = free_port()
-    third = _Node(tmp_path, port, study_timeout=1, metrics_port=metrics_port)
+    third = NodeProcess(tmp_path, port, study_timeout=1, metrics_port=metrics_port)
     nodes.append(third)
     assert send(port, [good[0]]) == [SUCCESS]
     time.sleep(3)
@@ -135,7 +84,7 @@ def test_node_survives_kill_9_and_never_processes_twice(nodes, fixture_dir: Path
 
 
 def test_serve_usage_errors_exit_2(tmp_path: Path) -> None:
-    bad = subprocess.run(_xiqa("serve", "--storage", str(tmp_path), "--output", str(tmp_path)),
+    bad = subprocess.run(xiqa_command("serve", "--storage", str(tmp_path), "--output", str(tmp_path)),
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == (
@@ -147,14 +96,14 @@ def test_node_forwards_every_output_to_a_pacs(nodes, fixture_records, tmp_path: 
     port = free_port()
     sources = [record.dicom_path for record in fixture_records[:2]]
     with running_orthanc(tmp_path / "orthanc") as pacs:
-        node = _Node(tmp_path, port, study_timeout=0.5,
-                     extra=("--forward", f"{AE_TITLE}@127.0.0.1:{pacs.dicom_port}"))
+        node = NodeProcess(tmp_path, port, study_timeout=0.5,
+                           extra=("--forward", f"{AE_TITLE}@127.0.0.1:{pacs.dicom_port}"))
         nodes.append(node)
         assert send(port, sources) == [SUCCESS, SUCCESS]
         written = lambda: {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID)  # noqa: E731
                            for p in (tmp_path / "out").glob("*/*.dcm")}
         entries = lambda: list((tmp_path / "storage" / "outbox").glob("*.json"))  # noqa: E731
         # the entry goes once the PACS has answered, a moment after it holds the file
-        _wait_for(lambda: len(written()) == 3 * len(sources) and pacs.sop_instance_uids() == written()
-                  and not entries(), 240, "the outputs in the PACS and an empty outbox", node)
+        node.wait_for(lambda: len(written()) == 3 * len(sources) and pacs.sop_instance_uids() == written()
+                      and not entries(), 240, "the outputs in the PACS and an empty outbox")
         assert node.stop(signal.SIGTERM) == 0
