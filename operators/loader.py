@@ -3,24 +3,27 @@
 Decoding is tolerant where a source is merely sloppy (Rescale Slope 0, a window
 of width 0, missing VOI) and strict where the pixels cannot be trusted: every
 such file is rejected with one line that names the reason and never the
-patient.  pydicom converts an element when it is first read; the loader reads
-every element of the file (nested sequences included) before anything else,
-so an element that cannot be decoded (a bit flip that makes its VR unknown,
-say) rejects that one file here instead of failing a later node or the graph.  Reasons are built from our own words and DICOM attribute values
+patient.  Reasons are built from our own words and DICOM attribute values
 that carry no identity (modality, SOP class, photometric interpretation,
-frame count, transfer syntax).
+frame count, transfer syntax, tags).
+
+pydicom converts an element when it is first read; the loader reads every
+element of the file (nested sequences included) before anything else, so an
+element that cannot be decoded (a bit flip that makes its VR unknown, say)
+rejects that one file here instead of failing a later node or the graph.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
-from pydicom import Dataset, dcmread
+from pydicom import Dataset, config, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
@@ -96,6 +99,18 @@ def _read_dataset(path: Path) -> Dataset:
         raise RejectedInput(path, "not a DICOM file (no DICM prefix and no valid header)") from None
     except (EOFError, OSError, ValueError, KeyError, TypeError) as error:
         raise RejectedInput(path, f"truncated or corrupt DICOM header ({_short(error)})") from None
+
+
+@contextmanager
+def _values_unchecked() -> Iterator[None]:
+    """Convert without pydicom's value checks: its warnings quote the value (a birth date, say) into the
+    logs, and decoding is tolerant anyway; what the loader relies on, it checks in its own words."""
+    previous = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.IGNORE
+    try:
+        yield
+    finally:
+        config.settings.reading_validation_mode = previous
 
 
 def _decode_every_element(path: Path, ds: Dataset, depth: int = 0) -> None:
@@ -197,9 +212,10 @@ def load_source_image(path: Path | str, config: LoaderConfig = LoaderConfig()) -
         The file is not a usable single-frame grayscale CR/DX/SC radiograph.
     """
     path = Path(path)
-    ds = _read_dataset(path)
-    _decode_every_element(path, ds.file_meta)
-    _decode_every_element(path, ds)
+    with _values_unchecked():
+        ds = _read_dataset(path)
+        _decode_every_element(path, ds.file_meta)
+        _decode_every_element(path, ds)
     _check_header(path, ds, config)
     try:
         stored = ds.pixel_array

@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pynetdicom import AE, Association
 from pynetdicom.sop_class import Verification
 
@@ -49,6 +49,49 @@ def send(port: int, paths: Sequence[Path], *, calling: str = "MODALITY", called:
             statuses.append(int(status.Status) if "Status" in status else None)
     finally:
         association.release()
+    return statuses
+
+
+def send_raw(port: int, paths: Sequence[Path], *, calling: str = "MODALITY", called: str = "XIQA",
+             ssl_context: ssl.SSLContext | None = None) -> list[int | None]:
+    """C-STORE each file as its bytes are, on one association: only its file meta is read here, so a
+    damaged dataset reaches the peer as it is.  None for a file that could not be sent (file meta not
+    readable, or no accepted presentation context for its SOP class and transfer syntax).
+
+    Raises ``ConnectionError`` when no association could be established.
+    """
+    from pynetdicom import _config
+    from pynetdicom.dsutils import split_dataset
+
+    metas: list[Dataset | None] = []
+    for path in paths:
+        try:
+            meta = split_dataset(path)[0]
+            metas.append(meta if str(meta.get("MediaStorageSOPClassUID", "")) else None)
+        except Exception:  # noqa: BLE001 - whatever the damage, this file cannot be offered
+            metas.append(None)
+    contexts = {(str(m.MediaStorageSOPClassUID), str(m.get("TransferSyntaxUID", "") or "1.2.840.10008.1.2"))
+                for m in metas if m is not None}
+    association = _associate(port, contexts, calling, called, ssl_context)
+    if not association.is_established:
+        raise ConnectionError(f"no association with {called} on port {port}")
+    statuses: list[int | None] = []
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    try:
+        for path, meta in zip(paths, metas, strict=True):
+            if meta is None or not association.is_established:
+                statuses.append(None)
+                continue
+            try:
+                status = association.send_c_store(path)
+            except (ValueError, AttributeError, OSError):  # no accepted context, or meta incomplete
+                statuses.append(None)
+                continue
+            statuses.append(int(status.Status) if "Status" in status else None)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+        if association.is_established:
+            association.release()
     return statuses
 
 

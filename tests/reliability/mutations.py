@@ -246,6 +246,16 @@ def mutate(data: bytes, kind: str, seed: int) -> tuple[bytes, str]:
     return MUTATIONS[kind](data, parse_elements(data), random.Random(f"{kind}-{seed}"))
 
 
+def with_own_instance_uid(data: bytes, index: int) -> bytes:
+    """``data`` with its SOP Instance UID (in the file meta and the dataset) made unique by ``index``:
+    the last six digits are replaced, so no length changes."""
+    meta_uid = _find(parse_elements(data), (0x0002, 0x0003))
+    assert meta_uid is not None
+    uid = data[meta_uid.value_offset:meta_uid.value_offset + meta_uid.length].rstrip(b"\x00")
+    assert len(uid) > 20 and uid[-6:].isdigit(), uid
+    return data.replace(uid, uid[:-6] + str(900_000 + index % 100_000).encode())
+
+
 #: kinds that make sense on compressed files too (their pixel data is a codec stream)
 ANY_SYNTAX = ("truncate", "bit_flips", "wrong_vr", "wrong_length", "bogus_transfer_syntax", "deep_sequences")
 
@@ -264,7 +274,7 @@ def write_corpus(bases: list[Path], folder: Path, count: int, seed: int = 0) -> 
         kind = kinds[index % len(kinds)]
         turn = index // len(kinds)
         base = data[turn % len(data)] if kind in ANY_SYNTAX else data[0]
-        damaged, what = mutate(base, kind, seed * 100_000 + index)
+        damaged, what = mutate(with_own_instance_uid(base, index), kind, seed * 100_000 + index)
         path = folder / f"mutant_{index:04d}_{kind}.dcm"
         path.write_bytes(damaged)
         mutants.append(Mutant(path, kind, seed * 100_000 + index, what))
