@@ -56,4 +56,4 @@ EXPOSE 11112 9100
 HEALTHCHECK --interval=30s --timeout=15s --start-period=180s --retries=3 \
     CMD ["xiqa", "health", "--port", "11112", "--timeout", "10"]
 ENTRYPOINT ["xiqa", "serve", "--storage", "/var/xiqa/storage", "--output", "/var/xiqa/output", \
-            "--port", "11112", "--metrics-port", "9100"]
+            "--port", "11112", "--metrics-port", "9100", "--metrics-bind", "0.0.0.0"]

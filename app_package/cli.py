@@ -70,6 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-certificate", type=Path, metavar="PEM")
     serve.add_argument("--tls-key", type=Path, metavar="PEM")
     serve.add_argument("--tls-ca", type=Path, metavar="PEM", help="require client certificates from this CA")
+    # reliability and security options (issue 13)
+    serve.add_argument("--metrics-bind", metavar="ADDRESS",
+                       help="address of the metrics endpoint (default: 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--max-associations", type=int, metavar="N",
+                       help="simultaneous associations (default: 16)")
+    serve.add_argument("--acse-timeout", type=float, metavar="S",
+                       help="association negotiation (default: 30)")
+    serve.add_argument("--dimse-timeout", type=float, metavar="S", help="DIMSE messages (default: 60)")
+    serve.add_argument("--network-timeout", type=float, metavar="S",
+                       help="silence before an association is aborted (default: 60)")
+    serve.add_argument("--forward-tls", action="store_true", default=None, help="forward over TLS")
+    serve.add_argument("--forward-tls-ca", type=Path, metavar="PEM",
+                       help="CAs that sign the destinations' certificates (default: the system's)")
+    serve.add_argument("--forward-tls-certificate", type=Path, metavar="PEM", help="our client certificate")
+    serve.add_argument("--forward-tls-key", type=Path, metavar="PEM")
+    serve.add_argument("--retention-days", type=float, metavar="D",
+                       help="delete finished instances (processed/, rejected/) older than D days")
+    serve.add_argument("--retention-bytes", type=int, metavar="N",
+                       help="delete the oldest finished instances while processed/ and rejected/ hold more")
     serve.add_argument("--model", type=Path, help="MONAI bundle folder (default: shipped model)")
     serve.add_argument("--device", help="auto, cpu or cuda (default: auto)")
     serve.add_argument("--saliency", choices=SALIENCY_METHODS, help="default: gradcam")
@@ -164,7 +183,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     loader = LoaderConfig(allowed_modalities=frozenset(m.strip().upper() for m in args.modalities.split(",")))
     settings = build_settings(paths, args.output, model=args.model, device=args.device,
                               saliency=args.saliency, loader=loader)
-    # a bar only on a terminal: in a log, every line must start at column 0 and stay greppable
+    # a bar (and its carriage returns) only on a terminal: log lines must start at column 0
     progress = tqdm(total=len(paths), unit="image", file=sys.stderr,
                     disable=args.no_progress or len(paths) < 2 or not sys.stderr.isatty())
 
@@ -194,7 +213,10 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 SERVE_KEYS = ("ae_title", "port", "bind", "storage", "output", "forward", "metrics_port", "study_timeout",
               "allowed_ae_titles", "allowed_hosts", "min_free_bytes", "tls_certificate", "tls_key", "tls_ca",
-              "model", "device", "saliency", "modalities")
+              "model", "device", "saliency", "modalities",
+              "metrics_bind", "max_associations", "acse_timeout", "dimse_timeout", "network_timeout",
+              "forward_tls", "forward_tls_ca", "forward_tls_certificate", "forward_tls_key", "retention_days",
+              "retention_bytes")
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
@@ -216,9 +238,15 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"xiqa serve: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     from xiqa.service.node import Node
+    from xiqa.service.spool import StorageInUse
 
     logging.getLogger("xiqa").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    return Node(settings).run()
+    try:
+        node = Node(settings)
+    except StorageInUse as error:
+        print(f"xiqa serve: error: {error}", file=sys.stderr)
+        return EXIT_REJECTED
+    return node.run()
 
 
 def _health_tls(args: argparse.Namespace):

@@ -5,19 +5,25 @@ of width 0, missing VOI) and strict where the pixels cannot be trusted: every
 such file is rejected with one line that names the reason and never the
 patient.  Reasons are built from our own words and DICOM attribute values
 that carry no identity (modality, SOP class, photometric interpretation,
-frame count, transfer syntax).
+frame count, transfer syntax, tags).
+
+pydicom converts an element when it is first read; the loader reads every
+element of the file (nested sequences included) before anything else, so an
+element that cannot be decoded (a bit flip that makes its VR unknown, say)
+rejects that one file here instead of failing a later node or the graph.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
-from pydicom import Dataset, dcmread
+from pydicom import Dataset, config, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
@@ -37,6 +43,10 @@ SUPPORTED_SOP_CLASSES = {
 }
 
 
+#: deeper nesting of sequences is rejected (pydicom reads sequences recursively)
+MAX_SEQUENCE_DEPTH = 32
+
+
 class RejectedInput(Exception):
     """An input that cannot be analysed; ``str()`` is the one-line reason."""
 
@@ -50,6 +60,8 @@ class RejectedInput(Exception):
 class LoaderConfig:
     allowed_modalities: frozenset[str] = frozenset({"CR", "DX", "OT"})
     allowed_sop_classes: frozenset[str] = frozenset(SUPPORTED_SOP_CLASSES)
+    #: Rows x Columns above this are rejected before decoding (a 2-byte image of 2**26 pixels is 128 MiB)
+    max_pixels: int = 2**26
 
 
 @dataclass
@@ -89,6 +101,35 @@ def _read_dataset(path: Path) -> Dataset:
         raise RejectedInput(path, f"truncated or corrupt DICOM header ({_short(error)})") from None
 
 
+@contextmanager
+def _values_unchecked() -> Iterator[None]:
+    """Convert without pydicom's value checks: its warnings quote the value (a birth date, say) into the
+    logs, and decoding is tolerant anyway; what the loader relies on, it checks in its own words."""
+    previous = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.IGNORE
+    try:
+        yield
+    finally:
+        config.settings.reading_validation_mode = previous
+
+
+def _decode_every_element(path: Path, ds: Dataset, depth: int = 0) -> None:
+    """Convert each raw element of ``ds`` and of its sequence items now, naming the first that fails.
+
+    Only the tag and the error type go into the reason: a value may carry identity.
+    """
+    if depth > MAX_SEQUENCE_DEPTH:
+        raise RejectedInput(path, f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels")
+    for tag in list(ds.keys()):
+        try:
+            element = ds[tag]
+        except Exception as error:  # noqa: BLE001 - whatever pydicom raises, this file is unusable
+            raise RejectedInput(path, f"element {tag} cannot be decoded ({type(error).__name__})") from None
+        if element.VR == "SQ":
+            for item in element.value:
+                _decode_every_element(path, item, depth + 1)
+
+
 def _check_header(path: Path, ds: Dataset, config: LoaderConfig) -> None:
     sop_class = str(ds.get("SOPClassUID", ""))
     if not sop_class:
@@ -110,6 +151,10 @@ def _check_header(path: Path, ds: Dataset, config: LoaderConfig) -> None:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise RejectedInput(path, f"multi-frame image ({frames} frames) is not supported")
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * columns > config.max_pixels:
+        raise RejectedInput(path, f"image of {rows} x {columns} pixels is larger than the limit of "
+                                  f"{config.max_pixels} pixels")
 
 
 def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
@@ -167,7 +212,10 @@ def load_source_image(path: Path | str, config: LoaderConfig = LoaderConfig()) -
         The file is not a usable single-frame grayscale CR/DX/SC radiograph.
     """
     path = Path(path)
-    ds = _read_dataset(path)
+    with _values_unchecked():
+        ds = _read_dataset(path)
+        _decode_every_element(path, ds.file_meta)
+        _decode_every_element(path, ds)
     _check_header(path, ds, config)
     try:
         stored = ds.pixel_array
@@ -194,13 +242,20 @@ def expand_inputs(inputs: Iterable[Path | str]) -> Iterator[Path]:
 
 
 def load_case(path: Path | str, config: LoaderConfig = LoaderConfig()) -> Case:
-    """A new case for ``path``; a rejected file gives a case that carries the reason."""
+    """A new case for ``path``; a rejected file gives a case that carries the reason.
+
+    Nothing a file contains can raise out of here: an unforeseen error rejects
+    that file by its type alone (its message may quote dataset values).
+    """
     case = Case(Path(path))
     with case.timed("load"):
         try:
             case.source = load_source_image(path, config)
         except RejectedInput as rejection:
             case.error, case.rejected = rejection.reason, True
+        except Exception as error:  # noqa: BLE001 - one unreadable file never stops the graph
+            case.error, case.rejected = f"cannot be read ({type(error).__name__})", True
+            logger.debug("traceback for %s", case.path.name, exc_info=True)
     return case
 
 

@@ -4,12 +4,18 @@ Each handler is small: ``handle_store`` turns one request into one spool write
 and one status.  Who may associate is decided before any DICOM is read: the
 peer address by ``AllowListServer.verify_request`` (the connection is simply
 closed), the calling AE title by pynetdicom's own association rejection.
+
+Every connection gets a socket timeout (the network timeout) and, with TLS,
+its handshake runs in that connection's own thread: a caller that goes silent
+holds one association slot until it times out, never the port.  Each
+connection ends in one audit line (``service.audit``).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import socket
 import ssl
 import threading
 import zlib
@@ -41,6 +47,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from xiqa.operators.loader import SUPPORTED_SOP_CLASSES
 
+from .audit import AuditTrail
 from .metrics import NodeMetrics
 from .settings import ServeSettings
 from .spool import Spool, SpooledInstance, StorageFull
@@ -49,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
-PROCESSING_FAILURE = 0x0110
 #: what the loader can decode (pylibjpeg, OpenJPEG, RLE, GDCM)
 STUDY_INSTANCE_UID = Tag("StudyInstanceUID")
 TRANSFER_SYNTAXES = (
@@ -73,24 +79,27 @@ def study_uid_of(dataset: bytes, transfer_syntax: UID) -> str:
 
 
 def handle_store(event: evt.Event, spool: Spool, metrics: NodeMetrics,
-                 on_stored: Callable[[SpooledInstance], None]) -> int:
-    """Spool one C-STORE request; Success only once the instance is durably on disk."""
+                 on_stored: Callable[[SpooledInstance], None], audit: AuditTrail) -> int:
+    """Spool one C-STORE request; Success only once the instance is durably on disk.
+
+    A full disk, and any other storage error (a read-only or vanished spool), answers "out of
+    resources": the caller may send it again later, and nothing of it is kept.
+    """
     sop_instance_uid = str(event.request.AffectedSOPInstanceUID)
     dataset = event.request.DataSet.getvalue()
+    study = study_uid_of(dataset, event.context.transfer_syntax)
     try:
-        stored = spool.store((file_header(event.file_meta), dataset), sop_instance_uid,
-                             study_uid_of(dataset, event.context.transfer_syntax))
-    except StorageFull as full:
-        metrics.instances_refused.labels(reason="storage full").inc()
-        logger.error("refused %s from %s: storage full (%s)", sop_instance_uid,
-                     event.assoc.requestor.ae_title, full)
+        stored = spool.store((file_header(event.file_meta), dataset), sop_instance_uid, study)
+    except (StorageFull, OSError) as error:
+        full = isinstance(error, StorageFull)
+        reason = "storage full" if full else "storage error"
+        metrics.instances_refused.labels(reason=reason).inc()
+        audit.refused(event.assoc, reason)
+        logger.error("refused %s from %s: %s (%s)", sop_instance_uid, event.assoc.requestor.ae_title,
+                     reason, error if full else error.strerror or type(error).__name__)
         return OUT_OF_RESOURCES
-    except OSError as error:
-        metrics.instances_refused.labels(reason="storage error").inc()
-        logger.error("refused %s from %s: cannot store: %s", sop_instance_uid,
-                     event.assoc.requestor.ae_title, error.strerror or type(error).__name__)
-        return PROCESSING_FAILURE
     metrics.instances_received.inc()
+    audit.stored(event.assoc, study)
     if stored is None:
         logger.info("%s was processed before; acknowledged, not processed again", sop_instance_uid)
     else:
@@ -104,14 +113,26 @@ def file_header(file_meta: Dataset) -> bytes:
 
 
 class AllowListServer(ThreadedAssociationServer):
-    """Closes connections from addresses not on the allow-list before any association starts."""
+    """Closes connections from addresses not on the allow-list before any association starts; gives
+    every connection a socket timeout and leaves its TLS handshake to the connection's own thread."""
 
     allowed_hosts: frozenset[str] = frozenset()
+    socket_timeout: float = 60.0
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()
+        client.settimeout(self.socket_timeout)
+        if self.ssl_context is not None:  # pynetdicom would handshake here, in the accepting thread
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
         if self.allowed_hosts and host not in self.allowed_hosts:
-            logger.warning("closed a connection from %s: not on the allowed host list", host)
+            port = client_address[1] if isinstance(client_address, tuple) else "?"
+            logging.getLogger("xiqa.audit").info(
+                "audit: unknown caller at %s:%s: connection closed (address not on the allowed host list)",
+                host, port)
             return False
         return True
 
@@ -128,6 +149,17 @@ def tls_context(settings: ServeSettings) -> ssl.SSLContext | None:
     return context
 
 
+def forward_tls_context(settings: ServeSettings) -> ssl.SSLContext | None:
+    """Client-side TLS for forwarding: the destination's certificate and host name are checked."""
+    if not settings.forward_tls:
+        return None
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(settings.forward_tls_ca) if settings.forward_tls_ca else None)
+    if settings.forward_tls_certificate is not None:
+        context.load_cert_chain(str(settings.forward_tls_certificate), str(settings.forward_tls_key))
+    return context
+
+
 class Listener:
     """The node's SCP, listening in background threads until ``stop``."""
 
@@ -136,18 +168,31 @@ class Listener:
         self.settings = settings
         ae = AE(ae_title=settings.ae_title)
         ae.maximum_pdu_size = settings.max_pdu_size
-        ae.maximum_associations = 16
+        ae.maximum_associations = settings.max_associations
+        ae.acse_timeout, ae.dimse_timeout = settings.acse_timeout, settings.dimse_timeout
+        ae.network_timeout = settings.network_timeout
         ae.require_calling_aet = list(settings.allowed_ae_titles)
         ae.add_supported_context(Verification)
         for sop_class in SUPPORTED_SOP_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         self.ae = ae
+        self.audit = AuditTrail(settings.allowed_ae_titles)
         self._handlers = [
-            (evt.EVT_C_STORE, handle_store, [spool, metrics, on_stored]),
-            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_C_STORE, handle_store, [spool, metrics, on_stored, self.audit]),
+            (evt.EVT_C_ECHO, self._echo),
+            (evt.EVT_CONN_OPEN, self._opened),
+            *self.audit.handlers(),
         ]
         self._server: AllowListServer | None = None
         self._thread: threading.Thread | None = None
+
+    def _echo(self, event: evt.Event) -> int:
+        self.audit.echoed(event.assoc)
+        return SUCCESS
+
+    def _opened(self, event: evt.Event) -> None:
+        """The A-ASSOCIATE request must come within the ACSE timeout (pynetdicom's ARTIM default is 30 s)."""
+        event.assoc.dul.artim_timer.timeout = self.settings.acse_timeout
 
     @property
     def port(self) -> int:
@@ -161,6 +206,7 @@ class Listener:
                                      ssl_context=tls_context(self.settings),
                                      evt_handlers=self._handlers, server_class=AllowListServer)
         server.allowed_hosts = frozenset(self.settings.allowed_hosts)
+        server.socket_timeout = self.settings.network_timeout
         self.ae._servers.append(server)  # what start_server does: AE.shutdown() then stops it
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="xiqa-listener", daemon=True)

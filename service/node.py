@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ from pathlib import Path
 from xiqa.app import build_settings
 from xiqa.operators.loader import LoaderConfig
 
-from .listener import Listener
+from .listener import Listener, forward_tls_context
 from .metrics import NodeMetrics
 from .outbox import Outbox
 from .settings import ServeSettings
@@ -22,27 +23,33 @@ logger = logging.getLogger(__name__)
 
 OUTBOX = "outbox"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: what the node creates is not readable by others: files 0640 or 0600, folders 0750
+UMASK = 0o027
 
 
 class Node:
     """One ``xiqa serve``: spool, listener, worker and (where configured) outbox and metrics."""
 
     def __init__(self, settings: ServeSettings) -> None:
+        """Raises ``StorageInUse`` when another node owns the storage folder."""
         self.settings = settings
         self.metrics = NodeMetrics()
+        os.umask(UMASK)
         self.spool = Spool(settings.storage, settings.min_free_bytes)
+        self.spool.lock()  # before anything reads or cleans the storage
         self.outbox = None
         if settings.forward:
             self.outbox = Outbox(Path(settings.storage) / OUTBOX, settings.forward,
                                  calling_ae_title=settings.ae_title, metrics=self.metrics,
                                  retries=settings.forward_retries, retry_delay=settings.forward_retry_delay,
-                                 max_pdu_size=settings.max_pdu_size)
+                                 max_pdu_size=settings.max_pdu_size,
+                                 ssl_context=forward_tls_context(settings))
         loader = LoaderConfig(allowed_modalities=frozenset(m.strip().upper() for m in settings.modalities))
         # models load before the port opens, so a health check that passes means ready
         run_settings = build_settings([], settings.output, model=settings.model, device=settings.device,
                                       saliency=settings.saliency, loader=loader)
         self.worker = Worker(run_settings, self.spool, self.metrics, settings.study_timeout, self.outbox,
-                             run_guard=self._signals_held)
+                             run_guard=self._signals_held, housekeeping=self._expire)
         self.listener = Listener(settings, self.spool, self.metrics, self.worker.add)
 
     def run(self) -> int:
@@ -55,7 +62,7 @@ class Node:
         if self.outbox is not None:
             self.outbox.start()
         if self.settings.metrics_port is not None:
-            self.metrics.serve(self.settings.metrics_port)
+            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
         self._catch_signals()
         self.listener.start()
         logger.warning("xiqa serve ready: %s on port %d, storage %s, output %s", self.settings.ae_title,
@@ -68,6 +75,11 @@ class Node:
                 self.outbox.stop()
         logger.warning("xiqa serve stopped; %d instances wait for the next start", self.worker.pending())
         return 0
+
+    def _expire(self) -> None:
+        deleted = self.spool.expire(self.settings.retention_days, self.settings.retention_bytes)
+        if deleted:
+            logger.info("retention: deleted %d finished instances from processed/ and rejected/", deleted)
 
     def _catch_signals(self) -> None:
         for signal_number in STOP_SIGNALS:

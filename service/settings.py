@@ -72,15 +72,36 @@ class ServeSettings:
     study_timeout: float = 30.0
     #: Prometheus HTTP port; None for no metrics endpoint
     metrics_port: int | None = None
+    #: address the metrics endpoint listens on (0.0.0.0 to serve other hosts)
+    metrics_bind: str = "127.0.0.1"
     #: free bytes the storage must keep; below it C-STORE answers "out of resources"
     min_free_bytes: int = 512 * 1024 * 1024
     forward_retries: int = 5
     forward_retry_delay: float = 10.0
     max_pdu_size: int = 131072
+    #: simultaneous associations; one more is rejected (transient, local limit exceeded)
+    max_associations: int = 16
+    #: seconds to wait for association negotiation (and, from connect, for the A-ASSOCIATE request)
+    acse_timeout: float = 30.0
+    #: seconds to wait for a DIMSE message once one is expected
+    dimse_timeout: float = 60.0
+    #: seconds of silence on an association before it is aborted
+    network_timeout: float = 60.0
     tls_certificate: Path | None = None
     tls_key: Path | None = None
     #: CA bundle; when set, callers must present a certificate signed by it
     tls_ca: Path | None = None
+    #: forward over TLS; the destination's certificate is checked against ``forward_tls_ca``
+    #: (default: the system's CAs) and its host name
+    forward_tls: bool = False
+    forward_tls_ca: Path | None = None
+    #: our client certificate and key, for destinations that require one
+    forward_tls_certificate: Path | None = None
+    forward_tls_key: Path | None = None
+    #: finished instances in processed/ and rejected/ are deleted when older than this many days ...
+    retention_days: float | None = None
+    #: ... or, oldest first, while those folders hold more than this many bytes; None keeps everything
+    retention_bytes: int | None = None
     model: Path | None = None
     device: str = "auto"
     saliency: str = "gradcam"
@@ -99,6 +120,18 @@ class ServeSettings:
             raise ValueError(f"min free bytes must be >= 0, got {self.min_free_bytes}")
         if self.forward_retries < 0 or self.forward_retry_delay < 0:
             raise ValueError("forward retries and retry delay must be >= 0")
+        if self.max_associations < 1:
+            raise ValueError(f"max associations must be >= 1, got {self.max_associations}")
+        for name in ("acse_timeout", "dimse_timeout", "network_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.replace('_', ' ')} must be > 0 seconds, got {getattr(self, name)}")
+        for name in ("retention_days", "retention_bytes"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")
+        if (self.forward_tls_certificate is None) != (self.forward_tls_key is None):
+            raise ValueError("forwarding TLS needs both a client certificate and a key")
+        if not self.forward_tls and (self.forward_tls_ca or self.forward_tls_certificate):
+            raise ValueError("forward TLS files are set but forward-tls is off")
         if (self.tls_certificate is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key")
         if self.tls_ca is not None and self.tls_certificate is None:
@@ -111,7 +144,8 @@ class ServeSettings:
         return self.study_timeout == 0
 
 
-_PATHS = {"storage", "output", "tls_certificate", "tls_key", "tls_ca", "model"}
+_PATHS = {"storage", "output", "tls_certificate", "tls_key", "tls_ca", "forward_tls_ca",
+          "forward_tls_certificate", "forward_tls_key", "model"}
 _TUPLES = {"allowed_ae_titles", "allowed_hosts", "modalities"}
 
 

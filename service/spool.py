@@ -4,7 +4,12 @@
     storage/processed/<study>/<sop>.dcm  the graph wrote its outputs
     storage/rejected/<study>/<sop>.dcm   the graph could not use it (+ <sop>.reason.txt)
 
-Folder and file names are UIDs, never patient data.  A file moves out of
+Folder and file names are UIDs, never patient data.  One node at a time owns a
+storage folder: :meth:`Spool.lock` holds ``storage/.xiqa.lock`` (``flock``,
+released by the kernel however the process ends).  :meth:`Spool.expire` is the
+retention of ``processed`` and ``rejected``; it never looks into ``incoming``.
+Once expired, a resent instance counts as new and is processed again (its
+outputs replace themselves).  A file moves out of
 ``incoming`` by one rename, after its outputs are written, so after a crash
 an instance is either still waiting (and is processed again: the outputs have
 deterministic UIDs and replace themselves) or done (and never processed again,
@@ -14,10 +19,12 @@ even when a modality sends it once more).
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +38,13 @@ NO_STUDY = "no-study-uid"
 _UNSAFE = re.compile(r"[^0-9A-Za-z.-]")
 #: errno values that mean "the disk cannot take it", answered as out of resources
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+LOCK = ".xiqa.lock"
+
+
+class StorageInUse(Exception):
+    """Another process holds the storage folder's lock."""
 
 
 class StorageFull(Exception):
@@ -54,8 +68,54 @@ class Spool:
     def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
         self.root = Path(root)
         self.min_free_bytes = min_free_bytes
+        self._lock: int | None = None
         for name in (INCOMING, PROCESSED, REJECTED):
             (self.root / name).mkdir(parents=True, exist_ok=True)
+
+    def lock(self) -> None:
+        """Own the folder until this process ends; ``StorageInUse`` when another one owns it."""
+        handle = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(handle, 32).decode(errors="replace").strip() or "unknown"
+            os.close(handle)
+            raise StorageInUse(f"storage {self.root} is in use by another xiqa serve (pid {owner})") from None
+        os.ftruncate(handle, 0)
+        os.write(handle, f"{os.getpid()}\n".encode())
+        self._lock = handle
+
+    def expire(self, max_age_days: float | None, max_bytes: int | None, now: float | None = None) -> int:
+        """Delete finished instances (with their reason files): those finished more than ``max_age_days``
+        ago, then the oldest while ``processed`` and ``rejected`` hold more than ``max_bytes``.
+
+        The number deleted.  Age counts from the move out of ``incoming`` (the file's ctime).
+        """
+        if max_age_days is None and max_bytes is None:
+            return 0
+        now = time.time() if now is None else now
+        finished = []  # (finished at, bytes, files of one instance)
+        for state in (PROCESSED, REJECTED):
+            for instance in (self.root / state).glob("*/*.dcm"):
+                files = [instance, instance.with_suffix(".reason.txt")]
+                try:
+                    stats = [path.stat() for path in files if path.exists()]
+                except FileNotFoundError:
+                    continue
+                finished.append((stats[0].st_ctime, sum(stat.st_size for stat in stats), files))
+        finished.sort(key=lambda item: item[0])
+        total = sum(size for _, size, _ in finished)
+        deleted = 0
+        for finished_at, size, files in finished:
+            too_old = max_age_days is not None and now - finished_at > max_age_days * 86400
+            too_big = max_bytes is not None and total > max_bytes
+            if not (too_old or too_big):
+                continue
+            for path in files:
+                path.unlink(missing_ok=True)
+            total -= size
+            deleted += 1
+        return deleted
 
     def store(self, chunks: Sequence[bytes], sop_instance_uid: str,
               study_instance_uid: str) -> SpooledInstance | None:

@@ -4,7 +4,9 @@ A study is complete when no instance of it arrived for ``study_timeout``
 seconds; with a timeout of 0 every instance is processed on its own.  The
 graph runs in the thread that calls ``run`` (the main thread of ``xiqa
 serve``); the listener's threads only call ``add``.  Instances of a study that
-arrive while it is being processed wait for the next completion.
+arrive while it is being processed wait for the next completion.  Between
+studies, and at least every ``HOUSEKEEPING_SECONDS``, the same thread calls
+``housekeeping`` (the spool's retention), so it never races a study's moves.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 #: graph runs of one study that may fail (not a case: the run itself) before its instances are set aside
 MAX_RUN_ATTEMPTS = 3
+HOUSEKEEPING_SECONDS = 60.0
 
 
 class Forwarder(Protocol):
@@ -48,9 +51,11 @@ class Worker:
 
     def __init__(self, run_settings: RunSettings, spool: Spool, metrics: NodeMetrics,
                  study_timeout: float, forwarder: Forwarder | None = None,
-                 run_guard: Callable[[], AbstractContextManager] = nullcontext) -> None:
+                 run_guard: Callable[[], AbstractContextManager] = nullcontext,
+                 housekeeping: Callable[[], object] = lambda: None) -> None:
         self.run_settings = run_settings
         self.run_guard = run_guard  # entered around each graph run
+        self.housekeeping = housekeeping
         self.spool = spool
         self.metrics = metrics
         self.study_timeout = study_timeout
@@ -76,9 +81,11 @@ class Worker:
             self._changed.notify_all()
 
     def run(self) -> None:
-        """Process complete studies until ``stop``."""
-        while self.wait_for_complete():
-            self.process_complete()
+        """Process complete studies until ``stop``; housekeeping between them."""
+        while not self._stopping:
+            if self.wait_for_complete(timeout=HOUSEKEEPING_SECONDS):
+                self.process_complete()
+            self.housekeeping()
 
     def wait_for_complete(self, timeout: float | None = None) -> bool:
         """Block until some study is complete (True), or until ``stop`` or ``timeout`` (False)."""

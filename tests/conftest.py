@@ -1,4 +1,4 @@
-"""Shared fixtures: a small synthetic fixture set written once per test session."""
+"""Shared fixtures: a small synthetic fixture set written once per test session, listeners of the node."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ import pytest
 from serve_helpers import ServeNode
 from writer_cases import WriterCase, writer_cases
 from xiqa.dicom_fixtures.generate import FixtureRecord, write_fixture_set
+from xiqa.service.listener import Listener
+from xiqa.service.metrics import NodeMetrics
+from xiqa.service.settings import ServeSettings
+from xiqa.service.spool import Spool, SpooledInstance
 
 # Holoscan warns about the stack size and missing CUDA on import; neither matters to the tests.
 warnings.filterwarnings("ignore", message=".*stack size.*")
@@ -54,3 +58,23 @@ def nodes() -> Iterator[list[ServeNode]]:
     for node in started:
         if node.process.poll() is None:
             node.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def listening(tmp_path: Path):
+    """Start a listener with the given settings; stop every one afterwards."""
+    started = []
+
+    def start(**overrides) -> tuple[Listener, Spool, NodeMetrics, list[SpooledInstance]]:
+        values = {"port": 0, "bind": "127.0.0.1", "min_free_bytes": 0, "storage": tmp_path / "storage",
+                  **overrides}
+        settings = ServeSettings(output=tmp_path / "out", **values)
+        spool, metrics, stored = Spool(settings.storage, settings.min_free_bytes), NodeMetrics(), []
+        listener = Listener(settings, spool, metrics, stored.append)
+        listener.start()
+        started.append(listener)
+        return listener, spool, metrics, stored
+
+    yield start
+    for listener in started:
+        listener.stop()

@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pynetdicom import AE, Association
 from pynetdicom.sop_class import Verification
 
@@ -52,6 +52,49 @@ def send(port: int, paths: Sequence[Path], *, calling: str = "MODALITY", called:
     return statuses
 
 
+def send_raw(port: int, paths: Sequence[Path], *, calling: str = "MODALITY", called: str = "XIQA",
+             ssl_context: ssl.SSLContext | None = None) -> list[int | None]:
+    """C-STORE each file as its bytes are, on one association: only its file meta is read here, so a
+    damaged dataset reaches the peer as it is.  None for a file that could not be sent (file meta not
+    readable, or no accepted presentation context for its SOP class and transfer syntax).
+
+    Raises ``ConnectionError`` when no association could be established.
+    """
+    from pynetdicom import _config
+    from pynetdicom.dsutils import split_dataset
+
+    metas: list[Dataset | None] = []
+    for path in paths:
+        try:
+            meta = split_dataset(path)[0]
+            metas.append(meta if str(meta.get("MediaStorageSOPClassUID", "")) else None)
+        except Exception:  # noqa: BLE001 - whatever the damage, this file cannot be offered
+            metas.append(None)
+    contexts = {(str(m.MediaStorageSOPClassUID), str(m.get("TransferSyntaxUID", "") or "1.2.840.10008.1.2"))
+                for m in metas if m is not None}
+    association = _associate(port, contexts, calling, called, ssl_context)
+    if not association.is_established:
+        raise ConnectionError(f"no association with {called} on port {port}")
+    statuses: list[int | None] = []
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    try:
+        for path, meta in zip(paths, metas, strict=True):
+            if meta is None or not association.is_established:
+                statuses.append(None)
+                continue
+            try:
+                status = association.send_c_store(path)
+            except (ValueError, AttributeError, OSError):  # no accepted context, or meta incomplete
+                statuses.append(None)
+                continue
+            statuses.append(int(status.Status) if "Status" in status else None)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+        if association.is_established:
+            association.release()
+    return statuses
+
+
 def echo(port: int, *, calling: str = "MODALITY", called: str = "XIQA",
          ssl_context: ssl.SSLContext | None = None) -> bool:
     association = _associate(port, {(Verification,)}, calling, called, ssl_context)
@@ -71,8 +114,10 @@ class ServeNode:
     constructor returns once it answers C-ECHO (``wait=False``: call ``wait_ready``)."""
 
     def __init__(self, folder: Path, port: int, study_timeout: float, metrics_port: int | None = None,
-                 extra: tuple[str, ...] = (), wait: bool = True) -> None:
+                 extra: tuple[str, ...] = (), wait: bool = True, ready_calling: str = "MODALITY",
+                 ready_ssl: ssl.SSLContext | None = None) -> None:
         self.folder, self.port, self.metrics_port = folder, port, metrics_port
+        self.ready_calling, self.ready_ssl = ready_calling, ready_ssl
         command = xiqa_command("serve", "--storage", str(folder / "storage"), "--output", str(folder / "out"),
                                "--port", str(port), "--bind", "127.0.0.1", "--study-timeout",
                                str(study_timeout), "--min-free-bytes", "0", "--device", "cpu")
@@ -88,7 +133,7 @@ class ServeNode:
 
     def wait_ready(self, seconds: float = 180) -> None:
         deadline = time.monotonic() + seconds
-        while not echo(self.port):
+        while not echo(self.port, calling=self.ready_calling, ssl_context=self.ready_ssl):
             assert self.process.poll() is None, f"xiqa serve exited early:\n{self.text()}"
             assert time.monotonic() < deadline, f"xiqa serve not ready after {seconds} s:\n{self.text()}"
             time.sleep(0.5)
@@ -96,9 +141,15 @@ class ServeNode:
     def text(self) -> str:
         return self.log_path.read_text()
 
+    def metrics_text(self) -> str:
+        address = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return urllib.request.urlopen(address, timeout=5).read().decode()
+
+    def wait_for(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
+        wait_for(condition, seconds, what, self)
+
     def metric(self, name: str) -> float:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read()
-        for line in body.decode().splitlines():
+        for line in self.metrics_text().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
         raise KeyError(name)

@@ -22,7 +22,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from serve_helpers import echo, send
-from xiqa.service.listener import OUT_OF_RESOURCES, SUCCESS, Listener, study_uid_of
+from xiqa.service.listener import OUT_OF_RESOURCES, SUCCESS, study_uid_of
 from xiqa.service.metrics import NodeMetrics
 from xiqa.service.settings import Destination, ServeSettings, read_config, settings_from_mapping
 from xiqa.service.spool import INCOMING, NO_STUDY, PROCESSED, REJECTED, Spool, SpooledInstance
@@ -99,25 +99,6 @@ def test_spool_records_why_an_instance_was_rejected(fixture_records, tmp_path: P
 
 
 # --------------------------------------------------------------------------- listener
-
-
-@pytest.fixture
-def listening(tmp_path: Path):
-    """Start a listener with the given settings; stop every one afterwards."""
-    started = []
-
-    def start(**overrides) -> tuple[Listener, Spool, NodeMetrics, list[SpooledInstance]]:
-        values = {"port": 0, "bind": "127.0.0.1", "min_free_bytes": 0, **overrides}
-        settings = ServeSettings(storage=tmp_path / "storage", output=tmp_path / "out", **values)
-        spool, metrics, stored = Spool(settings.storage, settings.min_free_bytes), NodeMetrics(), []
-        listener = Listener(settings, spool, metrics, stored.append)
-        listener.start()
-        started.append(listener)
-        return listener, spool, metrics, stored
-
-    yield start
-    for listener in started:
-        listener.stop()
 
 
 def test_store_acknowledges_only_what_is_on_disk(listening, fixture_records) -> None:
