@@ -33,8 +33,8 @@ from .writer_common import (
     DicomWriterOperator,
     OutputKind,
     algorithm_for_case,
-    body_part_examined,
     check_argument_type,
+    describe_body_part,
     output_identity,
     patient_orientation,
     pixel_spacing,
@@ -232,13 +232,8 @@ def build_heatmap_capture(
         specific_character_set=OUTPUT_CHARACTER_SET,
     )
     sc.PatientOrientation = list(orientation) if orientation else ""
-    # General Series: Laterality is Type 2C (paired body parts); a chest is not paired, and
-    # saying which body part this is lets a checker see that.  Unknown: empty Laterality.
-    body_part = body_part_examined(source.dataset)
-    if body_part:
-        sc.BodyPartExamined = body_part
-    else:
-        sc.Laterality = ""
+    if not describe_body_part(sc, source.dataset):
+        sc.Laterality = ""  # unknown body part: dciodvfy asks an SC for an empty Laterality
     sc.copy_patient_and_study_information(reference)
     _describe_derivation(sc, source.dataset, algorithm)
     return sc

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from writer_cases import WriterCase, writer_cases
+from writer_cases import ToolReport, WriterCase, pixelmed, requires_pixelmed, writer_cases
 from xiqa.dicom_fixtures.generate import FixtureRecord, write_fixture_set
 
 # Holoscan warns about the stack size and missing CUDA on import; neither matters to the tests.
@@ -41,3 +41,11 @@ def fixture_records(fixture_dir: Path) -> list[FixtureRecord]:
 def cases(fixture_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, WriterCase]:
     """Every writer case (fixture variants and quirky sources) with its SEG/SC/SR written; read only."""
     return writer_cases(fixture_dir, tmp_path_factory.mktemp("writer_cases"))
+
+
+@pytest.fixture(scope="session")
+def pixelmed_reports(cases: dict[str, WriterCase]) -> dict[Path, ToolReport]:
+    """PixelMed's report on every SEG, SC and SR of ``cases`` (one JVM for all, about a minute)."""
+    if requires_pixelmed.args[0]:
+        pytest.skip(requires_pixelmed.kwargs["reason"])
+    return pixelmed([case.paths[kind] for case in cases.values() for kind in ("seg", "sc", "sr")])
