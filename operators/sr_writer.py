@@ -315,7 +315,8 @@ def report_document(
     reference: Dataset,
     identity: OutputIdentity,
     algorithm: AlgorithmInfo,
-    groups: Sequence[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations],
+    groups: Sequence[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+                     | hd.sr.MeasurementsAndQualitativeEvaluations],
     evaluations: Sequence[hd.sr.ContentItem],
     evidence: Sequence[Dataset] = (),
     uid_root: str | None = xc.DEFAULT_UID_ROOT,
@@ -323,9 +324,11 @@ def report_document(
     """The TID 1500 document around ``groups`` (Imaging Measurements) and ``evaluations``.
 
     Observer, procedure and Image Library are the same for every report on
-    ``source``; with no ``groups`` the Imaging Measurements container is left
-    out (TID 1500 asks for it or for Qualitative Evaluations).  ``evidence``
-    are the referenced instances besides the source (the SEG).
+    ``source``.  highdicom needs at least one group: a report without regions
+    (an image that was not analysed) gives one TID 1501 group on the source
+    image with its qualitative evaluation.  Keep TID 1501 and TID 1410 groups
+    apart (see the module docstring).  ``evidence`` are the referenced
+    instances besides the source (the SEG).
     """
     observer = hd.sr.ObserverContext(
         observer_type=xc.DEVICE_OBSERVER,
@@ -337,12 +340,12 @@ def report_document(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=xc.PROCEDURE_REPORTED,
-        imaging_measurements=list(groups) or None,
+        imaging_measurements=list(groups),
     )
     content = report[0].ContentSequence
     library = _image_library(reference, source.dataset)
     if library is not None:  # TID 1500 order: ..., procedure reported, Image Library, measurements
-        content.insert(len(content) - 1 if groups else len(content), library)
+        content.insert(len(content) - 1, library)
     container = hd.sr.ContainerContentItem(
         name=xc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     container.ContentSequence = hd.sr.ContentSequence(list(evaluations))
