@@ -2,6 +2,7 @@
 // Usage: java -cp pixelmed.jar PixelmedValidate.java FILE...
 // SR files go through DicomSRValidator (template and IOD), the others through DicomInstanceValidator.
 // Each file's report is preceded by a line "=== FILE" and followed by a line "=== end".
+// PixelMed has no JPEG 2000 reader: such a file is read up to its pixel data, which is said.
 import com.pixelmed.dicom.AttributeList;
 import com.pixelmed.dicom.SOPClass;
 import com.pixelmed.dicom.TagFromName;
@@ -16,7 +17,13 @@ public class PixelmedValidate {
             System.out.println("=== " + path);
             try {
                 AttributeList list = new AttributeList();
-                list.read(path);
+                try {
+                    list.read(path);
+                } catch (com.pixelmed.dicom.DicomException e) {
+                    System.out.println("Note: pixel data not read (" + e.getMessage() + ")");
+                    list = new AttributeList();
+                    list.read(path, TagFromName.PixelData);
+                }
                 String sopClass = Attribute_getString(list);
                 if (SOPClass.isStructuredReport(sopClass)) {
                     if (sr == null) sr = new DicomSRValidator();
