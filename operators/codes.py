@@ -132,8 +132,10 @@ SEGMENT_LABEL = "Foreign body"
 #: Algorithm family (CID 7162) of the SEG's algorithm identification.
 ALGORITHM_FAMILY = codes.DCM.ArtificialIntelligence
 
-#: TID 1500 "Procedure reported": (133887000, SCT, "Image quality analysis").
-PROCEDURE_REPORTED = codes.SCT.ImageQualityAnalysis
+#: TID 1500 "Procedure reported" from CID 100 (a defined context group): "Imaging procedure".
+#: No CID 100 term is closer to a chest radiograph; "Image quality analysis" (SCT 133887000)
+#: says better what xiqa does but is no CID 100 term, and PixelMed reports it as an error.
+PROCEDURE_REPORTED = codes.SCT.ImagingProcedure
 
 #: TID 1501/1410 finding type and category of a detected object.
 FINDING_TYPE = codes.SCT.ForeignBody
@@ -174,13 +176,30 @@ MILLIMETRE = codes.UCUM.Millimeter
 #: UCUM annotation unit for pixel counts (the unit highdicom writes for TID 1602 rows/columns).
 PIXELS = Code("{pixels}", "UCUM", "Pixels")
 
-#: CID 29 acquisition modality of each source SOP class the loader accepts.
-MODALITY_BY_SOP_CLASS: dict[str, Code] = {
+#: CID 29 acquisition modality of each source SOP class the loader accepts; None for
+#: Secondary Capture, whose own Modality attribute says it (see :func:`acquisition_modality`).
+MODALITY_BY_SOP_CLASS: dict[str, Code | None] = {
     "1.2.840.10008.5.1.4.1.1.1": codes.DCM.ComputedRadiography,
     "1.2.840.10008.5.1.4.1.1.1.1": codes.DCM.DigitalRadiography,
     "1.2.840.10008.5.1.4.1.1.1.1.1": codes.DCM.DigitalRadiography,
-    "1.2.840.10008.5.1.4.1.1.7": codes.DCM.Other,
+    "1.2.840.10008.5.1.4.1.1.7": None,
 }
+
+#: CID 29 codes of the radiographic Modality values a Secondary Capture source may carry.
+RADIOGRAPHIC_MODALITIES: dict[str, Code] = {
+    "CR": codes.DCM.ComputedRadiography,
+    "DX": codes.DCM.DigitalRadiography,
+    "RG": codes.DCM.RadiographicImaging,
+}
+
+
+def acquisition_modality(sop_class_uid: str, modality: str) -> Code | None:
+    """The CID 29 code of a source image; None when unknown (e.g. a Secondary Capture, OT).
+
+    CID 29 (Acquisition Modality) has no code for OT, which only says "other".
+    """
+    known = MODALITY_BY_SOP_CLASS.get(sop_class_uid)
+    return known if known is not None else RADIOGRAPHIC_MODALITIES.get(modality.strip().upper())
 
 
 # --- UIDs ------------------------------------------------------------------------

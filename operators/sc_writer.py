@@ -10,15 +10,35 @@ What the radiographer sees, at the source's rows x columns:
 - the outlines of the segmented objects, drawn last so none hides under the legend.
 
 The legend carries no patient identity, so Burned In Annotation is ``NO``.
+
+Compression (:class:`ScCompression`): an uncompressed RGB picture of a
+2,000 x 2,500 DX is 15 MB; the default, lossless JPEG 2000 (reversible colour
+transform), stores the same pixels in about a sixth of that, JPEG-LS in half,
+RLE barely shrinks it (``benchmarks/sc_compression.py``).  JPEG baseline is
+smaller still and looks the same (PSNR about 40 dB), but it changes pixel
+values, most at the thin cyan outlines (chroma subsampling): such an SC says so
+(Lossy Image Compression ``01``, with ratio and method).  A source that was
+lossy compressed makes the SC lossy as well.
 """
 
 from __future__ import annotations
 
+from enum import Enum
+
 import cv2
 import highdicom as hd
 import numpy as np
+from monai.deploy.core import Fragment
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.multival import MultiValue
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from .case import Case
 from .codes import DEFAULT_UID_ROOT, SOURCE_IMAGE_PURPOSE
@@ -33,8 +53,8 @@ from .writer_common import (
     DicomWriterOperator,
     OutputKind,
     algorithm_for_case,
-    body_part_examined,
     check_argument_type,
+    describe_body_part,
     output_identity,
     patient_orientation,
     pixel_spacing,
@@ -47,6 +67,42 @@ HEATMAP_MAX_ALPHA = 0.55
 CONTOUR_RGB = (0, 255, 255)
 LEGEND_TEXT_RGB = (255, 255, 255)
 LEGEND_BACKGROUND_ALPHA = 0.65
+
+
+class ScCompression(str, Enum):
+    """How the SC's pixels are stored."""
+
+    NONE = "none"
+    """Explicit VR Little Endian, uncompressed."""
+    RLE = "rle"
+    """RLE Lossless: every decoder has it, but it shrinks the picture least."""
+    JPEG_LS = "jpeg-ls"
+    """JPEG-LS Lossless, per colour plane (no colour transform)."""
+    JPEG_2000 = "jpeg2000"
+    """JPEG 2000 Lossless with the reversible colour transform: the smallest lossless file."""
+    JPEG = "jpeg"
+    """JPEG baseline (quality 95, YBR_FULL_422): lossy, flagged as such."""
+
+    @property
+    def transfer_syntax(self) -> UID:
+        return {"none": ExplicitVRLittleEndian, "rle": RLELossless, "jpeg-ls": JPEGLSLossless,
+                "jpeg2000": JPEG2000Lossless, "jpeg": JPEGBaseline8Bit}[self.value]
+
+    @property
+    def photometric_interpretation(self) -> hd.PhotometricInterpretationValues:
+        """What highdicom must be told: the codecs' colour spaces, RGB otherwise."""
+        return {"jpeg": hd.PhotometricInterpretationValues.YBR_FULL_422,
+                "jpeg2000": hd.PhotometricInterpretationValues.YBR_RCT}.get(
+            self.value, hd.PhotometricInterpretationValues.RGB)
+
+    @property
+    def lossy(self) -> bool:
+        return self is ScCompression.JPEG
+
+
+DEFAULT_COMPRESSION = ScCompression.JPEG_2000
+#: Lossy Image Compression Method (0028,2114) of JPEG baseline.
+JPEG_BASELINE_METHOD = "ISO_10918_1"
 
 
 def _check_map(name: str, values: object) -> np.ndarray:
@@ -175,6 +231,7 @@ def build_heatmap_capture(
     quality: QualityResult,
     algorithm: AlgorithmInfo,
     uid_root: str | None = DEFAULT_UID_ROOT,
+    compression: ScCompression | str = DEFAULT_COMPRESSION,
 ) -> hd.sc.SCImage:
     """An RGB Secondary Capture of :func:`render_heatmap` in the source's study.
 
@@ -192,18 +249,25 @@ def build_heatmap_capture(
         Name, version and model id.
     uid_root: str | None, optional
         Root for the derived UIDs; ``None`` gives ``2.25.`` UIDs.
+    compression: ScCompression | str, optional
+        Transfer syntax of the pixels (default lossless JPEG 2000).
 
     Raises
     ------
     TypeError
         An argument has the wrong type.
     ValueError
-        A map has the wrong shape or values, or the source lacks the UIDs
-        needed to reference it.
+        A map has the wrong shape or values, ``compression`` is unknown, or
+        the source lacks the UIDs needed to reference it.
     """
     check_argument_type("source", source, SourceImage, "a SourceImage")
     check_argument_type("quality", quality, QualityResult, "a QualityResult")
     check_argument_type("algorithm", algorithm, AlgorithmInfo, "an AlgorithmInfo")
+    try:
+        compression = ScCompression(compression)
+    except ValueError:
+        raise ValueError(f'Argument "compression" must be one of '
+                         f"{[c.value for c in ScCompression]}, got {compression!r}") from None
     rgb = render_heatmap(source.pixels, saliency, mask, quality, algorithm)
     reference = reference_dataset(source.dataset)
     identity = output_identity(source.dataset, OutputKind.SC, algorithm, uid_root)
@@ -212,7 +276,7 @@ def build_heatmap_capture(
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=reference,
         pixel_array=rgb,
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        photometric_interpretation=compression.photometric_interpretation,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=identity.series_instance_uid,
@@ -224,7 +288,7 @@ def build_heatmap_capture(
         # highdicom accepts only single-letter orientations (and demands one for PATIENT);
         # the real value, or an empty Type 2 value, is set below.
         patient_orientation=orientation if single_letters else ("L", "F"),
-        transfer_syntax_uid=ExplicitVRLittleEndian,
+        transfer_syntax_uid=compression.transfer_syntax,
         series_description=identity.series_description,
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
@@ -232,24 +296,46 @@ def build_heatmap_capture(
         specific_character_set=OUTPUT_CHARACTER_SET,
     )
     sc.PatientOrientation = list(orientation) if orientation else ""
-    # General Series: Laterality is Type 2C (paired body parts); a chest is not paired, and
-    # saying which body part this is lets a checker see that.  Unknown: empty Laterality.
-    body_part = body_part_examined(source.dataset)
-    if body_part:
-        sc.BodyPartExamined = body_part
-    else:
-        sc.Laterality = ""
+    if not describe_body_part(sc, source.dataset):
+        sc.Laterality = ""  # unknown body part: dciodvfy asks an SC for an empty Laterality
     sc.copy_patient_and_study_information(reference)
     _describe_derivation(sc, source.dataset, algorithm)
+    _describe_compression(sc, source.dataset, compression)
     return sc
+
+
+def _describe_compression(sc: hd.sc.SCImage, source: Dataset, compression: ScCompression) -> None:
+    """Lossy Image Compression: ``01`` when the source or this SC was lossy compressed.
+
+    Ratio and method (Type 1C) list every lossy step: the source's, if it
+    names them, then this SC's JPEG baseline.
+    """
+    source_lossy = str(source.get("LossyImageCompression", "")) == "01"
+    sc.LossyImageCompression = "01" if source_lossy or compression.lossy else "00"
+    if not compression.lossy:
+        return
+    ratios, methods = _values(source, "LossyImageCompressionRatio"), \
+        _values(source, "LossyImageCompressionMethod")
+    if len(ratios) != len(methods):  # a history that does not pair up cannot be extended
+        ratios, methods = [], []
+    uncompressed = int(sc.Rows) * int(sc.Columns) * int(sc.SamplesPerPixel)
+    ratios.append(f"{uncompressed / len(sc.PixelData):.2f}")
+    methods.append(JPEG_BASELINE_METHOD)
+    sc.LossyImageCompressionRatio = ratios
+    sc.LossyImageCompressionMethod = methods
+
+
+def _values(source: Dataset, keyword: str) -> list[str]:
+    value = source.get(keyword)
+    if value is None or value == "":
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple, MultiValue)) else [str(value)]
 
 
 def _describe_derivation(sc: hd.sc.SCImage, source: Dataset, algorithm: AlgorithmInfo) -> None:
     """General Image references to the source and a word on how the picture was made."""
     sc.BurnedInAnnotation = "NO"
     sc.RecognizableVisualFeatures = "NO"
-    sc.LossyImageCompression = "01" if str(source.get("LossyImageCompression", "")) == "01" \
-        else "00"
     parameters = ", ".join(algorithm.parameters)
     sc.DerivationDescription = (
         f"Saliency heatmap{' (' + parameters + ')' if parameters else ''} and object outlines of "
@@ -269,7 +355,12 @@ class ScWriterOperator(DicomWriterOperator):
     kind = OutputKind.SC
     chest_only = True
 
+    def __init__(self, fragment: Fragment, *args,
+                 compression: ScCompression | str = DEFAULT_COMPRESSION, **kwargs) -> None:
+        self.compression = ScCompression(compression)
+        super().__init__(fragment, *args, **kwargs)
+
     def build(self, case: Case) -> Dataset:
         mask = case.segmentation.mask_for_source(case.source.shape)
         return build_heatmap_capture(case.source, case.saliency.combined, mask, case.quality,
-                                     algorithm_for_case(case), self.uid_root)
+                                     algorithm_for_case(case), self.uid_root, self.compression)

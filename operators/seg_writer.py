@@ -31,6 +31,7 @@ from .writer_common import (
     OutputKind,
     algorithm_for_case,
     check_argument_type,
+    describe_body_part,
     output_identity,
     patient_orientation,
     reference_dataset,
@@ -137,6 +138,7 @@ def build_segmentation(
     # are the source's, so is its orientation (empty when the source has none).
     orientation = patient_orientation(source.dataset)
     seg.PatientOrientation = list(orientation) if orientation else ""
+    describe_body_part(seg, source.dataset)  # no Laterality: dciodvfy wants none in a SEG
     return seg
 
 

@@ -4,20 +4,30 @@ Comprehensive SR (it holds the SCOORD outlines; no 3-D coordinates are needed,
 and more PACS know Comprehensive SR than Comprehensive 3D SR).  Content tree::
 
     Imaging Measurement Report (TID 1500)
-      language, device observer (TID 1004: name, model id), procedure reported
-      Image Library (TID 1600): the source image
-      Imaging Measurements
-        Measurement Group (TID 1501) "xiqa image quality", source image,
-            algorithm (TID 4019), Q_img, Q_filtered, number of objects,
-            verdict, filtered verdict
-        Measurement Group (TID 1410) "xiqa foreign bodies": SEG segment 1,
-            frame 1 (its tracking UID is the segment's), total area fraction,
-            number of objects
+      language, device observer (TID 1004: name, model id),
+      procedure reported (SCT "Imaging procedure", CID 100)
+      Image Library (TID 1600): the source image (left out where its modality is not in CID 29)
+      Imaging Measurements                                  <- measurement groups
+        Measurement Group (TID 1410) "xiqa foreign bodies": SEG segment 1 (its
+            tracking UID is the segment's), algorithm (TID 4019), Q_img,
+            Q_filtered, number of objects, total area fraction; verdict and
+            filtered verdict as qualitative evaluations
         Measurement Group (TID 1410) "Object N", one per object: its outline as
             a closed SCOORD POLYLINE on the source image, area fraction,
             location weight, size penalty, severity, mean saliency
-      Qualitative Evaluations (TID 1500 row 12)
+      Qualitative Evaluations (TID 1500 row 12)             <- evaluations
         Narrative Summary (TEXT) and where it came from (LLM or template)
+
+The image-level scores sit in the group of the segment they are computed
+from, not in a TID 1501 group of their own: a report that mixes TID 1501 and
+TID 1410 groups in one Imaging Measurements container is valid, but PixelMed's
+DicomSRValidator then checks every group against TID 1410 and reports the
+TID 1501 group's missing region as an error.
+
+:func:`report_document` builds the document around any list of measurement
+groups and evaluation items, so other kinds of report (e.g. an image that was
+not analysed, with a reason and no groups) add a builder of their own content
+items and share the rest.
 
 Why objects are outlines and not SEG segments: the SEG has one segment for all
 objects (DESIGN), and TID 1410 lets a group reference a region or a segment,
@@ -32,6 +42,7 @@ there and in the SR's Coding Scheme Identification Sequence).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from enum import Enum
 
 import cv2
@@ -51,6 +62,7 @@ from .writer_common import (
     OUTPUT_CHARACTER_SET,
     AlgorithmInfo,
     DicomWriterOperator,
+    OutputIdentity,
     OutputKind,
     algorithm_for_case,
     check_argument_type,
@@ -216,36 +228,70 @@ def build_report(
         raise ValueError(f'Argument "summary_source" must be one of '
                          f'{[s.value for s in SummarySource]}, got {summary_source!r}') from None
     text = _check_summary(summary)
+    reference = _checked_reference(source)
+    _check_seg_references(seg, reference)
+    identity = output_identity(source.dataset, OutputKind.SR, algorithm, uid_root)
+    groups = quality_groups(reference, quality, seg, algorithm, grid_mask, identity, uid_root)
+    return report_document(source, reference, identity, algorithm, groups,
+                           summary_evaluations(text, summary_source), evidence=[seg],
+                           uid_root=uid_root)
+
+
+def build_not_scored_report(source: SourceImage, reason: str, summary: str, algorithm: AlgorithmInfo,
+                            uid_root: str | None = xc.DEFAULT_UID_ROOT) -> hd.sr.ComprehensiveSR:
+    """The TID 1500 report for an image the input gate did not let through.
+
+    No Q_img, verdict or SEG: one TID 1501 group on the source says "not a frontal chest
+    radiograph", and the narrative summary (which must state ``reason``) carries the reason.
+
+    Raises
+    ------
+    TypeError
+        An argument has the wrong type.
+    ValueError
+        ``reason`` or ``summary`` is empty or does not state the reason, or the source is of an
+        unsupported SOP class.
+    """
+    check_argument_type("source", source, SourceImage, "a SourceImage")
+    check_argument_type("algorithm", algorithm, AlgorithmInfo, "an AlgorithmInfo")
+    if _check_summary(reason) not in summary:
+        raise ValueError('Argument "summary" must state the reason')
+    text = _check_summary(summary)
+    reference = _checked_reference(source)
+    identity = output_identity(source.dataset, OutputKind.SR, algorithm, uid_root)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=xc.derive_uid(("tracking", identity.sop_instance_uid, "image"), uid_root),
+            identifier="xiqa input gate"),
+        algorithm_id=algorithm.sr_identification(),
+        source_images=[hd.sr.SourceImageForMeasurementGroup(reference.SOPClassUID, reference.SOPInstanceUID)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(xc.INPUT_GATE, xc.NOT_FRONTAL_CHEST)],
+    )
+    return report_document(source, reference, identity, algorithm, [group],
+                           summary_evaluations(text, SummarySource.TEMPLATE), uid_root=uid_root)
+
+
+def _checked_reference(source: SourceImage) -> Dataset:
     reference = reference_dataset(source.dataset)
     if str(reference.SOPClassUID) not in xc.MODALITY_BY_SOP_CLASS:
         raise ValueError(f'Argument "source" has SOP class {reference.SOPClassUID}, not one of '
                          f"{sorted(xc.MODALITY_BY_SOP_CLASS)}")
-    _check_seg_references(seg, reference)
-    identity = output_identity(source.dataset, OutputKind.SR, algorithm, uid_root)
-    sop_uid = identity.sop_instance_uid
+    return reference
 
+
+def quality_groups(reference: Dataset, quality: QualityResult, seg: Dataset,
+                   algorithm: AlgorithmInfo, grid_mask: np.ndarray | None,
+                   identity: OutputIdentity, uid_root: str | None
+                   ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """The TID 1410 groups of an analysed image: the segment with the scores, then one per object."""
     def tracking(key: object, label: str) -> hd.sr.TrackingIdentifier:
-        return hd.sr.TrackingIdentifier(uid=xc.derive_uid(("tracking", sop_uid, key), uid_root),
-                                        identifier=label)
+        return hd.sr.TrackingIdentifier(
+            uid=xc.derive_uid(("tracking", identity.sop_instance_uid, key), uid_root),
+            identifier=label)
 
     source_class, source_uid = reference.SOPClassUID, reference.SOPInstanceUID
-    groups: list = [hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking("image", "xiqa image quality"),
-        algorithm_id=algorithm.sr_identification(),
-        source_images=[hd.sr.SourceImageForMeasurementGroup(source_class, source_uid)],
-        measurements=[
-            _number(xc.Q_IMG, quality.q_img),
-            _number(xc.Q_FILTERED, quality.q_filtered),
-            _number(xc.OBJECT_COUNT, len(quality.objects)),
-        ],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(xc.VERDICT, xc.VERDICT_CODES[quality.verdict]),
-            hd.sr.QualitativeEvaluation(xc.VERDICT_FILTERED,
-                                        xc.VERDICT_CODES[quality.verdict_filtered]),
-        ],
-    )]
     segment = seg.SegmentSequence[SEGMENT_NUMBER - 1]
-    groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    groups = [hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.TrackingUID,
                                                      identifier=str(segment.TrackingID)),
         referenced_segment=_segment_reference(seg, source_class, source_uid),
@@ -253,10 +299,17 @@ def build_report(
         finding_category=xc.FINDING_CATEGORY,
         algorithm_id=algorithm.sr_identification(),
         measurements=[
-            _number(xc.TOTAL_AREA_FRACTION, sum(f.area_fraction for f in quality.objects)),
+            _number(xc.Q_IMG, quality.q_img),
+            _number(xc.Q_FILTERED, quality.q_filtered),
             _number(xc.OBJECT_COUNT, len(quality.objects)),
+            _number(xc.TOTAL_AREA_FRACTION, sum(f.area_fraction for f in quality.objects)),
         ],
-    ))
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(xc.VERDICT, xc.VERDICT_CODES[quality.verdict]),
+            hd.sr.QualitativeEvaluation(xc.VERDICT_FILTERED,
+                                        xc.VERDICT_CODES[quality.verdict_filtered]),
+        ],
+    )]
     shape = (int(reference.Rows), int(reference.Columns))
     for number, (finding, outline) in enumerate(
             zip(quality.objects, object_outlines(quality, grid_mask, shape), strict=True), start=1):
@@ -278,52 +331,39 @@ def build_report(
             algorithm_id=algorithm.sr_identification(),
             measurements=measurements,
         ))
-
-    return _measurement_report(source, reference, groups, text, summary_source, algorithm, identity,
-                               evidence=[reference, seg], uid_root=uid_root)
+    return groups
 
 
-def build_not_scored_report(source: SourceImage, reason: str, summary: str, algorithm: AlgorithmInfo,
-                            uid_root: str | None = xc.DEFAULT_UID_ROOT) -> hd.sr.ComprehensiveSR:
-    """The TID 1500 report for an image the input gate did not let through.
+def summary_evaluations(text: str, summary_source: SummarySource) -> list[hd.sr.ContentItem]:
+    """The Qualitative Evaluations items of an analysed image: the summary and its source."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    return [
+        hd.sr.TextContentItem(name=xc.NARRATIVE_SUMMARY, value=text, relationship_type=contains),
+        hd.sr.CodeContentItem(name=xc.SUMMARY_SOURCE, value=summary_source.code,
+                              relationship_type=contains),
+    ]
 
-    No Q_img, verdict or SEG: one image-level group says "not a frontal chest radiograph",
-    and the narrative summary (which must state ``reason``) carries the reason.
 
-    Raises
-    ------
-    TypeError
-        An argument has the wrong type.
-    ValueError
-        ``reason`` or ``summary`` is empty, or the source is of an unsupported SOP class.
+def report_document(
+    source: SourceImage,
+    reference: Dataset,
+    identity: OutputIdentity,
+    algorithm: AlgorithmInfo,
+    groups: Sequence[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+                     | hd.sr.MeasurementsAndQualitativeEvaluations],
+    evaluations: Sequence[hd.sr.ContentItem],
+    evidence: Sequence[Dataset] = (),
+    uid_root: str | None = xc.DEFAULT_UID_ROOT,
+) -> hd.sr.ComprehensiveSR:
+    """The TID 1500 document around ``groups`` (Imaging Measurements) and ``evaluations``.
+
+    Observer, procedure and Image Library are the same for every report on
+    ``source``.  highdicom needs at least one group: a report without regions
+    (an image that was not analysed) gives one TID 1501 group on the source
+    image with its qualitative evaluation.  Keep TID 1501 and TID 1410 groups
+    apart (see the module docstring).  ``evidence`` are the referenced
+    instances besides the source (the SEG).
     """
-    check_argument_type("source", source, SourceImage, "a SourceImage")
-    check_argument_type("algorithm", algorithm, AlgorithmInfo, "an AlgorithmInfo")
-    if _check_summary(reason) not in summary:
-        raise ValueError('Argument "summary" must state the reason')
-    text = _check_summary(summary)
-    reference = reference_dataset(source.dataset)
-    if str(reference.SOPClassUID) not in xc.MODALITY_BY_SOP_CLASS:
-        raise ValueError(f'Argument "source" has SOP class {reference.SOPClassUID}, not one of '
-                         f"{sorted(xc.MODALITY_BY_SOP_CLASS)}")
-    identity = output_identity(source.dataset, OutputKind.SR, algorithm, uid_root)
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=xc.derive_uid(("tracking", identity.sop_instance_uid, "image"), uid_root),
-            identifier="xiqa input gate"),
-        algorithm_id=algorithm.sr_identification(),
-        source_images=[hd.sr.SourceImageForMeasurementGroup(reference.SOPClassUID, reference.SOPInstanceUID)],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(xc.INPUT_GATE, xc.NOT_FRONTAL_CHEST)],
-    )
-    return _measurement_report(source, reference, [group], text, SummarySource.TEMPLATE, algorithm, identity,
-                               evidence=[reference], uid_root=uid_root)
-
-
-def _measurement_report(source: SourceImage, reference: Dataset, groups: list, text: str,
-                        summary_source: SummarySource, algorithm: AlgorithmInfo, identity,
-                        evidence: list[Dataset], uid_root: str | None) -> hd.sr.ComprehensiveSR:
-    """TID 1500 around ``groups``: observer, image library, the narrative summary; the SR instance."""
-    sop_uid = identity.sop_instance_uid
     observer = hd.sr.ObserverContext(
         observer_type=xc.DEVICE_OBSERVER,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -334,18 +374,22 @@ def _measurement_report(source: SourceImage, reference: Dataset, groups: list, t
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=xc.PROCEDURE_REPORTED,
-        imaging_measurements=groups,
+        imaging_measurements=list(groups),
     )
     content = report[0].ContentSequence
-    # TID 1500 order: ..., procedure reported, Image Library, Imaging Measurements, ...
-    content.insert(len(content) - 1, _image_library(reference, source.dataset))
-    content.append(_qualitative_evaluations(text, summary_source))
+    library = _image_library(reference, source.dataset)
+    if library is not None:  # TID 1500 order: ..., procedure reported, Image Library, measurements
+        content.insert(len(content) - 1, library)
+    container = hd.sr.ContainerContentItem(
+        name=xc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence(list(evaluations))
+    content.append(container)
     return hd.sr.ComprehensiveSR(
-        evidence=evidence,
+        evidence=[reference, *evidence],
         content=report[0],
         series_instance_uid=identity.series_instance_uid,
         series_number=identity.series_number,
-        sop_instance_uid=sop_uid,
+        sop_instance_uid=identity.sop_instance_uid,
         instance_number=identity.instance_number,
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -360,12 +404,18 @@ def _measurement_report(source: SourceImage, reference: Dataset, groups: list, t
     )
 
 
-def _image_library(reference: Dataset, source: Dataset) -> hd.sr.ContainerContentItem:
-    """TID 1600 with one entry; TID 1603 descriptors only where the source has valid values."""
+def _image_library(reference: Dataset, source: Dataset) -> hd.sr.ContainerContentItem | None:
+    """TID 1600 with one entry; TID 1603 descriptors only where the source has valid values.
+
+    None when the source's acquisition modality is unknown: TID 1602 demands one
+    from CID 29, and the library is optional (a Secondary Capture with Modality OT).
+    """
+    modality = xc.acquisition_modality(str(reference.SOPClassUID), str(reference.Modality))
+    if modality is None:
+        return None
     acquisition = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
     descriptors = [
-        hd.sr.CodeContentItem(xc.MODALITY, xc.MODALITY_BY_SOP_CLASS[str(reference.SOPClassUID)],
-                              relationship_type=acquisition),
+        hd.sr.CodeContentItem(xc.MODALITY, modality, relationship_type=acquisition),
         hd.sr.NumContentItem(xc.PIXEL_DATA_ROWS, int(reference.Rows), unit=xc.PIXELS,
                              relationship_type=acquisition),
         hd.sr.NumContentItem(xc.PIXEL_DATA_COLUMNS, int(reference.Columns), unit=xc.PIXELS,
@@ -399,18 +449,6 @@ def _image_library(reference: Dataset, source: Dataset) -> hd.sr.ContainerConten
                                          relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     library.ContentSequence = hd.sr.ContentSequence([group])
     return library
-
-
-def _qualitative_evaluations(text: str, summary_source: SummarySource) -> hd.sr.ContainerContentItem:
-    container = hd.sr.ContainerContentItem(
-        name=xc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-    container.ContentSequence = hd.sr.ContentSequence([
-        hd.sr.TextContentItem(name=xc.NARRATIVE_SUMMARY, value=text,
-                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
-        hd.sr.CodeContentItem(name=xc.SUMMARY_SOURCE, value=summary_source.code,
-                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
-    ])
-    return container
 
 
 def _check_seg_references(seg: Dataset, reference: Dataset) -> None:

@@ -388,6 +388,18 @@ def body_part_examined(source: Dataset) -> str | None:
     return value if value and _CODE_STRING.match(value) else None
 
 
+def describe_body_part(output: Dataset, source: Dataset) -> bool:
+    """Copy a valid Body Part Examined of ``source`` to ``output``; whether there was one.
+
+    General Series Laterality is Type 2C, required for paired body parts.  A
+    chest is not paired, and naming the body part lets a checker see that.
+    """
+    body_part = body_part_examined(source)
+    if body_part:
+        output.BodyPartExamined = body_part
+    return body_part is not None
+
+
 def imager_pixel_spacing(source: Dataset) -> tuple[float, float] | None:
     """Imager Pixel Spacing (row, column spacing at the detector) when two positive numbers."""
     pair = _positive_pair(source.get("ImagerPixelSpacing"))

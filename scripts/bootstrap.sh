@@ -4,11 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dcmtk dicom3tools orthanc libgdcm-tools)
+# PixelMed (validators, run through the JDK's source launcher) judges SR templates and SEG IODs
+APT_PACKAGES=(dcmtk dicom3tools orthanc libgdcm-tools libpixelmed-java default-jdk-headless)
 missing=()
-for tool in dciodvfy dsrdump storescu Orthanc gdcminfo; do
+for tool in dciodvfy dsrdump storescu Orthanc gdcminfo javac; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+[ -f /usr/share/java/pixelmed.jar ] || missing+=(pixelmed.jar)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "bootstrap: installing ${APT_PACKAGES[*]} (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive

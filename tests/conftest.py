@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from serve_helpers import ServeNode
-from writer_cases import WriterCase, writer_cases
+from writer_cases import ToolReport, WriterCase, pixelmed, requires_pixelmed, writer_cases
 from xiqa.dicom_fixtures.generate import FixtureRecord, write_fixture_set
 from xiqa.service.listener import Listener
 from xiqa.service.metrics import NodeMetrics
@@ -78,3 +78,11 @@ def listening(tmp_path: Path):
     yield start
     for listener in started:
         listener.stop()
+
+
+@pytest.fixture(scope="session")
+def pixelmed_reports(cases: dict[str, WriterCase]) -> dict[Path, ToolReport]:
+    """PixelMed's report on every SEG, SC and SR of ``cases`` (one JVM for all, about a minute)."""
+    if requires_pixelmed.args[0]:
+        pytest.skip(requires_pixelmed.kwargs["reason"])
+    return pixelmed([case.paths[kind] for case in cases.values() for kind in ("seg", "sc", "sr")])

@@ -11,7 +11,8 @@ from xiqa.operators import codes as xc
 
 def _module_codes() -> dict[str, Code]:
     found = {name: value for name, value in vars(xc).items() if isinstance(value, Code)}
-    found.update({f"MODALITY_BY_SOP_CLASS[{k}]": v for k, v in xc.MODALITY_BY_SOP_CLASS.items()})
+    found.update({f"MODALITY_BY_SOP_CLASS[{k}]": v for k, v in xc.MODALITY_BY_SOP_CLASS.items() if v})
+    found.update({f"RADIOGRAPHIC_MODALITIES[{k}]": v for k, v in xc.RADIOGRAPHIC_MODALITIES.items()})
     return found
 
 
@@ -65,3 +66,20 @@ def test_bad_uid_roots_and_parts_are_refused() -> None:
         xc.check_uid_root(1.2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r'Argument "parts" must not be empty'):
         xc.derive_uid(())
+
+
+def _keywords(code: Code) -> set[str]:
+    return {keyword for keyword, by_value in _concepts_dict.concepts[code.scheme_designator].items()
+            if code.value in by_value}
+
+
+def test_sr_descriptors_come_from_the_context_groups_tid_1500_names() -> None:
+    # TID 1500 row 4: Procedure reported from CID 100; TID 1602 row 1: Modality from CID 29
+    assert _keywords(xc.PROCEDURE_REPORTED) & set(_cid_dict.cid_concepts[100]["SCT"])
+    modalities = [*filter(None, xc.MODALITY_BY_SOP_CLASS.values()), *xc.RADIOGRAPHIC_MODALITIES.values()]
+    for code in modalities:
+        assert _keywords(code) & set(_cid_dict.cid_concepts[29]["DCM"]), code
+    assert xc.acquisition_modality("1.2.840.10008.5.1.4.1.1.7", " dx ") == xc.RADIOGRAPHIC_MODALITIES["DX"]
+    assert xc.acquisition_modality("1.2.840.10008.5.1.4.1.1.7", "OT") is None
+    assert xc.acquisition_modality("1.2.840.10008.5.1.4.1.1.1", "OT").value == "CR"
+

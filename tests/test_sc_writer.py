@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
-from writer_cases import ALGORITHM, CASE_NAMES, WriterCase, dciodvfy, requires_dciodvfy
+from pydicom.uid import JPEG2000Lossless
+from writer_cases import (
+    ALGORITHM,
+    CASE_NAMES,
+    ToolReport,
+    WriterCase,
+    dciodvfy,
+    requires_dciodvfy,
+    requires_pixelmed,
+)
 from xiqa.operators.sc_writer import (
     CONTOUR_RGB,
+    DEFAULT_COMPRESSION,
+    JPEG_BASELINE_METHOD,
+    ScCompression,
     build_heatmap_capture,
     display_saliency,
     render_heatmap,
@@ -30,8 +44,13 @@ def test_rgb_at_source_resolution_in_the_source_study(cases: dict[str, WriterCas
                                                       name: str) -> None:
     case = cases[name]
     sc, source = dcmread(case.paths["sc"]), case.source.dataset
-    assert (sc.SamplesPerPixel, sc.PhotometricInterpretation, sc.BitsAllocated) == (3, "RGB", 8)
-    assert sc.pixel_array.shape == (*case.source.shape, 3)
+    assert (sc.SamplesPerPixel, sc.BitsAllocated) == (3, 8)
+    # lossless JPEG 2000 by default: the decoded pixels are exactly the rendered picture
+    assert sc.file_meta.TransferSyntaxUID == JPEG2000Lossless == DEFAULT_COMPRESSION.transfer_syntax
+    assert sc.PhotometricInterpretation == "YBR_RCT"
+    picture = render_heatmap(case.source.pixels, case.saliency, case.mask, case.quality, ALGORITHM)
+    np.testing.assert_array_equal(sc.pixel_array, picture)
+    assert sc.LossyImageCompression == "00"
     assert sc.StudyInstanceUID == source.StudyInstanceUID
     assert sc.SeriesInstanceUID != source.SeriesInstanceUID and int(sc.SeriesNumber) == 9102
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
@@ -107,6 +126,67 @@ def test_round_trips_through_bytes(cases: dict[str, WriterCase]) -> None:
     again = dcmread(BytesIO(buffer.getvalue()))
     np.testing.assert_array_equal(again.pixel_array, dcmread(case.paths["sc"]).pixel_array)
     assert again.SOPInstanceUID == dcmread(case.paths["sc"]).SOPInstanceUID
+
+
+def _heatmap_file(case: WriterCase, compression: ScCompression, folder: Path) -> Path:
+    sc = build_heatmap_capture(case.source, case.saliency, case.mask, case.quality, ALGORITHM,
+                               compression=compression)
+    path = folder / f"{compression.value}.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    return path
+
+
+@requires_dciodvfy
+@pytest.mark.parametrize("compression", list(ScCompression))
+def test_every_compression_is_valid_and_lossless_ones_keep_every_pixel(
+        cases: dict[str, WriterCase], compression: ScCompression, tmp_path: Path) -> None:
+    case = cases["latin1_long_names"]
+    path = _heatmap_file(case, compression, tmp_path)
+    report = dciodvfy(path)
+    assert report.errors == [], report.text
+    sc = dcmread(path)
+    assert sc.file_meta.TransferSyntaxUID == compression.transfer_syntax
+    picture = render_heatmap(case.source.pixels, case.saliency, case.mask, case.quality, ALGORITHM)
+    difference = np.abs(sc.pixel_array.astype(np.int16) - picture.astype(np.int16))
+    uncompressed = picture.nbytes
+    if compression.lossy:
+        assert sc.LossyImageCompression == "01"
+        assert sc.LossyImageCompressionMethod == JPEG_BASELINE_METHOD  # one value: VM 1
+        ratio = float(sc.LossyImageCompressionRatio)
+        assert ratio == pytest.approx(uncompressed / len(sc.PixelData), rel=0.01) and ratio > 3
+        assert 0 < difference.mean() < 3  # visually the same picture
+    else:
+        assert sc.LossyImageCompression == "00" and "LossyImageCompressionRatio" not in sc
+        assert difference.max() == 0
+
+
+def test_lossy_sources_keep_their_compression_history(cases: dict[str, WriterCase]) -> None:
+    case = cases["dx_m2_14bit_j2k_window"]
+    source = case.source
+    dataset = source.dataset.copy()
+    dataset.LossyImageCompression = "01"
+    dataset.LossyImageCompressionRatio = ["8.5"]
+    dataset.LossyImageCompressionMethod = ["ISO_15444_1"]
+    lossy = dataclasses.replace(source, dataset=dataset)
+    lossless = build_heatmap_capture(lossy, case.saliency, case.mask, case.quality, ALGORITHM)
+    assert lossless.LossyImageCompression == "01" and "LossyImageCompressionMethod" not in lossless
+    jpeg = build_heatmap_capture(lossy, case.saliency, case.mask, case.quality, ALGORITHM,
+                                 compression="jpeg")
+    assert list(jpeg.LossyImageCompressionMethod) == ["ISO_15444_1", JPEG_BASELINE_METHOD]
+    assert [float(v) for v in jpeg.LossyImageCompressionRatio][0] == 8.5
+    with pytest.raises(ValueError, match=r'Argument "compression" must be one of'):
+        build_heatmap_capture(source, case.saliency, case.mask, case.quality, ALGORITHM,
+                              compression="jpeg-xl")
+
+
+@requires_pixelmed
+def test_pixelmed_finds_no_error_where_it_knows_the_iod(
+        cases: dict[str, WriterCase], pixelmed_reports: dict[Path, ToolReport]) -> None:
+    reports = [pixelmed_reports[case.paths["sc"]] for case in cases.values()]
+    if all("IOD (SOP Class) unrecognized" in report.text for report in reports):
+        pytest.skip("this PixelMed's DicomInstanceValidator has no Secondary Capture IOD "
+                    "(it knows SEG, Raw Data, Enhanced/Legacy CT and MR, MR Spectroscopy)")
+    assert [report.errors for report in reports] == [[] for _ in reports]
 
 
 def test_rejects_bad_maps(cases: dict[str, WriterCase]) -> None:

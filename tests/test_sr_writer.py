@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from io import BytesIO
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -15,10 +17,12 @@ from writer_cases import (
     ALGORITHM,
     CASE_NAMES,
     DSRDUMP,
+    ToolReport,
     WriterCase,
     dciodvfy,
     requires_dciodvfy,
     requires_dsrdump,
+    requires_pixelmed,
 )
 from xiqa.operators import codes as xc
 from xiqa.operators.seg_writer import build_segmentation
@@ -43,6 +47,32 @@ def test_dciodvfy_finds_no_error(cases: dict[str, WriterCase], name: str) -> Non
     assert all(any(a in warning for a in allowed) for warning in report.warnings), report.warnings
 
 
+#: PixelMed warnings an SR may have: its TID 1410 predates the TID 4019 algorithm rows and the
+#: finding category in it, it cannot know our private concepts, and highdicom writes the
+#: meaning of (121233, DCM) capitalised ("Source Image for Segmentation").
+SR_PIXELMED_WARNINGS = (
+    r'(TEXT \(11100[123],DCM,"Algorithm (Name|Version|Parameters)"\)|CODE \(276214006,SCT,'
+    r'"Finding category"\)|CODE \(XQ-\d{4},99XIQA,"[^"]+"\)): Content Item not in template$',
+    r'IMAGE \(121233,DCM,"Source Image for Segmentation"\): Code \(121233,DCM,"Source Image for '
+    r'Segmentation"\) has different code meaning',
+    r"SpecificCharacterSet/value\[1\]: Unrecognized defined term :ISO_IR 192:$",
+)
+
+
+@requires_pixelmed
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_pixelmed_finds_no_error_in_template_or_iod(cases: dict[str, WriterCase],
+                                                    pixelmed_reports: dict[Path, ToolReport],
+                                                    name: str) -> None:
+    report = pixelmed_reports[cases[name].paths["sr"]]
+    assert "Found ComprehensiveSR IOD" in report.text, report.text
+    assert "Found Root Template TID_1500 (MeasurementReport)" in report.text, report.text
+    assert report.errors == [], report.text
+    unexpected = [w for w in report.warnings
+                  if not any(re.search(allowed, w) for allowed in SR_PIXELMED_WARNINGS)]
+    assert unexpected == [], report.text
+
+
 @requires_dsrdump
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_dsrdump_renders_q_img(cases: dict[str, WriterCase], name: str) -> None:
@@ -51,7 +81,7 @@ def test_dsrdump_renders_q_img(cases: dict[str, WriterCase], name: str) -> None:
                             text=True, errors="replace", timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "Imaging Measurement Report" in result.stdout
-    group = _report(case).get_image_measurement_groups()[0]
+    group = _report(case).get_planar_roi_measurement_groups()[0]
     item = group.get_measurements(name=xc.Q_IMG)[0]
     shown = str(item[0].MeasuredValueSequence[0].NumericValue)
     assert f'"Image quality score Q_img")="{shown}"' in result.stdout
@@ -63,7 +93,7 @@ def test_q_img_round_trips_exactly(cases: dict[str, WriterCase], name: str) -> N
     case = cases[name]
     # what report.json holds, through JSON and back
     expected = json.loads(json.dumps(case.quality.to_dict()))
-    group = _report(case).get_image_measurement_groups()[0]
+    group = _report(case).get_planar_roi_measurement_groups()[0]
     assert group.get_measurements(name=xc.Q_IMG)[0].value == expected["q_img"]
     assert group.get_measurements(name=xc.Q_FILTERED)[0].value == expected["q_filtered"]
     assert group.get_measurements(name=xc.OBJECT_COUNT)[0].value == len(expected["objects"])
@@ -83,6 +113,8 @@ def test_per_object_groups_and_segment_reference(cases: dict[str, WriterCase], n
     assert referenced.ReferencedSOPInstanceUID == seg.SOPInstanceUID
     assert referenced.ReferencedSegmentNumber == 1
     assert segment_group.tracking_uid == seg.SegmentSequence[0].TrackingUID
+    total = segment_group.get_measurements(name=xc.TOTAL_AREA_FRACTION)[0].value
+    assert total == pytest.approx(sum(f.area_fraction for f in case.quality.objects), abs=1e-12)
     for group, finding in zip(object_groups, case.quality.objects, strict=True):
         values = {m.name.value: m.value for m in group.get_measurements()}
         assert values[xc.AREA_FRACTION.value] == finding.area_fraction
@@ -117,7 +149,7 @@ def test_summary_codes_and_references(cases: dict[str, WriterCase]) -> None:
     evaluations = root[names.index(xc.QUALITATIVE_EVALUATIONS.value)].ContentSequence
     assert evaluations[0].TextValue == case.summary
     assert evaluations[1].ConceptCodeSequence[0].CodeValue == xc.SUMMARY_FROM_TEMPLATE.value
-    group = _report(case).get_image_measurement_groups()[0][0]
+    group = _report(case).get_planar_roi_measurement_groups()[0][0]
     texts = [item.TextValue for item in group.ContentSequence if item.ValueType == "TEXT"]
     assert ALGORITHM.name in texts and ALGORITHM.version in texts
     assert f"model_id={ALGORITHM.model_id}" in texts
@@ -125,11 +157,12 @@ def test_summary_codes_and_references(cases: dict[str, WriterCase]) -> None:
 
 def test_empty_image_reports_good_quality(cases: dict[str, WriterCase]) -> None:
     case = cases["no_objects"]
-    group = _report(case).get_image_measurement_groups()[0]
+    groups = _report(case).get_planar_roi_measurement_groups()
+    assert len(groups) == 1  # the segment group only
+    group = groups[0]
     assert group.get_measurements(name=xc.Q_IMG)[0].value == 1.0
     assert group.get_qualitative_evaluations(name=xc.VERDICT)[0].value.value == \
         xc.VERDICT_GOOD.value
-    assert len(_report(case).get_planar_roi_measurement_groups()) == 1  # the segment group only
 
 
 def test_outlines_without_grid_mask_are_boxes(cases: dict[str, WriterCase]) -> None:
