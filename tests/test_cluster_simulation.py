@@ -122,8 +122,8 @@ def test_two_replicas_one_killed_mid_stream_give_one_result_set_per_instance_and
         folders = [tmp_path / "replica-0", tmp_path / "replica-1"]
         replicas += [ServeNode(folder, port, STUDY_TIMEOUT, extra=forward, wait=False)
                      for folder, port in zip(folders, ports, strict=True)]
-        for node in replicas:
-            node.wait_ready()
+        for node in replicas:  # both load their models at once, on the same cores
+            node.wait_ready(seconds=300)
         proxy = RoundRobinProxy(ports)
         try:
             # 0 -> replica 0, 1 -> replica 1; then replica 0 dies holding instance 0, acknowledged

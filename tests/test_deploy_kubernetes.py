@@ -155,6 +155,7 @@ def test_statefulset_ports_probes_and_mounts_match_the_cli_and_the_dockerfile(ku
         health = build_parser().parse_args(command[1:])
         assert health.port == settings.port and health.ae_title == settings.ae_title
         assert health.tls == (settings.tls_certificate is not None)
+        assert (settings.tls_ca is None) or (health.tls_certificate is not None)  # a node that asks for one
         assert not settings.allowed_ae_titles or health.calling_ae_title in settings.allowed_ae_titles
         assert not settings.allowed_hosts or health.host in settings.allowed_hosts
         assert container[probe]["timeoutSeconds"] > health.timeout
