@@ -137,6 +137,8 @@ def _prepare_runtime(verbose: bool) -> None:
 
 
 def _configure_logging(verbose: bool) -> None:
+    import warnings
+
     from pynetdicom import _config
 
     # identifiers in DIMSE requests and responses may carry patient data
@@ -144,6 +146,11 @@ def _configure_logging(verbose: bool) -> None:
     _config.LOG_RESPONSE_IDENTIFIERS = False
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # pydicom logs each of its warnings as well: the warning copy would add an indented source line,
+    # and its decoder errors come with tracebacks; the loader gives the reason in one line of its own
+    warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+    if not verbose:
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
 def run_fixtures(args: argparse.Namespace) -> int:

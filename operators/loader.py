@@ -16,6 +16,7 @@ rejects that one file here instead of failing a later node or the graph.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ SUPPORTED_SOP_CLASSES = {
 }
 
 
+_CODE_FORM = re.compile(r"[A-Z0-9_ ]{1,16}")  # CS
+_UID_FORM = re.compile(r"[0-9.]{1,64}")  # UI
+_NAME_FORM = re.compile(r"[A-Za-z0-9 ()/.-]{0,80}")  # pydicom's UID names
+_MESSAGE_FORM = re.compile(r"[A-Za-z0-9 ,.:;()\[\]_/=<>+-]*")
 #: deeper nesting of sequences is rejected (pydicom reads sequences recursively)
 MAX_SEQUENCE_DEPTH = 32
 
@@ -82,8 +87,11 @@ class SourceImage:
 
 
 def _short(error: BaseException) -> str:
+    """The error's type and first line; the line only when it quotes nothing (libraries quote values)."""
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+    if not text or not _MESSAGE_FORM.fullmatch(text[0][:160]):
+        return type(error).__name__
+    return f"{type(error).__name__}: {text[0][:160]}"
 
 
 def _read_dataset(path: Path) -> Dataset:
@@ -130,24 +138,34 @@ def _decode_every_element(path: Path, ds: Dataset, depth: int = 0) -> None:
                 _decode_every_element(path, item, depth + 1)
 
 
+def _quoted(value: object, form: re.Pattern[str]) -> str:
+    """``value`` as text when it has the form its VR allows; a damaged element may have swallowed the
+    elements after it (patient identity included), so anything else is never echoed."""
+    text = str(value)
+    return text if form.fullmatch(text) else "(not a valid value)"
+
+
 def _check_header(path: Path, ds: Dataset, config: LoaderConfig) -> None:
     sop_class = str(ds.get("SOPClassUID", ""))
     if not sop_class:
         raise RejectedInput(path, "no SOP Class UID (truncated or incomplete header)")
     if sop_class not in config.allowed_sop_classes:
+        uid = _quoted(sop_class, _UID_FORM)
         name = SUPPORTED_SOP_CLASSES.get(sop_class) or getattr(ds.get("SOPClassUID"), "name", "")
-        raise RejectedInput(path, f"SOP class {sop_class} {name}".rstrip()
+        raise RejectedInput(path, f"SOP class {uid} {_quoted(name, _NAME_FORM)}".rstrip()
                             + " is not a supported radiograph class")
     modality = str(ds.get("Modality", "")) or "missing"
     if modality not in config.allowed_modalities:
         allowed = ", ".join(sorted(config.allowed_modalities))
-        raise RejectedInput(path, f"modality {modality} is not allowed (allowed: {allowed})")
+        raise RejectedInput(path, f"modality {_quoted(modality, _CODE_FORM)} is not allowed "
+                                  f"(allowed: {allowed})")
     if "PixelData" not in ds:
         raise RejectedInput(path, "no pixel data")
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise RejectedInput(path, f"colour or non-grayscale image (PhotometricInterpretation "
-                                  f"{photometric or 'missing'}) is not supported")
+                                  f"{_quoted(photometric, _CODE_FORM) if photometric else 'missing'}) "
+                                  "is not supported")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise RejectedInput(path, f"multi-frame image ({frames} frames) is not supported")
@@ -221,7 +239,7 @@ def load_source_image(path: Path | str, config: LoaderConfig = LoaderConfig()) -
         stored = ds.pixel_array
     except Exception as error:  # noqa: BLE001 - any decoder failure is a rejection, not a crash
         syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
-        syntax_name = getattr(syntax, "name", str(syntax))
+        syntax_name = _quoted(getattr(syntax, "name", str(syntax)), _NAME_FORM)
         raise RejectedInput(path, f"pixel data cannot be decoded ({syntax_name}): {_short(error)}") from None
     if stored.ndim != 2:
         raise RejectedInput(path, f"pixel data has shape {stored.shape}, expected rows x columns")

@@ -67,9 +67,9 @@ TRANSFER_SYNTAXES = (
 
 def study_uid_of(dataset: bytes, transfer_syntax: UID) -> str:
     """The Study Instance UID of an encoded dataset (no file meta), parsed only up to that element."""
-    if transfer_syntax.is_deflated:
-        dataset = zlib.decompress(dataset, -zlib.MAX_WBITS)
     try:
+        if transfer_syntax.is_deflated:
+            dataset = zlib.decompress(dataset, -zlib.MAX_WBITS)
         found = read_dataset(io.BytesIO(dataset), transfer_syntax.is_implicit_VR,
                              transfer_syntax.is_little_endian, specific_tags=[STUDY_INSTANCE_UID],
                              stop_when=lambda tag, vr, length: tag > STUDY_INSTANCE_UID)

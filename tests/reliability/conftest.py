@@ -9,17 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import CANARY_STUDY, SCALES, Scale
+from support import CANARY_STUDY, Scale, scale_from_environment
 from xiqa.dicom_fixtures.instances import VARIANTS, build_instance
 from xiqa.dicom_fixtures.phantom import render_phantom
 
 
 @pytest.fixture(scope="session")
 def scale() -> Scale:
-    name = os.environ.get("XIQA_RELIABILITY_SCALE", "ci")
-    if name not in SCALES:
-        raise pytest.UsageError(f"XIQA_RELIABILITY_SCALE must be one of {sorted(SCALES)}, got {name!r}")
-    return SCALES[name]
+    try:
+        return scale_from_environment()
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,16 @@ entries).  DICOM outputs are not scanned: SEG, SC and SR copy the patient
 module on purpose.
 
 ``XIQA_RELIABILITY_SCALE=full`` gives the benchmark's sizes (``benchmarks/reliability.py``),
-otherwise the CI subset runs; ``XIQA_RELIABILITY_FIGURES=FILE`` makes the session write
-every test's figures to that JSON file.
+otherwise the CI subset runs; ``XIQA_RELIABILITY_<FIELD>`` (e.g. ``XIQA_RELIABILITY_LOAD_INSTANCES``)
+overrides one field of it, and ``XIQA_RELIABILITY_FIGURES=FILE`` makes the session write every
+test's figures to that JSON file.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from pydicom import dcmread
@@ -54,6 +56,16 @@ SCALES = {
 
 CANARY_STUDY = PatientStudy(CANARY_NAME, CANARY_ID, CANARY_BIRTH_DATE, "O", "1.2.826.0.1.3680043.10.1432.13",
                             "20260102", "101500", CANARY_ACCESSION, "13")
+
+
+def scale_from_environment() -> Scale:
+    """The scale ``XIQA_RELIABILITY_SCALE`` names (default ``ci``) with any field overridden."""
+    name = os.environ.get("XIQA_RELIABILITY_SCALE", "ci")
+    if name not in SCALES:
+        raise ValueError(f"XIQA_RELIABILITY_SCALE must be one of {sorted(SCALES)}, got {name!r}")
+    overrides = {f.name: int(os.environ[f"XIQA_RELIABILITY_{f.name.upper()}"]) for f in fields(Scale)
+                 if f.name != "name" and f"XIQA_RELIABILITY_{f.name.upper()}" in os.environ}
+    return replace(SCALES[name], **overrides)
 
 
 def explicit_sources(sources: list[Path]) -> list[Path]:

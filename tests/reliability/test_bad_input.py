@@ -137,15 +137,16 @@ def test_mutants_through_xiqa_analyze(canary_sources, scale, figures, tmp_path):
     with open(out, "w") as stdout, open(err, "w") as stderr:  # stderr is a file, not a terminal
         process = subprocess.Popen(xiqa_command("analyze", *map(str, inputs), "--output", str(tmp_path / "o"),
                                                 "--device", "cpu"), stdout=stdout, stderr=stderr)
-        hang = False
-        deadline = time.monotonic() + 120 + 20 * len(inputs)
-        while process.poll() is None and time.monotonic() < deadline:
+        hang, deadline = False, time.monotonic() + 120 + 20 * len(inputs)
+        while True:  # wait4 (not poll) so that the child's peak RSS comes back with its status
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                hang = True
+                process.send_signal(signal.SIGKILL)
             time.sleep(0.5)
-        if process.poll() is None:
-            hang = True
-            process.send_signal(signal.SIGKILL)
-        _, status, usage = os.wait4(process.pid, 0)
-    returncode = os.waitstatus_to_exitcode(status)
+    returncode = process.returncode = os.waitstatus_to_exitcode(status)
     stdout_text, stderr_text = out.read_text(), err.read_text()
     processed = [m["path"] for line in stdout_text.splitlines() if (m := _PROCESSED_LINE.match(line))]
     rejected = [m["path"] for line in stderr_text.splitlines() if (m := _REJECTED_LINE.match(line))]
