@@ -44,7 +44,7 @@ logger = logging.getLogger("real_radiographs")
 def dicom_from_png(png: Path, output: Path, index: int, projection: str, monochrome1: bool) -> Path:
     """A DX (or CR) instance of a PNG radiograph, tagged as a frontal chest like a modality would."""
     from xiqa.dicom_fixtures.instances import VARIANTS_BY_NAME, PatientStudy, build_instance, fixture_uid
-    from xiqa.training.composite import read_background
+    from xiqa.training.datasets import read_raster
 
     variant = VARIANTS_BY_NAME["cr_m1_12bit_explicit_window" if monochrome1 else "dx_m2_14bit_j2k_window"]
     study = PatientStudy(
@@ -58,7 +58,7 @@ def dicom_from_png(png: Path, output: Path, index: int, projection: str, monochr
         f"ACC{index:04d}",
         str(index),
     )
-    dataset = build_instance(read_background(png), variant, study, 1, 1 + index, uid_seed=("eval", png.name))
+    dataset = build_instance(read_raster(png), variant, study, 1, 1 + index, uid_seed=("eval", png.name))
     dataset.ViewPosition = projection
     path = output / f"{png.stem}.dcm"
     dataset.save_as(path, enforce_file_format=True)
@@ -173,11 +173,11 @@ def clean_rows(cases) -> list[dict]:
 def gate_rows(extra: Path) -> list[dict]:
     from xiqa.operators.gate import judge_frontal_chest
     from xiqa.operators.preprocess import resize_image
-    from xiqa.training.composite import read_background
+    from xiqa.training.datasets import read_raster
 
     rows = []
     for entry in json.loads((extra / "manifest.json").read_text()):
-        pixels = read_background(extra / "images" / Path(entry["file"]).name)
+        pixels = read_raster(extra / "images" / Path(entry["file"]).name)
         decision = judge_frontal_chest(None, np.clip(resize_image(pixels, GRID, GRID), 0, 1))
         expected = entry["kind"].startswith("frontal_chest")
         rows.append(
@@ -195,11 +195,11 @@ def gate_rows(extra: Path) -> list[dict]:
 def measure(
     bundle: Path, label: str, output: Path, manifest: list[dict], annotations: dict, per_background: int
 ) -> dict:
-    from xiqa.training.composite import read_background
+    from xiqa.training.datasets import read_raster
 
     entries = {entry["id"]: entry for entry in manifest}
-    held_out = [read_background(REAL_CXR / e["file"]) for e in manifest if e["split"] == "held_out_clean"]
-    validation = [read_background(REAL_CXR / e["file"]) for e in manifest if e["split"] == "validation"]
+    held_out = [read_raster(REAL_CXR / e["file"]) for e in manifest if e["split"] == "held_out_clean"]
+    validation = [read_raster(REAL_CXR / e["file"]) for e in manifest if e["split"] == "validation"]
     dicoms = output / "dicom"
     dicoms.mkdir(parents=True, exist_ok=True)
     clean_paths, device_paths = [], []

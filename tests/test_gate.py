@@ -13,7 +13,7 @@ from xiqa.operators.chest_region import find_chest_region
 from xiqa.operators.gate import NOT_FRONTAL_CHEST, judge_frontal_chest, tag_problem
 from xiqa.operators.loader import load_source_image
 from xiqa.operators.preprocess import resize_image, to_network_input
-from xiqa.training.composite import read_background
+from xiqa.training.datasets import read_raster
 
 REAL_CXR = Path(__file__).resolve().parents[1] / "data" / "real_cxr"
 testdata = pytest.importorskip("pydicom.data")
@@ -110,7 +110,7 @@ def test_every_held_out_real_chest_plate_passes_the_gate():
         entry["id"]
         for entry in held_out
         if not find_chest_region(
-            np.clip(resize_image(read_background(REAL_CXR / entry["file"]), 256, 256), 0, 1)
+            np.clip(resize_image(read_raster(REAL_CXR / entry["file"]), 256, 256), 0, 1)
         ).found
     ]
     assert refused == []

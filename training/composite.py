@@ -38,6 +38,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .datasets import read_raster
+
 SUPERSAMPLING = 4
 CANVAS = 512  # pixels of the square working canvas; about 0.8 mm per pixel on a 40 cm field
 
@@ -93,17 +95,6 @@ class CompositeConfig:
 # --------------------------------------------------------------------------- backgrounds
 
 
-def read_background(path: Path | str) -> np.ndarray:
-    """A background PNG as float32 display values in [0, 1] (8 or 16 bit, grey or colour)."""
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if pixels is None:
-        raise ValueError(f"cannot decode background {Path(path).name}")
-    if pixels.ndim == 3:
-        pixels = cv2.cvtColor(pixels[..., :3], cv2.COLOR_BGR2GRAY)
-    scale = float(np.iinfo(pixels.dtype).max)
-    return (pixels.astype(np.float32) / scale).clip(0, 1)
-
-
 def load_manifest(folder: Path | str) -> list[dict]:
     return json.loads((Path(folder) / "manifest.json").read_text())["images"]
 
@@ -112,7 +103,7 @@ def backgrounds_for(folder: Path | str, split: str) -> list[tuple[str, np.ndarra
     """(id, pixels) of every manifest image in ``split`` (train / validation / held_out_clean ...)."""
     folder = Path(folder)
     return [
-        (entry["id"], read_background(folder / entry["file"]))
+        (entry["id"], read_raster(folder / entry["file"]))
         for entry in load_manifest(folder)
         if entry["split"] == split
     ]
