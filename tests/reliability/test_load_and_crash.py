@@ -20,7 +20,7 @@ import pytest
 from orthanc import AE_TITLE, free_port, requires_orthanc, running_orthanc
 from pydicom import dcmread
 from pynetdicom import AE
-from serve_helpers import NodeProcess, send
+from serve_helpers import ServeNode, send
 from support import copies, phi_hits
 from xiqa.service.listener import SUCCESS
 from xiqa.service.spool import INCOMING
@@ -64,7 +64,7 @@ def _storescu(port: int, paths: list[Path]) -> subprocess.Popen:
 def test_load_from_four_concurrent_associations_with_processing_on(canary_sources, scale, figures, tmp_path):
     instances = copies(canary_sources, tmp_path / "load", scale.load_instances, scale.load_studies)
     port, metrics_port = free_port(), free_port()
-    node = NodeProcess(tmp_path, port, study_timeout=2, metrics_port=metrics_port)
+    node = ServeNode(tmp_path, port, study_timeout=2, metrics_port=metrics_port)
     samples: list[tuple[float, float]] = []
     try:
         started = time.monotonic()
@@ -161,7 +161,7 @@ def test_kill_9_at_random_points_loses_nothing_acknowledged(canary_sources, scal
     kills: list[str] = []
     with running_orthanc(tmp_path / "orthanc") as pacs:
         forward = ("--forward", f"{AE_TITLE}@127.0.0.1:{pacs.dicom_port}")
-        start = lambda: NodeProcess(tmp_path, port, study_timeout=1, extra=forward)  # noqa: E731
+        start = lambda: ServeNode(tmp_path, port, study_timeout=1, extra=forward)  # noqa: E731
         node, nodes = start(), []
         stream = _Stream(port, instances)
         storage = tmp_path / "storage"
