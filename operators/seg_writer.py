@@ -27,8 +27,8 @@ read such a SEG, as it wants a Slice Thickness in any Pixel Measures
 
 An image without objects still gets a SEG: its one frame is empty
 (``omit_empty_frames=False``).  "Analysed, nothing found" then looks the same
-to a PACS as "analysed, something found", and the SR can always reference
-segment 1, frame 1.
+to a PACS as "analysed, something found", and the SR can always list the SEG
+as its evidence.
 """
 
 from __future__ import annotations
@@ -55,9 +55,8 @@ from .writer_common import (
     reference_dataset,
 )
 
-#: Number of the only segment, and of the only frame, of every xiqa SEG.
+#: Number of the only segment of every xiqa SEG.
 SEGMENT_NUMBER = 1
-FRAME_NUMBER = 1
 
 
 def check_source_mask(mask: object, shape: tuple[int, int]) -> np.ndarray:
