@@ -57,6 +57,8 @@ from .writer_common import (
 
 #: Number of the only segment of every xiqa SEG.
 SEGMENT_NUMBER = 1
+#: Recommended display colour of the segment (RGB; written as CIELab): cyan, as the SC's outlines.
+DISPLAY_RGB = (0, 255, 255)
 
 
 def check_source_mask(mask: object, shape: tuple[int, int]) -> np.ndarray:
@@ -128,6 +130,7 @@ def build_segmentation(
         algorithm_identification=algorithm.identification_sequence(),
         tracking_uid=derive_uid(("segment", identity.sop_instance_uid, SEGMENT_NUMBER), uid_root),
         tracking_id="xiqa foreign bodies",
+        display_color=hd.color.CIELabColor.from_rgb(*DISPLAY_RGB),
     )
     seg = hd.seg.Segmentation(
         source_images=[reference],

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 CHROMIUM = shutil.which("chromium")
@@ -85,6 +87,20 @@ class Page:
 
     def html(self) -> str:
         return self.evaluate("document.documentElement.outerHTML")
+
+    def picture(self) -> np.ndarray:
+        """The page as an RGB array (a screenshot, decoded)."""
+        data = base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"})["data"])
+        return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+                            cv2.COLOR_BGR2RGB)
+
+    def keep_screenshot(self, name: str, folder: Path) -> Path:
+        """Save a screenshot as ``folder/name.png``, and also in ``$XIQA_SCREENSHOTS`` if set."""
+        path = self.screenshot(folder / f"{name}.png")
+        extra = os.environ.get("XIQA_SCREENSHOTS")
+        if extra and Path(extra).is_dir():
+            shutil.copyfile(path, Path(extra) / path.name)
+        return path
 
 
 class Browser:

@@ -377,6 +377,7 @@ class ViewerStudy:
     paths: dict[str, Path]
     quality: QualityResult
     study_uid: str
+    shape: tuple[int, int]  # rows, columns
 
 
 def write_viewer_study(folder: Path) -> ViewerStudy:
@@ -408,4 +409,4 @@ def write_viewer_study(folder: Path) -> ViewerStudy:
     summary = f"Viewer test summary: image quality {quality.verdict.value}."
     paths = write_outputs(source, probability, saliency, quality, summary, "template", ALGORITHM,
                           folder / "outputs", threshold=THRESHOLD)
-    return ViewerStudy(source_path, paths, quality, str(ds.StudyInstanceUID))
+    return ViewerStudy(source_path, paths, quality, str(ds.StudyInstanceUID), (rows, columns))
