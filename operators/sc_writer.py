@@ -45,7 +45,7 @@ from .codes import DEFAULT_UID_ROOT, SOURCE_IMAGE_PURPOSE
 from .loader import SourceImage
 from .preprocess import resize_image
 from .scoring import QualityResult
-from .seg_writer import check_source_mask
+from .seg_writer import DISPLAY_RGB, check_source_mask
 from .writer_common import (
     MANUFACTURER,
     OUTPUT_CHARACTER_SET,
@@ -63,8 +63,8 @@ from .writer_common import (
 
 #: Opacity of the heatmap where saliency is 1 (it falls linearly to 0 at saliency 0).
 HEATMAP_MAX_ALPHA = 0.55
-#: Object outline colour (RGB): cyan stands out against both grey and JET.
-CONTOUR_RGB = (0, 255, 255)
+#: Object outline colour (RGB): cyan stands out against both grey and JET; the SEG's colour too.
+CONTOUR_RGB = DISPLAY_RGB
 LEGEND_TEXT_RGB = (255, 255, 255)
 LEGEND_BACKGROUND_ALPHA = 0.65
 

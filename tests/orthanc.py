@@ -26,6 +26,10 @@ ORTHANC = shutil.which("Orthanc") or (
     "/usr/sbin/Orthanc" if os.access("/usr/sbin/Orthanc", os.X_OK) else None)
 requires_orthanc = pytest.mark.skipif(
     ORTHANC is None, reason="Orthanc not installed (Debian package orthanc)")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+requires_orthanc_dicomweb = pytest.mark.skipif(
+    ORTHANC is None or not DICOMWEB_PLUGIN.is_file(),
+    reason="Orthanc's DICOMweb plugin not installed (Debian package orthanc-dicomweb)")
 AE_TITLE = "ORTHANC"
 
 
@@ -46,6 +50,14 @@ class Orthanc:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as reply:
             return json.loads(reply.read())
 
+    def upload(self, path: Path) -> dict:
+        """POST one DICOM file to the REST API (as a viewer's site would have received it)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/instances",
+                                         data=Path(path).read_bytes(), method="POST",
+                                         headers={"Content-Type": "application/dicom"})
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return json.loads(reply.read())
+
     def sop_instance_uids(self) -> set[str]:
         """The SOP Instance UIDs of every instance the server holds."""
         return {self.get(f"/instances/{iid}")["MainDicomTags"]["SOPInstanceUID"]
@@ -54,10 +66,11 @@ class Orthanc:
 
 @contextmanager
 def running_orthanc(folder: Path, dicom_port: int | None = None,
-                    lua: str | None = None) -> Iterator[Orthanc]:
+                    lua: str | None = None, dicomweb: bool = False) -> Iterator[Orthanc]:
     """Start Orthanc with everything under ``folder``, yield it once its REST API answers, stop it.
 
     ``lua``: a Lua script Orthanc runs (its ``print`` lines go to ``folder/orthanc.log``).
+    ``dicomweb`` loads the DICOMweb plugin (QIDO-RS, WADO-RS under ``/dicom-web/``).
     """
     folder.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), dicom_port or free_port()
@@ -65,7 +78,9 @@ def running_orthanc(folder: Path, dicom_port: int | None = None,
         "Name": "xiqa-test", "StorageDirectory": str(folder / "storage"),
         "IndexDirectory": str(folder / "index"), "HttpPort": http_port,
         "DicomPort": dicom_port, "DicomAet": AE_TITLE, "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
+        "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
+        "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
+        "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/", "EnableWado": False},
         "DicomAlwaysAllowStore": True, "StorageCompression": False, "SaveJobs": False,
         "HttpThreadsCount": 4, "ConcurrentJobs": 1,
     }

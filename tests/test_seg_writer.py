@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from io import BytesIO
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pytest
 from pydicom import dcmread
@@ -22,8 +22,9 @@ from writer_cases import (
     requires_dciodvfy,
     requires_pixelmed,
 )
-from xiqa.operators.seg_writer import build_segmentation, check_source_mask
+from xiqa.operators.seg_writer import ALIGNED_ORIENTATION, build_segmentation, check_source_mask
 from xiqa.operators.writer_common import AlgorithmInfo, reference_dataset
+from xiqa.training.datasets import read_seg_mask
 
 
 @requires_dciodvfy
@@ -49,20 +50,53 @@ def test_pixelmed_finds_no_error_beyond_its_known_defects(
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_mask_round_trips_at_source_resolution(cases: dict[str, WriterCase], name: str) -> None:
     case = cases[name]
-    seg = hd.seg.segread(case.paths["seg"])
+    seg = dcmread(case.paths["seg"])  # pydicom: highdicom's segread wants a Slice Thickness
     assert (int(seg.Rows), int(seg.Columns)) == case.source.shape
-    pixels = seg.get_pixels_by_source_instance([case.source.sop_instance_uid],
-                                               segment_numbers=[1])
-    np.testing.assert_array_equal(pixels[0, :, :, 0], case.mask)
+    assert int(seg.NumberOfFrames) == 1
+    frame = seg.PerFrameFunctionalGroupsSequence[0]
+    groups = [seg.SharedFunctionalGroupsSequence[0], frame]
+    assert [group.SegmentIdentificationSequence[0].ReferencedSegmentNumber for group in groups
+            if "SegmentIdentificationSequence" in group] == [1]
+    source = frame.DerivationImageSequence[0].SourceImageSequence[0]
+    assert source.ReferencedSOPInstanceUID == case.source.sop_instance_uid
+    np.testing.assert_array_equal(seg.pixel_array.reshape(case.source.shape), case.mask)
+    assert read_seg_mask([case.paths["seg"]], case.source.sop_instance_uid,
+                         case.source.shape).astype(bool).tolist() == case.mask.tolist()
+
+
+@pytest.mark.parametrize("name", ["cr_m1_12bit_explicit_window", "zero_spacing",
+                                  "no_spacing_no_orientation"])
+def test_geometry_a_viewer_needs_follows_the_source(cases: dict[str, WriterCase],
+                                                    name: str) -> None:
+    case = cases[name]
+    shared = dcmread(case.paths["seg"]).SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == \
+        list(ALIGNED_ORIENTATION)
+    measures = shared.PixelMeasuresSequence[0]
+    assert "SliceThickness" not in measures and "FrameOfReferenceUID" not in dcmread(
+        case.paths["seg"])
+    spacing = case.source.dataset.get("PixelSpacing")
+    if name == "cr_m1_12bit_explicit_window":
+        assert [float(v) for v in measures.PixelSpacing] == [float(v) for v in spacing]
+    else:  # zero or no spacing in the source: none in the SEG
+        assert "PixelSpacing" not in measures
+
+
+def test_source_orientation_is_kept_when_it_has_one(cases: dict[str, WriterCase]) -> None:
+    case = cases["dx_m2_14bit_j2k_window"]
+    dataset = case.source.dataset.copy()
+    dataset.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    seg = build_segmentation(dataclasses.replace(case.source, dataset=dataset), case.mask, ALGORITHM)
+    orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+    assert [float(v) for v in orientation.ImageOrientationPatient] == [0, 1, 0, 0, 0, -1]
 
 
 def test_empty_mask_still_gives_one_frame(cases: dict[str, WriterCase]) -> None:
     case = cases["no_objects"]
     assert not case.mask.any() and case.quality.objects == ()
-    seg = hd.seg.segread(case.paths["seg"])
-    assert int(seg.NumberOfFrames) == 1 and seg.get_segment_numbers() == [1]
-    pixels = seg.get_pixels_by_source_instance([case.source.sop_instance_uid])
-    assert pixels.shape == (1, *case.source.shape, 1) and not pixels.any()
+    seg = dcmread(case.paths["seg"])
+    assert int(seg.NumberOfFrames) == 1 and len(seg.SegmentSequence) == 1
+    assert not seg.pixel_array.any()
 
 
 def test_places_the_seg_in_the_source_study_with_codes_and_algorithm(
@@ -114,7 +148,7 @@ def test_quirky_sources_are_repaired_not_copied(cases: dict[str, WriterCase]) ->
     assert len(seg.StudyDescription.encode("utf-8")) <= 64
     seg = dcmread(cases["zero_spacing"].paths["seg"])
     shared = seg.SharedFunctionalGroupsSequence[0]
-    assert "PixelMeasuresSequence" not in shared  # 0\0 is no spacing at all
+    assert "PixelSpacing" not in shared.PixelMeasuresSequence[0]  # 0\0 is no spacing at all
     seg = dcmread(cases["broken_dates_and_codes"].paths["seg"])
     assert (seg.StudyDate, seg.StudyTime, seg.PatientBirthDate, seg.PatientSex) == \
         ("20240131", "123000", "", "")

@@ -102,18 +102,20 @@ def test_q_img_round_trips_exactly(cases: dict[str, WriterCase], name: str) -> N
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_per_object_groups_and_segment_reference(cases: dict[str, WriterCase], name: str) -> None:
+def test_image_group_on_the_whole_image_then_one_group_per_object(cases: dict[str, WriterCase],
+                                                                   name: str) -> None:
     case = cases[name]
-    seg = dcmread(case.paths["seg"])
     groups = _report(case).get_planar_roi_measurement_groups()
     assert len(groups) == 1 + len(case.quality.objects)
-    segment_group, object_groups = groups[0], groups[1:]
-    assert segment_group.reference_type == codes.DCM.ReferencedSegmentationFrame
-    referenced = segment_group.referenced_segmentation_frame[0].ReferencedSOPSequence[0]
-    assert referenced.ReferencedSOPInstanceUID == seg.SOPInstanceUID
-    assert referenced.ReferencedSegmentNumber == 1
-    assert segment_group.tracking_uid == seg.SegmentSequence[0].TrackingUID
-    total = segment_group.get_measurements(name=xc.TOTAL_AREA_FRACTION)[0].value
+    image_group, object_groups = groups[0], groups[1:]
+    assert image_group.reference_type == codes.DCM.ImageRegion
+    assert str(image_group.tracking_identifier) == "xiqa image quality"
+    rows, columns = case.source.shape
+    outline = np.asarray(image_group.roi.GraphicData, np.float64).reshape(-1, 2)
+    assert outline.tolist() == [[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]]
+    region_source = image_group.roi.ContentSequence[0].ReferencedSOPSequence[0]
+    assert region_source.ReferencedSOPInstanceUID == case.source.sop_instance_uid
+    total = image_group.get_measurements(name=xc.TOTAL_AREA_FRACTION)[0].value
     assert total == pytest.approx(sum(f.area_fraction for f in case.quality.objects), abs=1e-12)
     for group, finding in zip(object_groups, case.quality.objects, strict=True):
         values = {m.name.value: m.value for m in group.get_measurements()}
@@ -158,7 +160,7 @@ def test_summary_codes_and_references(cases: dict[str, WriterCase]) -> None:
 def test_empty_image_reports_good_quality(cases: dict[str, WriterCase]) -> None:
     case = cases["no_objects"]
     groups = _report(case).get_planar_roi_measurement_groups()
-    assert len(groups) == 1  # the segment group only
+    assert len(groups) == 1  # the whole-image group only
     group = groups[0]
     assert group.get_measurements(name=xc.Q_IMG)[0].value == 1.0
     assert group.get_qualitative_evaluations(name=xc.VERDICT)[0].value.value == \

@@ -363,3 +363,50 @@ def pixelmed_errors(report: ToolReport, dataset: Dataset) -> list[str]:
             continue
         left.append(error)
     return left
+
+
+# --- a study for viewers ---------------------------------------------------------------------
+
+#: Where the large object of :func:`write_viewer_study` lies: (top, left, bottom, right) fractions.
+VIEWER_OBJECT_BOX = (0.22, 0.56, 0.42, 0.80)
+
+
+@dataclass(frozen=True)
+class ViewerStudy:
+    source: Path
+    paths: dict[str, Path]
+    quality: QualityResult
+    study_uid: str
+    shape: tuple[int, int]  # rows, columns
+
+
+def write_viewer_study(folder: Path) -> ViewerStudy:
+    """A calibrated DX with one large object plus small ones, and its SEG, SC and SR.
+
+    The large rectangle (:data:`VIEWER_OBJECT_BOX`) makes the SEG overlay easy to
+    see and to find in a screenshot; maps are synthetic as in :func:`writer_cases`.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, columns = 640, 512
+    phantom = render_phantom(np.random.default_rng(20), rows, columns, object_kinds=["coin", "wire"])
+    truth = phantom.mask > 0
+    top, left, bottom, right = VIEWER_OBJECT_BOX
+    truth[int(top * rows):int(bottom * rows), int(left * columns):int(right * columns)] = True
+    study = PatientStudy(
+        patient_name="CANARY^VIEWER", patient_id="XQV0001", birth_date="19650412", sex="O",
+        study_uid=fixture_uid("viewer-study"), study_date="20260102", study_time="093000",
+        accession_number="ACCV0001", study_id="77")
+    ds = build_instance(phantom.image, VARIANTS_BY_NAME["dx_processing_m2_12bit_explicit_none"],
+                        study, series_number=1, instance_number=1, uid_seed=("viewer-study",))
+    # a calibrated DX: without a Pixel Spacing the SEG's Pixel Measures item is empty, and
+    # Orthanc's DICOMweb JSON drops empty items, which OHIF cannot do without (seg_writer)
+    ds.PixelSpacing = ds.ImagerPixelSpacing
+    source_path = folder / "source.dcm"
+    ds.save_as(source_path, enforce_file_format=True)
+    source = load_source_image(source_path)
+    probability, saliency = synthetic_maps(truth, seed=3)
+    quality = score_mask((probability > THRESHOLD).astype(np.uint8), saliency)
+    summary = f"Viewer test summary: image quality {quality.verdict.value}."
+    paths = write_outputs(source, probability, saliency, quality, summary, "template", ALGORITHM,
+                          folder / "outputs", threshold=THRESHOLD)
+    return ViewerStudy(source_path, paths, quality, str(ds.StudyInstanceUID), (rows, columns))

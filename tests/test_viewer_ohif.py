@@ -1,0 +1,134 @@
+"""The outputs in a real web viewer: OHIF (npm @ohif/app) over Orthanc's DICOMweb, in headless Chromium.
+
+The source DX and its SEG, SC and SR go into Orthanc; OHIF opens the study,
+the SEG is laid over the radiograph (found in a screenshot where the large
+object lies), and the SR's measurement groups appear as labelled outlines.
+Screenshots are kept in the test folder and in ``$XIQA_SCREENSHOTS`` if set.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from chromium import Page, requires_chromium, running_chromium
+from ohif import requires_ohif, serving_ohif
+from orthanc import requires_orthanc_dicomweb, running_orthanc
+from writer_cases import VIEWER_OBJECT_BOX, ViewerStudy, write_viewer_study
+
+pytestmark = [requires_chromium, requires_ohif, requires_orthanc_dicomweb]
+
+SERIES = ("xiqa foreign objects (SEG)", "xiqa saliency heatmap (SC)", "xiqa image quality report (SR)")
+
+
+def _click_button(page: Page, text: str) -> bool:
+    return page.evaluate(f"""(() => {{
+        const button = [...document.querySelectorAll('button')].find(b => b.textContent.trim() === {
+            json.dumps(text)});
+        if (button) {{ button.click(); return true; }}
+        return false; }})()""")
+
+
+def _open_series(page: Page, modality: str) -> None:
+    """Double-click the study browser entry of a series without thumbnail (SEG, SR)."""
+    found = page.evaluate(f"""(() => {{
+        const entry = [...document.querySelectorAll('[data-cy=study-browser-thumbnail-no-image]')]
+            .find(e => e.querySelector('[data-cy=series-modality-label]')?.textContent.trim()
+                       === {json.dumps(modality)});
+        if (!entry) return false;
+        entry.dispatchEvent(new MouseEvent('dblclick', {{bubbles: true}}));
+        return true; }})()""")
+    assert found, f"no {modality} entry in the study browser"
+
+
+def _image_box(page: Page, rows: int, columns: int) -> tuple[float, float, float, float]:
+    """Where the image lies on the page: (left, top, width, height) of the fitted picture."""
+    left, top, width, height = page.evaluate("""(() => {
+        const r = document.querySelector('[data-cy=viewport-pane] canvas').getBoundingClientRect();
+        return [r.left, r.top, r.width, r.height]; })()""")
+    scale = min(width / columns, height / rows)
+    return (left + (width - columns * scale) / 2, top + (height - rows * scale) / 2,
+            columns * scale, rows * scale)
+
+
+def _overlay(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Pixels that turned from grey to a colour (the labelmap's tint)."""
+    colour = after.astype(np.int16)
+    tinted = (np.abs(colour[..., 0] - colour[..., 1]) > 25) | (np.abs(colour[..., 0] - colour[..., 2]) > 25)
+    was_grey = np.abs(before.astype(np.int16)[..., 0] - before.astype(np.int16)[..., 2]) < 10
+    return tinted & was_grey
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> ViewerStudy:
+    return write_viewer_study(tmp_path_factory.mktemp("viewer_study"))
+
+
+def test_ohif_overlays_the_seg_on_the_radiograph_and_labels_the_sr_groups(
+        study: ViewerStudy, tmp_path: Path) -> None:
+    with running_orthanc(tmp_path / "orthanc", dicomweb=True) as orthanc:
+        for path in (study.source, *study.paths.values()):
+            assert orthanc.upload(path)["Status"] == "Success", path.name
+        with serving_ohif(orthanc.http_port) as web, running_chromium() as browser:
+            page = browser.new_page(1400, 900)
+            page.goto(f"{web.url}/viewer?StudyInstanceUIDs={study.study_uid}")
+
+            # the study opens: its four series are listed and the radiograph is drawn
+            page.wait_for(" && ".join(f"document.body.innerText.includes({json.dumps(s)})"
+                                      for s in SERIES), timeout=180)
+            page.wait_for("document.querySelector('[data-cy=viewport-overlay-bottom-left]')"
+                          "?.innerText.includes('W:')", timeout=180)
+            _click_button(page, "Skip all")  # the first-visit tour, where it shows
+            before = page.picture()
+            page.keep_screenshot("ohif_1_study", tmp_path)
+
+            # the SEG over the source
+            _open_series(page, "SEG")
+            page.wait_for("[...document.querySelectorAll('button')].some(b => "
+                          "b.textContent.trim() === 'Yes')", timeout=120)
+            _click_button(page, "Yes")  # "Do you want to open this Segmentation?"
+            page.wait_for("document.querySelector('[data-cy=viewport-overlay-top-right]')"
+                          " !== null", timeout=30)
+            rows, columns = study.shape
+            left, top, width, height = _image_box(page, rows, columns)
+            box_top, box_left, box_bottom, box_right = VIEWER_OBJECT_BOX
+            expected = (int(left + box_left * width), int(top + box_top * height),
+                        int(left + box_right * width), int(top + box_bottom * height))
+            overlay = None
+            for _ in range(60):  # the labelmap appears once the SEG is decoded and drawn
+                overlay = _overlay(before, page.picture())
+                if overlay[expected[1]:expected[3], expected[0]:expected[2]].mean() > 0.8:
+                    break
+                page.evaluate("new Promise(r => setTimeout(r, 1000))")
+            page.keep_screenshot("ohif_2_seg_overlay", tmp_path)
+            x0, y0, x1, y1 = expected
+            assert overlay[y0:y1, x0:x1].mean() > 0.8, "the large object is not tinted"
+            inside = np.zeros_like(overlay)  # only the picture: toasts may tint the page elsewhere
+            inside[int(top):int(top + height), int(left):int(left + width)] = True
+            _, _, stats, _ = cv2.connectedComponentsWithStats((overlay & inside).astype(np.uint8))
+            largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+            bx, by, bw, bh = stats[largest, :4]
+            inter = max(0, min(bx + bw, x1) - max(bx, x0)) * max(0, min(by + bh, y1) - max(by, y0))
+            union = bw * bh + (x1 - x0) * (y1 - y0) - inter
+            assert inter / union > 0.8, (stats[largest], expected)  # and nothing around it
+            assert not any("Error Boundary" in line for line in page.console), page.console[-10:]
+            # the segment's own colour, not OHIF's default: no "RecommendedDisplayCIELabValue" toast
+            assert "RecommendedDisplayCIELabValue" not in page.evaluate("document.body.innerText")
+
+            # the SR: every measurement group as a labelled outline, with our values
+            _open_series(page, "SR")
+            quality = study.quality
+            labels = [f"Image quality score Q_img: {quality.q_img:.2f}",
+                      f"Number of foreign objects: {len(quality.objects):.2f}"]
+            labels += [f"Object severity: {finding.severity:.2f}" for finding in quality.objects]
+            page.wait_for(" && ".join(f"document.body.innerText.includes({json.dumps(label)})"
+                                      for label in labels), timeout=120)
+            shown = page.evaluate("document.body.innerText.split('Object severity:').length - 1")
+            assert shown == len(quality.objects)
+            _click_button(page, "No")  # "continue tracking measurements?": the SR stays read-only
+            page.keep_screenshot("ohif_3_sr_measurements", tmp_path)
+            assert not any("Error Boundary" in line for line in page.console), page.console[-10:]
+            assert any("/dicom-web/" in request for request in web.dicomweb_requests)
