@@ -114,9 +114,19 @@ def test_abuse_is_answered_and_the_node_stays_healthy(listening, canary_sources,
     assert not liar.is_established
     healthy("oversized PDU")
 
-    # more simultaneous associations than the limit: the extra one is rejected, transient
-    first, second = (_association(port, "1.2.840.10008.1.1") for _ in range(2))
-    assert first.is_established and second.is_established
+    # more simultaneous associations than the limit: the extra one is rejected, transient.  The
+    # node may still be closing the connections above (slow on a loaded machine): the two within
+    # the limit get up to 10 s to be admitted, then the third must be refused at once.
+    deadline = time.monotonic() + 10
+    admitted = []
+    while len(admitted) < 2 and time.monotonic() < deadline:
+        attempt = _association(port, "1.2.840.10008.1.1")
+        if attempt.is_established:
+            admitted.append(attempt)
+        else:
+            time.sleep(0.5)
+    assert len(admitted) == 2, "two associations within the limit were not admitted in 10 s"
+    first, second = admitted
     third = _association(port, "1.2.840.10008.1.1")
     assert third.is_rejected
     first.release()
