@@ -123,8 +123,9 @@ def _polygon_mask(points: list, png_shape: tuple[int, int]) -> np.ndarray:
 
 
 def device_rows(cases, entries: dict, annotations: dict) -> list[dict]:
-    from xiqa.operators.scoring import find_objects
+    from xiqa.operators.scoring import ScoringConfig, find_objects
 
+    min_inside = ScoringConfig().min_inside_fraction
     rows = []
     for case in cases:
         image_id = case.path.stem
@@ -141,14 +142,11 @@ def device_rows(cases, entries: dict, annotations: dict) -> list[dict]:
             if case.frontal_chest and case.ok:
                 mask = case.segmentation.mask > 0
                 row["hit"] = bool((mask & region).any())
-                counted = [
-                    (component, fragments)
-                    for component, fragments in find_objects(mask, case.quality.merge_radius)
-                ]
-                region_mask = case.gate.region.mask
+                # counted as scoring counts: enough of the object over the chest region
+                chest = case.gate.region.mask
                 row["counted"] = any(
-                    (component & region).any() and region_mask[component].mean() >= 0.2
-                    for component, _ in counted
+                    (component & region).any() and chest[component].mean() >= min_inside
+                    for component, _ in find_objects(mask, case.quality.merge_radius)
                 )
             rows.append(row)
     return rows
