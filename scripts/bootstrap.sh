@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 # PixelMed (validators, run through the JDK's source launcher) judges SR templates and SEG IODs;
 # Orthanc's DICOMweb plugin, Chromium and npm (for the OHIF build) serve the viewer tests
 APT_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb libgdcm-tools libpixelmed-java
-              default-jdk-headless chromium npm)
+              default-jdk-headless chromium)
+# Debian's npm conflicts with a nodejs from elsewhere (e.g. NodeSource, which bundles npm)
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
 missing=()
 for tool in dciodvfy dsrdump storescu Orthanc gdcminfo javac chromium npm; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
