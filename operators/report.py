@@ -63,6 +63,7 @@ def _outlined(case: Case, image: np.ndarray, scale: float) -> np.ndarray:
     import cv2
 
     from .preprocess import resize_mask
+    from .scoring import counted_at_source
     from .segmentation import mask_at_source
 
     height, width = image.shape
@@ -75,7 +76,8 @@ def _outlined(case: Case, image: np.ndarray, scale: float) -> np.ndarray:
         canvas = cv2.drawContours(canvas, contours, -1, CHEST_COLOUR, thickness)
     if case.segmentation is None:
         return canvas
-    mask = mask_at_source(case.segmentation.probability, (height, width))
+    network_mask = mask_at_source(case.segmentation.probability, (height, width), case.segmentation.threshold)
+    mask = counted_at_source(network_mask, case.quality)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     canvas = cv2.drawContours(canvas, contours, -1, OBJECT_COLOUR, max(1, round(2 / scale * 0.5)))
     grid_rows, grid_columns = case.quality.grid_shape

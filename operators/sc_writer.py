@@ -44,7 +44,7 @@ from .case import Case
 from .codes import DEFAULT_UID_ROOT, SOURCE_IMAGE_PURPOSE
 from .loader import SourceImage
 from .preprocess import resize_image
-from .scoring import QualityResult
+from .scoring import QualityResult, counted_at_source
 from .seg_writer import DISPLAY_RGB, check_source_mask
 from .writer_common import (
     MANUFACTURER,
@@ -361,6 +361,6 @@ class ScWriterOperator(DicomWriterOperator):
         super().__init__(fragment, *args, **kwargs)
 
     def build(self, case: Case) -> Dataset:
-        mask = case.segmentation.mask_for_source(case.source.shape)
+        mask = counted_at_source(case.segmentation.mask_for_source(case.source.shape), case.quality)
         return build_heatmap_capture(case.source, case.saliency.combined, mask, case.quality,
                                      algorithm_for_case(case), self.uid_root, self.compression)

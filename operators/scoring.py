@@ -101,6 +101,8 @@ class QualityResult:
     raw_component_count: int = 0  # 8-connected components before merging (the thesis' count)
     merge_radius: int = 0
     region_used: bool = False
+    # the pixels of the counted objects on the analysis grid (what SEG, SC and report.png show)
+    counted_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {
@@ -189,6 +191,7 @@ def score_mask(mask: np.ndarray, saliency: np.ndarray | None = None,
                              f"got {other.shape}")
     height, width = mask.shape
     findings, outside = [], []
+    counted = np.zeros(mask.shape, bool)
     for component, fragments in find_objects(mask, config.merge_radius):
         ys, xs = np.nonzero(component)
         area = int(ys.size)
@@ -207,14 +210,33 @@ def score_mask(mask: np.ndarray, saliency: np.ndarray | None = None,
             location_weight=weight, size_penalty=penalty, severity=severity,
             mean_saliency=mean_saliency, inside_fraction=inside, fragments=fragments,
         )
-        (findings if inside >= config.min_inside_fraction else outside).append(finding)
+        if inside >= config.min_inside_fraction:
+            findings.append(finding)
+            counted |= component
+        else:
+            outside.append(finding)
     q_img = float(np.prod([1.0 - f.severity for f in findings])) if findings else 1.0
     kept = [f for f in findings if f.mean_saliency is None or f.mean_saliency > config.saliency_threshold]
     q_filtered = float(np.prod([1.0 - f.severity for f in kept])) if kept else 1.0
     raw_count, _ = _components(mask > 0)
     return QualityResult(q_img, q_filtered, verdict_for(q_img, config), verdict_for(q_filtered, config),
                          tuple(findings), (height, width), tuple(outside), raw_count, config.merge_radius,
-                         region is not None)
+                         region is not None, counted)
+
+
+def counted_at_source(source_mask: np.ndarray, quality: QualityResult) -> np.ndarray:
+    """``source_mask`` (the network's mask at source resolution) without the objects that scoring
+    did not count (outside the chest: markers, text, shutters, the image border).
+
+    The counted grid mask is grown by one grid pixel before it is scaled up, because the source
+    mask comes from the interpolated probability and may reach just past the grid pixels.
+    """
+    if quality.counted_mask is None:
+        return source_mask
+    grown = cv2.dilate(quality.counted_mask.astype(np.uint8), np.ones((3, 3), np.uint8))
+    rows, columns = source_mask.shape
+    keep = cv2.resize(grown, (columns, rows), interpolation=cv2.INTER_NEAREST) > 0
+    return (source_mask.astype(bool) & keep).astype(source_mask.dtype)
 
 
 class ScoringOperator(CaseOperator):

@@ -1,8 +1,9 @@
 """Graph node 7a: the foreign-object mask as a DICOM Segmentation (SEG).
 
 One BINARY segment, "Foreign body" (category SCT 260787004 "Physical object",
-type SCT 19227008 "Foreign body"), at the source's rows x columns, derived
-from and referencing the source image, with the algorithm (name, version,
+type SCT 19227008 "Foreign body"), at the source's rows x columns: the objects
+that scoring counted over the chest (markers, text and shutters outside it are
+left out, as they are from Q_img), derived from and referencing the source image, with the algorithm (name, version,
 model id) in the segment's Algorithm Identification.
 
 Its one frame maps pixel for pixel onto the source.  A SEG of a projection
@@ -40,6 +41,7 @@ from pydicom import Dataset
 from .case import Case
 from .codes import DEFAULT_UID_ROOT, SEGMENT_CATEGORY, SEGMENT_LABEL, SEGMENT_TYPE, derive_uid
 from .loader import SourceImage
+from .scoring import counted_at_source
 from .writer_common import (
     MANUFACTURER,
     OUTPUT_CHARACTER_SET,
@@ -146,7 +148,7 @@ def build_segmentation(
         software_versions=algorithm.version,
         device_serial_number=algorithm.model_id,
         content_label="XIQA_OBJECTS",
-        content_description="Foreign objects that degrade the radiograph",
+        content_description="Foreign objects over the chest (those Q_img counts)",
         omit_empty_frames=False,
         series_description=identity.series_description,
         specific_character_set=OUTPUT_CHARACTER_SET,
@@ -198,5 +200,5 @@ class SegWriterOperator(DicomWriterOperator):
     chest_only = True
 
     def build(self, case: Case) -> Dataset:
-        mask = case.segmentation.mask_for_source(case.source.shape)
+        mask = counted_at_source(case.segmentation.mask_for_source(case.source.shape), case.quality)
         return build_segmentation(case.source, mask, algorithm_for_case(case), self.uid_root)

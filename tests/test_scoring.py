@@ -6,7 +6,15 @@ import math
 
 import numpy as np
 import pytest
-from xiqa.operators.scoring import ScoringConfig, Verdict, find_objects, score_mask, size_penalty, verdict_for
+from xiqa.operators.scoring import (
+    ScoringConfig,
+    Verdict,
+    counted_at_source,
+    find_objects,
+    score_mask,
+    size_penalty,
+    verdict_for,
+)
 
 
 def _pen(area_fraction: float) -> float:
@@ -160,6 +168,22 @@ def test_objects_outside_the_chest_region_are_listed_apart_and_do_not_count():
     assert result.q_img == pytest.approx(1 - result.objects[0].severity)
     assert tuple(result.to_dict()["objects_outside_chest"][0]["bbox"]) == (5, 230, 15, 245)
     assert result.region_used and not score_mask(mask).region_used
+
+
+def test_the_source_mask_keeps_only_the_counted_objects():
+    mask = np.zeros((256, 256), np.uint8)
+    mask[100:110, 100:110] = 1  # over the chest
+    mask[5:15, 230:245] = 1  # a marker in the corner
+    region = np.zeros((256, 256), bool)
+    region[40:220, 40:220] = True
+    source_mask = np.kron(mask, np.ones((8, 8), np.uint8))  # a 2,048 px source
+    source_mask[99 * 8 : 99 * 8 + 4, 100 * 8 : 110 * 8] = 1  # interpolation reaching past the grid pixels
+    kept = counted_at_source(source_mask, score_mask(mask, region=region))
+    assert kept.shape == source_mask.shape and kept.dtype == source_mask.dtype
+    assert kept[40:120].sum() == 0  # the marker is gone
+    assert kept[800:880, 800:880].all() and kept[99 * 8 : 99 * 8 + 4, 800:880].all()
+    assert kept.sum() == source_mask.sum() - 80 * 120
+    assert counted_at_source(source_mask, score_mask(mask)).sum() == source_mask.sum()  # no region: all count
 
 
 def test_an_object_mostly_outside_counts_when_enough_of_it_is_over_the_chest():

@@ -374,35 +374,72 @@ def _ecg_electrode(rng, layers, centre, unit):
         _polyline(layers.layer(rng.uniform(0.45, 0.8)), lead, unit * rng.uniform(1.6, 3))
 
 
+def _rounded_outline(centre: np.ndarray, half: np.ndarray, angle: float, roundness: float) -> np.ndarray:
+    """Closed outline of a rounded can: a superellipse (2 = ellipse, larger = boxier), rotated."""
+    t = np.linspace(0, 2 * math.pi, 72, endpoint=False)
+    cos, sin = np.cos(t), np.sin(t)
+    x = half[0] * np.sign(cos) * np.abs(cos) ** (2 / roundness)
+    y = half[1] * np.sign(sin) * np.abs(sin) ** (2 / roundness)
+    rotation = math.radians(angle)
+    return centre + np.stack(
+        [x * math.cos(rotation) - y * math.sin(rotation), x * math.sin(rotation) + y * math.cos(rotation)], 1
+    )
+
+
 def _device(rng, layers, unit, *, can: tuple[float, float], leads: int):
+    """A cardiac implant as radiographs show it: a grey titanium can (about 4-6 cm, rounded) with a
+    denser rim, a header with the lead connectors, circuit parts and a battery inside, and leads
+    running to the heart."""
     size = layers.size
     side = rng.choice([-1, 1])
-    centre = np.array([size * (0.5 + side * rng.uniform(0.2, 0.3)), size * rng.uniform(0.15, 0.28)])
-    half = np.array(can) * unit * rng.uniform(0.9, 1.1)
-    angle = rng.uniform(-30, 30)
-    box = cv2.boxPoints(((float(centre[0]), float(centre[1])), (2 * half[0], 2 * half[1]), angle))
-    housing = layers.layer(rng.uniform(0.75, 0.9))
-    cv2.fillPoly(housing, [np.round(box).astype(np.int32)], 1)
-    core = cv2.boxPoints(
-        ((float(centre[0]), float(centre[1] + half[1] * 0.2)), (1.2 * half[0], half[1]), angle)
-    )
-    cv2.fillPoly(layers.layer(1.0), [np.round(core).astype(np.int32)], 1)  # battery and circuit
-    heart = np.array([size * rng.uniform(0.5, 0.6), size * rng.uniform(0.55, 0.68)])
+    centre = np.array([size * (0.5 + side * rng.uniform(0.18, 0.32)), size * rng.uniform(0.15, 0.5)])
+    half = np.array(can) * unit * rng.uniform(0.85, 1.15, 2)
+    angle = rng.uniform(-35, 35)
+    outline = _rounded_outline(centre, half, angle, rng.uniform(2.2, 5.0))
+    housing = rng.uniform(0.3, 0.65)  # the can itself is thin metal: grey, not white
+    cv2.fillPoly(layers.layer(housing), [np.round(outline).astype(np.int32)], 1)
+    _polyline(layers.layer(min(1.0, housing + 0.2)), np.vstack([outline, outline[:1]]), unit * 1.5)
+    rotation = math.radians(angle)
+    along, across = np.array([math.cos(rotation), math.sin(rotation)]), np.array([-math.sin(rotation),
+                                                                                 math.cos(rotation)])
+
+    def part(offset_x: float, offset_y: float, width: float, height: float, opacity: float) -> None:
+        middle = centre + along * offset_x * half[0] + across * offset_y * half[1]
+        box = cv2.boxPoints(((float(middle[0]), float(middle[1])),
+                             (float(width * half[0]), float(height * half[1])), angle))
+        cv2.fillPoly(layers.layer(opacity), [np.round(box).astype(np.int32)], 1)
+
+    header_top = -1.0 if rng.random() < 0.5 else 1.0  # connector block on one end of the can
+    part(0.0, header_top * 0.8, 1.1, 0.35, rng.uniform(0.45, 0.75))
+    for pin in range(int(rng.integers(2, 5))):
+        part(rng.uniform(-0.4, 0.4), header_top * rng.uniform(0.7, 0.9), 0.12, 0.12, rng.uniform(0.85, 1.0))
+    part(0.0, -header_top * rng.uniform(0.3, 0.45), rng.uniform(1.1, 1.5), rng.uniform(0.6, 0.9),
+         rng.uniform(0.7, 0.95))  # battery
+    for _ in range(int(rng.integers(3, 10))):  # circuit parts between header and battery
+        part(rng.uniform(-0.6, 0.6), header_top * rng.uniform(0.0, 0.5), rng.uniform(0.08, 0.4),
+             rng.uniform(0.06, 0.25), rng.uniform(0.75, 1.0))
+    header = centre + across * header_top * 0.8 * half[1]
+    heart = np.array([size * rng.uniform(0.45, 0.6), size * rng.uniform(0.55, 0.7)])
     for _ in range(leads):
         target = heart + rng.normal(0, unit * 15, 2)
-        path = np.linspace(centre, target, 24)
-        path[:, 0] += np.sin(np.linspace(0, math.pi, 24)) * unit * rng.uniform(-30, 30)
-        path[:, 1] -= np.sin(np.linspace(0, math.pi, 24)) * unit * rng.uniform(0, 20)
-        _polyline(layers.layer(rng.uniform(0.7, 0.95)), path, unit * rng.uniform(1.8, 2.8))
+        path = np.linspace(header, target, 32)
+        path[:, 0] += np.sin(np.linspace(0, math.pi, 32)) * unit * rng.uniform(-30, 30)
+        path[:, 1] -= np.sin(np.linspace(0, math.pi, 32)) * unit * rng.uniform(0, 25)
+        if rng.random() < 0.5:  # spare lead coiled beside the can
+            loop = rng.uniform(8, 16) * unit
+            turn = np.linspace(0, 2 * math.pi, 24)
+            coil = header + np.stack([np.cos(turn), np.sin(turn)], 1) * loop + across * header_top * loop
+            path = np.vstack([coil, path])
+        _polyline(layers.layer(rng.uniform(0.6, 0.95)), path, unit * rng.uniform(1.2, 2.8))
         cv2.circle(layers.layer(1.0), _pt(path[-1]), int(unit * 2.5), 1, -1)  # lead tip
 
 
 def _pacemaker(rng, layers, centre, unit):
-    _device(rng, layers, unit, can=(20, 17), leads=int(rng.integers(1, 3)))
+    _device(rng, layers, unit, can=(28, 24), leads=int(rng.integers(1, 3)))
 
 
 def _icd(rng, layers, centre, unit):
-    _device(rng, layers, unit, can=(27, 22), leads=int(rng.integers(1, 4)))
+    _device(rng, layers, unit, can=(36, 29), leads=int(rng.integers(1, 4)))
 
 
 def _sternal_wires(rng, layers, centre, unit):
@@ -527,7 +564,7 @@ _DRAWERS: dict[str, Callable] = {
     "central_line": _central_line,
 }
 # how often each kind is drawn: ECG electrodes and lines are the commonest devices on a chest film
-_KIND_WEIGHTS = np.array([1, 1, 1, 0.6, 0.5, 0.8, 0.6, 2.5, 1.2, 0.8, 0.6, 0.7, 0.5, 0.4, 1.2])
+_KIND_WEIGHTS = np.array([1, 1, 1, 0.6, 0.5, 0.8, 0.6, 2.5, 1.6, 1.0, 0.6, 0.7, 0.5, 0.4, 1.2])
 
 
 def _insert_object(
