@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+#: grid pixels: a dark seam narrower than this does not carry the outside air into a lung
+AIR_SEAM = 7
+
 
 @dataclass(frozen=True)
 class ChestRegionConfig:
@@ -119,18 +122,22 @@ def _lung_field(component: np.ndarray, normalised: np.ndarray) -> LungField:
     )
 
 
-def _outside_air(normalised: np.ndarray, dark: np.ndarray, threshold: float) -> np.ndarray:
+def _outside_air(normalised: np.ndarray, threshold: float) -> np.ndarray:
     """Air around the body and un-exposed borders: the darkest pixels, reached from the image frame.
 
     Air is darker than aerated lung, so a flood from the frame through pixels well below the lung
-    threshold stops at the skin line even where the lung field touches it.
+    threshold stops at the skin line even where the lung field touches it.  The flood starts from
+    an opening of those pixels, so it cannot pass through a thin dark seam (over the shoulder, past
+    a burnt-in label) into a lung whose darkest parts are as dark as air.
     """
     very_dark = (normalised < threshold * 0.55).astype(np.uint8)
+    opened = cv2.morphologyEx(very_dark, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                                                    (AIR_SEAM, AIR_SEAM)))
     frame = np.zeros_like(very_dark)
     frame[[0, -1], :] = 1
     frame[:, [0, -1]] = 1
-    count, labels = cv2.connectedComponents(very_dark, connectivity=8)
-    touching = np.unique(labels[(frame > 0) & (very_dark > 0)])
+    count, labels = cv2.connectedComponents(opened, connectivity=8)
+    touching = np.unique(labels[(frame > 0) & (opened > 0)])
     air = np.isin(labels, touching[touching > 0])
     return cv2.dilate(air.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
 
@@ -163,7 +170,7 @@ def find_chest_region(image: np.ndarray, config: ChestRegionConfig = ChestRegion
     if float(central.std()) < 0.05:
         return ChestRegion(empty, (), 0.0, 0.0, "no anatomy: the image is nearly uniform")
     threshold = _otsu(central)
-    dark = (normalised < threshold) & ~_outside_air(normalised, normalised < threshold, threshold)
+    dark = (normalised < threshold) & ~_outside_air(normalised, threshold)
     sides: dict[str, np.ndarray] = {}
     middle = width // 2
     for component in sorted(_candidates(dark, config), key=lambda c: -int(c.sum())):

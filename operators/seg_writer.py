@@ -3,8 +3,9 @@
 One BINARY segment, "Foreign body" (category SCT 260787004 "Physical object",
 type SCT 19227008 "Foreign body"), at the source's rows x columns: the objects
 that scoring counted over the chest (markers, text and shutters outside it are
-left out, as they are from Q_img), derived from and referencing the source image, with the algorithm (name, version,
-model id) in the segment's Algorithm Identification.
+left out, as they are from Q_img), derived from and referencing the source
+image, with the algorithm (name, version, model id) in the segment's Algorithm
+Identification.
 
 Its one frame maps pixel for pixel onto the source.  A SEG of a projection
 radiograph (no Frame of Reference) needs no geometry, but the OHIF Viewer

@@ -411,7 +411,7 @@ def _device(rng, layers, unit, *, can: tuple[float, float], leads: int):
 
     header_top = -1.0 if rng.random() < 0.5 else 1.0  # connector block on one end of the can
     part(0.0, header_top * 0.8, 1.1, 0.35, rng.uniform(0.45, 0.75))
-    for pin in range(int(rng.integers(2, 5))):
+    for _ in range(int(rng.integers(2, 5))):
         part(rng.uniform(-0.4, 0.4), header_top * rng.uniform(0.7, 0.9), 0.12, 0.12, rng.uniform(0.85, 1.0))
     part(0.0, -header_top * rng.uniform(0.3, 0.45), rng.uniform(1.1, 1.5), rng.uniform(0.6, 0.9),
          rng.uniform(0.7, 0.95))  # battery
