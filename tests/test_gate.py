@@ -102,13 +102,13 @@ def test_test_patterns_are_not_chests(pattern):
     assert not decision.frontal_chest, pattern
 
 
-def test_every_held_out_real_chest_plate_passes_the_gate():
+def test_every_real_frontal_chest_plate_passes_the_gate():
+    """All 59 real plates, the ICU ones with devices, a shoulder prosthesis and tight collimation too."""
     manifest = json.loads((REAL_CXR / "manifest.json").read_text())["images"]
-    held_out = [entry for entry in manifest if entry["split"] == "held_out_clean"]
-    assert len(held_out) >= 10
+    assert len(manifest) >= 50
     refused = [
         entry["id"]
-        for entry in held_out
+        for entry in manifest
         if not find_chest_region(
             np.clip(resize_image(read_raster(REAL_CXR / entry["file"]), 256, 256), 0, 1)
         ).found
