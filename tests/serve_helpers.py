@@ -129,7 +129,11 @@ class ServeNode:
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:  # the caller never gets this node to stop: do not leave it running
+                self.stop(signal.SIGKILL)
+                raise
 
     def wait_ready(self, seconds: float = 180) -> None:
         deadline = time.monotonic() + seconds
