@@ -36,6 +36,7 @@ XQ-0031     Local language model                       the summary came from the
 XQ-0032     Deterministic template                     the summary came from the template
 XQ-0040     Input gate decision                        CODE, value XQ-0041 (image-level group)
 XQ-0041     Not a frontal chest radiograph             the gate stopped the image: no Q_img, no verdict
+XQ-0042     Reason not scored                          TEXT, the gate's reason (with XQ-0041)
 ==========  =========================================  ==========================
 
 Mean saliency per object is standard: (130404, DCM, "Saliency") with the TID 300
@@ -95,12 +96,14 @@ SUMMARY_FROM_LLM = _private("XQ-0031", "Local language model")
 SUMMARY_FROM_TEMPLATE = _private("XQ-0032", "Deterministic template")
 INPUT_GATE = _private("XQ-0040", "Input gate decision")
 NOT_FRONTAL_CHEST = _private("XQ-0041", "Not a frontal chest radiograph")
+NOT_SCORED_REASON = _private("XQ-0042", "Reason not scored")
 
 PRIVATE_CODES: tuple[Code, ...] = (
     Q_IMG, Q_FILTERED, VERDICT, VERDICT_FILTERED, OBJECT_COUNT,
     VERDICT_GOOD, VERDICT_ACCEPTABLE, VERDICT_POOR,
     AREA_FRACTION, LOCATION_WEIGHT, SIZE_PENALTY, SEVERITY, TOTAL_AREA_FRACTION,
     SUMMARY_SOURCE, SUMMARY_FROM_LLM, SUMMARY_FROM_TEMPLATE, INPUT_GATE, NOT_FRONTAL_CHEST,
+    NOT_SCORED_REASON,
 )
 
 VERDICT_CODES: dict[Verdict, Code] = {

@@ -33,9 +33,9 @@ and viewers read the report:
   evidence (Current Requested Procedure Evidence), next to the source.
 
 :func:`report_document` builds the document around any list of measurement
-groups and evaluation items, so other kinds of report (e.g. an image that was
-not analysed, with a reason and no groups) add a builder of their own content
-items and share the rest.
+groups and evaluation items, so other kinds of report (an image the input gate
+stopped: one whole-image group with the gate's code and reason, no scores) add
+a builder of their own content items and share the rest.
 
 Why objects are outlines and not SEG segments: the SEG has one segment for all
 objects (DESIGN), and TID 1410 lets a group reference a region or a segment,
@@ -225,8 +225,10 @@ def build_not_scored_report(source: SourceImage, reason: str, summary: str, algo
                             uid_root: str | None = xc.DEFAULT_UID_ROOT) -> hd.sr.ComprehensiveSR:
     """The TID 1500 report for an image the input gate did not let through.
 
-    No Q_img, verdict or SEG: one TID 1501 group on the source says "not a frontal chest
-    radiograph", and the narrative summary (which must state ``reason``) carries the reason.
+    No Q_img, verdict or SEG: one TID 1410 group on the whole-image outline (as
+    the scored report's image group, so viewers that need a SCOORD in every
+    group show it) says "not a frontal chest radiograph" and holds ``reason``
+    as TEXT; the narrative summary (which must state ``reason``) says it too.
 
     Raises
     ------
@@ -238,21 +240,40 @@ def build_not_scored_report(source: SourceImage, reason: str, summary: str, algo
     """
     check_argument_type("source", source, SourceImage, "a SourceImage")
     check_argument_type("algorithm", algorithm, AlgorithmInfo, "an AlgorithmInfo")
-    if _check_summary(reason) not in summary:
+    reason = _check_summary(reason)
+    if reason not in summary:
         raise ValueError('Argument "summary" must state the reason')
     text = _check_summary(summary)
     reference = _checked_reference(source)
     identity = output_identity(source.dataset, OutputKind.SR, algorithm, uid_root)
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=xc.derive_uid(("tracking", identity.sop_instance_uid, "image"), uid_root),
-            identifier="xiqa input gate"),
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(identity, "image", "xiqa input gate", uid_root),
+        referenced_region=_whole_image_region(reference),
+        finding_type=xc.FINDING_TYPE,
+        finding_category=xc.FINDING_CATEGORY,
         algorithm_id=algorithm.sr_identification(),
-        source_images=[hd.sr.SourceImageForMeasurementGroup(reference.SOPClassUID, reference.SOPInstanceUID)],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(xc.INPUT_GATE, xc.NOT_FRONTAL_CHEST)],
     )
+    # highdicom takes only coded evaluations; TID 1410 also lets a group contain TEXT
+    group[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=xc.NOT_SCORED_REASON, value=reason, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     return report_document(source, reference, identity, algorithm, [group],
                            summary_evaluations(text, SummarySource.TEMPLATE), uid_root=uid_root)
+
+
+def _tracking(identity: OutputIdentity, key: object, label: str,
+              uid_root: str | None) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(
+        uid=xc.derive_uid(("tracking", identity.sop_instance_uid, key), uid_root), identifier=label)
+
+
+def _whole_image_region(reference: Dataset) -> hd.sr.ImageRegion:
+    """The closed outline of the whole source image (SCOORD corners, not pixel centres)."""
+    rows, columns = int(reference.Rows), int(reference.Columns)
+    corners = np.array([[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]], np.float32)
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=corners,
+        source_image=hd.sr.SourceImageForRegion(reference.SOPClassUID, reference.SOPInstanceUID))
 
 
 def _checked_reference(source: SourceImage) -> Dataset:
@@ -267,19 +288,11 @@ def quality_groups(reference: Dataset, quality: QualityResult, algorithm: Algori
                    grid_mask: np.ndarray | None, identity: OutputIdentity, uid_root: str | None
                    ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     """The TID 1410 groups of an analysed image: the whole image with the scores, then the objects."""
-    def tracking(key: object, label: str) -> hd.sr.TrackingIdentifier:
-        return hd.sr.TrackingIdentifier(
-            uid=xc.derive_uid(("tracking", identity.sop_instance_uid, key), uid_root),
-            identifier=label)
-
     source_class, source_uid = reference.SOPClassUID, reference.SOPInstanceUID
     rows, columns = int(reference.Rows), int(reference.Columns)
-    whole_image = np.array([[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]], np.float32)
     groups = [hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking("image", "xiqa image quality"),
-        referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=whole_image,
-            source_image=hd.sr.SourceImageForRegion(source_class, source_uid)),
+        tracking_identifier=_tracking(identity, "image", "xiqa image quality", uid_root),
+        referenced_region=_whole_image_region(reference),
         finding_type=xc.FINDING_TYPE,
         finding_category=xc.FINDING_CATEGORY,
         algorithm_id=algorithm.sr_identification(),
@@ -307,7 +320,7 @@ def quality_groups(reference: Dataset, quality: QualityResult, algorithm: Algori
         if finding.mean_saliency is not None:
             measurements.append(_number(xc.SALIENCY, finding.mean_saliency, derivation=xc.MEAN))
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking(("object", number), f"Object {number}"),
+            tracking_identifier=_tracking(identity, ("object", number), f"Object {number}", uid_root),
             referenced_region=hd.sr.ImageRegion(
                 graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline,
                 source_image=hd.sr.SourceImageForRegion(source_class, source_uid)),
@@ -334,8 +347,7 @@ def report_document(
     reference: Dataset,
     identity: OutputIdentity,
     algorithm: AlgorithmInfo,
-    groups: Sequence[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-                     | hd.sr.MeasurementsAndQualitativeEvaluations],
+    groups: Sequence[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations],
     evaluations: Sequence[hd.sr.ContentItem],
     evidence: Sequence[Dataset] = (),
     uid_root: str | None = xc.DEFAULT_UID_ROOT,
@@ -343,11 +355,10 @@ def report_document(
     """The TID 1500 document around ``groups`` (Imaging Measurements) and ``evaluations``.
 
     Observer, procedure and Image Library are the same for every report on
-    ``source``.  highdicom needs at least one group: a report without regions
-    (an image that was not analysed) gives one TID 1501 group on the source
-    image with its qualitative evaluation.  Keep TID 1501 and TID 1410 groups
-    apart (see the module docstring).  ``evidence`` are the referenced
-    instances besides the source (the SEG).
+    ``source``.  highdicom needs at least one group, and every group is a
+    TID 1410 group with a region (see the module docstring): a report on an
+    image that was not analysed has one on the whole image.  ``evidence`` are
+    the referenced instances besides the source (the SEG).
     """
     observer = hd.sr.ObserverContext(
         observer_type=xc.DEVICE_OBSERVER,

@@ -20,9 +20,11 @@ from writer_cases import (
     ToolReport,
     WriterCase,
     dciodvfy,
+    pixelmed,
     requires_dciodvfy,
     requires_dsrdump,
     requires_pixelmed,
+    write_not_scored_study,
 )
 from xiqa.operators import codes as xc
 from xiqa.operators.seg_writer import build_segmentation
@@ -56,6 +58,7 @@ SR_PIXELMED_WARNINGS = (
     r'IMAGE \(121233,DCM,"Source Image for Segmentation"\): Code \(121233,DCM,"Source Image for '
     r'Segmentation"\) has different code meaning',
     r"SpecificCharacterSet/value\[1\]: Unrecognized defined term :ISO_IR 192:$",
+    r'TEXT \(XQ-0042,99XIQA,"Reason not scored"\): Content Item not in template$',
 )
 
 
@@ -208,3 +211,32 @@ def test_rejects_bad_arguments(cases: dict[str, WriterCase]) -> None:
     with pytest.raises(ValueError, match=r'Argument "seg" must be a Segmentation'):
         build_report(case.source, case.quality, dcmread(case.paths["sc"]), "text", "template",
                      ALGORITHM)
+
+
+@requires_dciodvfy
+@requires_pixelmed
+def test_not_scored_report_is_one_whole_image_group_with_the_gate_code_and_reason(
+        tmp_path: Path) -> None:
+    """The WG04 ankle: OHIF needs a SCOORD in every group, PixelMed and dciodvfy find no error."""
+    study = write_not_scored_study(tmp_path)
+    assert dciodvfy(study.sr).errors == []
+    report = pixelmed([study.sr])[study.sr]
+    assert "Found Root Template TID_1500 (MeasurementReport)" in report.text, report.text
+    assert report.errors == [], report.text
+    unexpected = [w for w in report.warnings
+                  if not any(re.search(allowed, w) for allowed in SR_PIXELMED_WARNINGS)]
+    assert unexpected == [], report.text
+    content = hd.sr.srread(study.sr).content
+    (group,) = content.get_planar_roi_measurement_groups()
+    assert content.get_image_measurement_groups() == []
+    assert str(group.tracking_identifier) == "xiqa input gate"
+    source = dcmread(study.source)
+    outline = np.asarray(group.roi.GraphicData, np.float64).reshape(-1, 2).tolist()
+    assert outline == [[0, 0], [source.Columns, 0], [source.Columns, source.Rows],
+                       [0, source.Rows], [0, 0]]
+    (gate,) = group.get_qualitative_evaluations(name=xc.INPUT_GATE)
+    assert gate.value.value == xc.NOT_FRONTAL_CHEST.value
+    assert group.get_measurements() == []
+    reasons = [item.TextValue for item in group[0].ContentSequence
+               if item.ConceptNameCodeSequence[0].CodeValue == xc.NOT_SCORED_REASON.value]
+    assert reasons == [study.reason] and study.reason.startswith("not a frontal chest radiograph: ")

@@ -410,3 +410,32 @@ def write_viewer_study(folder: Path) -> ViewerStudy:
     paths = write_outputs(source, probability, saliency, quality, summary, "template", ALGORITHM,
                           folder / "outputs", threshold=THRESHOLD)
     return ViewerStudy(source_path, paths, quality, str(ds.StudyInstanceUID), (rows, columns))
+
+
+@dataclass(frozen=True)
+class NotScoredStudy:
+    source: Path
+    sr: Path
+    reason: str
+    study_uid: str
+
+
+def write_not_scored_study(folder: Path) -> NotScoredStudy:
+    """The WG04 ankle CR (pydicom-data ``RG3_UNCR.dcm``), which the gate refuses, and its SR."""
+    from pydicom.data import get_testdata_file
+    from xiqa.operators.gate import judge_frontal_chest
+    from xiqa.operators.preprocess import to_network_input
+    from xiqa.operators.sr_writer import build_not_scored_report
+    from xiqa.operators.summary import not_scored_summary
+
+    folder.mkdir(parents=True, exist_ok=True)
+    source_path = folder / "ankle.dcm"
+    shutil.copy(get_testdata_file("RG3_UNCR.dcm"), source_path)
+    source = load_source_image(source_path)
+    decision = judge_frontal_chest(source.dataset, to_network_input(source.pixels)[0])
+    assert not decision.frontal_chest
+    sr = build_not_scored_report(source, decision.reason, not_scored_summary(decision.reason).text,
+                                 ALGORITHM)
+    sr_path = folder / "not_scored_sr.dcm"
+    sr.save_as(sr_path, enforce_file_format=True)
+    return NotScoredStudy(source_path, sr_path, decision.reason, str(source.dataset.StudyInstanceUID))
