@@ -221,6 +221,11 @@ def build_report(
                            uid_root=uid_root)
 
 
+#: What a viewer lists for the SR of a refused image: OHIF 3.13 labels a TID 1410 outline only with
+#: its NUM values and finding site, so the group's code and reason do not show on the image.
+NOT_SCORED_SERIES_DESCRIPTION = "xiqa: not scored, not a frontal chest radiograph (SR)"
+
+
 def build_not_scored_report(source: SourceImage, reason: str, summary: str, algorithm: AlgorithmInfo,
                             uid_root: str | None = xc.DEFAULT_UID_ROOT) -> hd.sr.ComprehensiveSR:
     """The TID 1500 report for an image the input gate did not let through.
@@ -258,7 +263,8 @@ def build_not_scored_report(source: SourceImage, reason: str, summary: str, algo
     group[0].ContentSequence.append(hd.sr.TextContentItem(
         name=xc.NOT_SCORED_REASON, value=reason, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     return report_document(source, reference, identity, algorithm, [group],
-                           summary_evaluations(text, SummarySource.TEMPLATE), uid_root=uid_root)
+                           summary_evaluations(text, SummarySource.TEMPLATE), uid_root=uid_root,
+                           series_description=NOT_SCORED_SERIES_DESCRIPTION)
 
 
 def _tracking(identity: OutputIdentity, key: object, label: str,
@@ -351,6 +357,7 @@ def report_document(
     evaluations: Sequence[hd.sr.ContentItem],
     evidence: Sequence[Dataset] = (),
     uid_root: str | None = xc.DEFAULT_UID_ROOT,
+    series_description: str | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """The TID 1500 document around ``groups`` (Imaging Measurements) and ``evaluations``.
 
@@ -358,7 +365,8 @@ def report_document(
     ``source``.  highdicom needs at least one group, and every group is a
     TID 1410 group with a region (see the module docstring): a report on an
     image that was not analysed has one on the whole image.  ``evidence`` are
-    the referenced instances besides the source (the SEG).
+    the referenced instances besides the source (the SEG).  ``series_description``
+    replaces the kind's own (what a viewer's series list shows).
     """
     observer = hd.sr.ObserverContext(
         observer_type=xc.DEVICE_OBSERVER,
@@ -391,7 +399,7 @@ def report_document(
         is_complete=True,
         is_final=True,
         is_verified=False,
-        series_description=identity.series_description,
+        series_description=series_description or identity.series_description,
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
         device_serial_number=algorithm.model_id,

@@ -418,6 +418,7 @@ class NotScoredStudy:
     sr: Path
     reason: str
     study_uid: str
+    shape: tuple[int, int]  # rows, columns
 
 
 def write_not_scored_study(folder: Path) -> NotScoredStudy:
@@ -438,4 +439,5 @@ def write_not_scored_study(folder: Path) -> NotScoredStudy:
                                  ALGORITHM)
     sr_path = folder / "not_scored_sr.dcm"
     sr.save_as(sr_path, enforce_file_format=True)
-    return NotScoredStudy(source_path, sr_path, decision.reason, str(source.dataset.StudyInstanceUID))
+    return NotScoredStudy(source_path, sr_path, decision.reason, str(source.dataset.StudyInstanceUID),
+                          source.shape)
