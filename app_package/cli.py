@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--forward", action="append", metavar="AET@HOST:PORT",
                        help="send outputs here by C-STORE (repeatable)")
     serve.add_argument("--metrics-port", type=int, metavar="N", help="Prometheus /metrics port")
+    serve.add_argument("--review-port", type=int, metavar="N",
+                       help="HTTP port of the review page (recent results, rejected instances)")
+    serve.add_argument("--review-bind", metavar="ADDRESS",
+                       help="address of the review page (default: 127.0.0.1)")
     serve.add_argument("--study-timeout", type=float, metavar="S",
                        help="seconds without a new instance before a study is processed; "
                             "0 processes each instance (default: 30)")
@@ -223,7 +227,7 @@ SERVE_KEYS = ("ae_title", "port", "bind", "storage", "output", "forward", "metri
               "model", "device", "saliency", "modalities",
               "metrics_bind", "max_associations", "acse_timeout", "dimse_timeout", "network_timeout",
               "forward_tls", "forward_tls_ca", "forward_tls_certificate", "forward_tls_key", "retention_days",
-              "retention_bytes")
+              "retention_bytes", "review_port", "review_bind")
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:

@@ -27,6 +27,7 @@ def report_dict(case: Case) -> dict:
     summary = case.summary
     report = {
         "source_sop_instance_uid": case.source.sop_instance_uid,
+        "study_instance_uid": str(case.source.dataset.get("StudyInstanceUID", "")) or None,
         "frontal_chest": case.frontal_chest,
         "not_scored_reason": None if case.frontal_chest else case.gate.reason,
         "gate": case.gate.to_dict() if case.gate is not None else None,

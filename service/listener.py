@@ -201,6 +201,10 @@ class Listener:
             raise RuntimeError("the listener is not started")
         return self._server.server_address[1]
 
+    def listening(self) -> bool:
+        """Whether the listener's thread is serving its port."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         server = self.ae.make_server((self.settings.bind, self.settings.port),
                                      ssl_context=tls_context(self.settings),

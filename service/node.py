@@ -15,6 +15,7 @@ from xiqa.operators.loader import LoaderConfig
 from .listener import Listener, forward_tls_context
 from .metrics import NodeMetrics
 from .outbox import Outbox
+from .review import NodeState, ReviewServer
 from .settings import ServeSettings
 from .spool import Spool
 from .worker import Worker
@@ -63,6 +64,12 @@ class Node:
             self.outbox.start()
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
+        review = None
+        if self.settings.review_port is not None:
+            state = NodeState(self.metrics, self.settings.ae_title, self.listener.listening)
+            review = ReviewServer(self.settings.review_bind, self.settings.review_port, self.settings.output,
+                                  self.settings.storage, state)
+            review.start()
         self._catch_signals()
         self.listener.start()
         logger.warning("xiqa serve ready: %s on port %d, storage %s, output %s", self.settings.ae_title,
@@ -73,6 +80,8 @@ class Node:
             self.listener.stop()
             if self.outbox is not None:
                 self.outbox.stop()
+            if review is not None:
+                review.stop()
         logger.warning("xiqa serve stopped; %d instances wait for the next start", self.worker.pending())
         return 0
 

@@ -74,6 +74,10 @@ class ServeSettings:
     metrics_port: int | None = None
     #: address the metrics endpoint listens on (0.0.0.0 to serve other hosts)
     metrics_bind: str = "127.0.0.1"
+    #: review page HTTP port (service/review.py); None for no review page
+    review_port: int | None = None
+    #: address the review page listens on; it shows UIDs and verdicts, so loopback by default
+    review_bind: str = "127.0.0.1"
     #: free bytes the storage must keep; below it C-STORE answers "out of resources"
     min_free_bytes: int = 512 * 1024 * 1024
     forward_retries: int = 5
@@ -112,8 +116,9 @@ class ServeSettings:
         object.__setattr__(self, "allowed_ae_titles", tuple(
             check_ae_title(title, "allowed calling AE title") for title in self.allowed_ae_titles))
         check_port(self.port, "port")
-        if self.metrics_port is not None:
-            check_port(self.metrics_port, "metrics port")
+        for name in ("metrics_port", "review_port"):
+            if getattr(self, name) is not None:
+                check_port(getattr(self, name), name.replace("_", " "))
         if self.study_timeout < 0:
             raise ValueError(f"study timeout must be >= 0 seconds, got {self.study_timeout}")
         if self.min_free_bytes < 0:
