@@ -31,7 +31,7 @@ from xiqa.operators.scoring import ScoringConfig, ScoringOperator
 from xiqa.operators.seg_writer import SegWriterOperator
 from xiqa.operators.segmentation import SegmentationModel, SegmentationOperator
 from xiqa.operators.sr_writer import SrWriterOperator
-from xiqa.operators.summary import Summarizer, SummaryOperator
+from xiqa.operators.summary import Summarizer, SummaryConfig, SummaryOperator
 
 
 @dataclass
@@ -51,14 +51,19 @@ class RunSettings:
 
 def build_settings(paths: list[Path], output: Path, *, model: Path | SegmentationModel | None = None,
                    summarizer: Summarizer | None = None, device: str = "auto", saliency: str = "gradcam",
-                   loader: LoaderConfig | None = None) -> RunSettings:
-    """Settings with the segmentation model (a bundle path, default: shipped) and the summarizer loaded."""
+                   loader: LoaderConfig | None = None, summary_model: Path | None = None) -> RunSettings:
+    """Settings with the segmentation model (a bundle path, default: shipped) and the summarizer loaded.
+
+    The summary is the template unless ``summary_model`` names a GGUF, which then phrases it
+    (its text is used only when it passes ``validate_summary``).
+    """
     from xiqa.operators.segmentation import DEFAULT_BUNDLE, load_segmentation_model
 
     if not isinstance(model, SegmentationModel):
         model = load_segmentation_model(model or DEFAULT_BUNDLE, device=device)
     if summarizer is None:
-        summarizer = Summarizer()
+        summarizer = Summarizer(SummaryConfig(model_path=summary_model, use_llm=summary_model is not None))
+    if summarizer.config.use_llm:
         summarizer.load()  # once, before the graph starts; a failure falls back to the template
     return RunSettings(paths=list(paths), output=Path(output), model=model, summarizer=summarizer,
                        loader=loader or LoaderConfig(), saliency=SaliencyConfig(method=saliency))

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--model", type=Path, default=None,
                          help="MONAI bundle folder, or a folder of fold bundles (default: shipped model)")
     analyze.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    analyze.add_argument("--summary-model", type=Path, default=None, metavar="PATH.gguf",
+                         help="a GGUF language model phrases the summary (default: the template)")
     analyze.add_argument("--modalities", default="CR,DX,OT",
                          help="comma-separated modalities to accept (default: %(default)s)")
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -97,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", help="auto, cpu or cuda (default: auto)")
     serve.add_argument("--saliency", choices=SALIENCY_METHODS, help="default: gradcam")
     serve.add_argument("--modalities", help="comma-separated modalities to accept (default: CR,DX,OT)")
+    serve.add_argument("--summary-model", type=Path, metavar="PATH.gguf",
+                       help="a GGUF language model phrases the summary (default: the template)")
 
     health = commands.add_parser("health", help="C-ECHO a node; exit 0 when it answers (health checks)")
     health.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
@@ -193,7 +197,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         print(f"rejected {path}: no such file or folder", file=sys.stderr)
     loader = LoaderConfig(allowed_modalities=frozenset(m.strip().upper() for m in args.modalities.split(",")))
     settings = build_settings(paths, args.output, model=args.model, device=args.device,
-                              saliency=args.saliency, loader=loader)
+                              saliency=args.saliency, loader=loader, summary_model=args.summary_model)
     # a bar (and its carriage returns) only on a terminal: log lines must start at column 0
     progress = tqdm(total=len(paths), unit="image", file=sys.stderr,
                     disable=args.no_progress or len(paths) < 2 or not sys.stderr.isatty())
@@ -227,7 +231,7 @@ SERVE_KEYS = ("ae_title", "port", "bind", "storage", "output", "forward", "metri
               "model", "device", "saliency", "modalities",
               "metrics_bind", "max_associations", "acse_timeout", "dimse_timeout", "network_timeout",
               "forward_tls", "forward_tls_ca", "forward_tls_certificate", "forward_tls_key", "retention_days",
-              "retention_bytes", "review_port", "review_bind")
+              "retention_bytes", "review_port", "review_bind", "summary_model")
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:

@@ -6,8 +6,11 @@
 For each prompt style it runs the same ``--cases`` synthetic findings (0 to 6
 objects of varied size and place, built with ``score_mask``) through
 ``Summarizer.summarize`` and reports how many notes are the model's own text
-(passed ``validate_summary``, template fallbacks not counted), the most common
-rejection reasons, and mean / p95 / max latency.  Load time and raw generation
+(passed ``validate_summary``, template fallbacks not counted), how many of the
+model's texts pass the facts checks alone (``sense=False``) and how many also the
+fluency and sense checks, the most common rejection reasons, and mean / p95 /
+max latency.  ``--json`` keeps every model text beside the template's (the
+notes rated by eye in ``benchmarks/results/summary_ratings.md``).  Load time and raw generation
 speed (tokens/s, one fixed 128-token completion) are measured once.
 """
 
@@ -28,10 +31,13 @@ from xiqa.operators.scoring import QualityResult, score_mask
 from xiqa.operators.summary import (
     PROMPT_STYLES,
     SOURCE_LLM,
+    STYLE_PLACEHOLDER,
     Generation,
     Summarizer,
     SummaryConfig,
     build_prompt,
+    clean_model_text,
+    fill_placeholders,
     template_summary,
     validate_summary,
 )
@@ -93,7 +99,7 @@ def measure_speed(summarizer: Summarizer) -> dict:
 
 
 def run_style(style: str, findings: list[QualityResult], args: argparse.Namespace) -> dict:
-    config = SummaryConfig(model_path=args.model, prompt_style=style, n_threads=args.threads,
+    config = SummaryConfig(model_path=args.model, use_llm=True, prompt_style=style, n_threads=args.threads,
                            temperature=args.temperature, time_limit_s=args.time_limit,
                            warm_up=False)
     summarizer = RecordingSummarizer(config)
@@ -108,13 +114,24 @@ def run_style(style: str, findings: list[QualityResult], args: argparse.Namespac
     started = time.perf_counter()
     summarizer.generate(build_prompt(findings[0], style), max_tokens=1)
     prefix_seconds = time.perf_counter() - started
-    latencies, tokens, reasons, examples = [], [], collections.Counter(), []
-    used = 0
+    latencies, tokens, reasons, examples, notes = [], [], collections.Counter(), [], []
+    used = facts_pass = all_pass = 0
     for index, quality in enumerate(findings):
         summary = summarizer.summarize(quality)
         latencies.append(summary.seconds)
         tokens.append(summary.tokens)
         assert not validate_summary(summary.text, quality), "a used note must be valid"
+        # the model's own text as it would be used (placeholders filled), whether it passed or not
+        own = clean_model_text(summarizer.last_raw)
+        if style == STYLE_PLACEHOLDER:
+            own = fill_placeholders(own, quality)
+        facts_ok = not validate_summary(own, quality, sense=False)
+        all_ok = not validate_summary(own, quality)
+        facts_pass += facts_ok
+        all_pass += all_ok
+        notes.append({"case": index, "objects": len(quality.objects), "verdict": quality.verdict.value,
+                      "model_text": own, "facts_ok": facts_ok, "all_ok": all_ok,
+                      "problems": validate_summary(own, quality), "template": template_summary(quality)})
         if summary.source == SOURCE_LLM:
             used += 1
         else:
@@ -136,6 +153,8 @@ def run_style(style: str, findings: list[QualityResult], args: argparse.Namespac
         "cases": len(findings),
         "llm_text_used": used,
         "llm_share": round(used / len(findings), 3),
+        "model_text_passes_facts_checks": facts_pass,
+        "model_text_passes_all_checks": all_pass,
         "latency_mean_s": round(statistics.mean(latencies), 3),
         "latency_p95_s": round(ordered[int(0.95 * (len(ordered) - 1))], 3),
         "latency_max_s": round(ordered[-1], 3),
@@ -143,6 +162,7 @@ def run_style(style: str, findings: list[QualityResult], args: argparse.Namespac
         "generated_tokens_mean": round(statistics.mean(tokens), 1),
         "top_rejections": reasons.most_common(8),
         "examples": examples,
+        "notes": notes,
     }
 
 
@@ -174,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     for style in args.styles:
         result = run_style(style, findings, args)
         results.append(result)
+        notes = result.pop("notes", [])
         for example in result.pop("examples", []):
             print(f"  [{style}] {example}")
         print(json.dumps(result))
         sys.stdout.flush()
+        result["notes"] = notes
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -48,7 +48,8 @@ class Node:
         loader = LoaderConfig(allowed_modalities=frozenset(m.strip().upper() for m in settings.modalities))
         # models load before the port opens, so a health check that passes means ready
         run_settings = build_settings([], settings.output, model=settings.model, device=settings.device,
-                                      saliency=settings.saliency, loader=loader)
+                                      saliency=settings.saliency, loader=loader,
+                                      summary_model=settings.summary_model)
         self.worker = Worker(run_settings, self.spool, self.metrics, settings.study_timeout, self.outbox,
                              run_guard=self._signals_held, housekeeping=self._expire)
         self.listener = Listener(settings, self.spool, self.metrics, self.worker.add)

@@ -46,7 +46,7 @@ RECENT = 50
 _STYLE = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}
 td,th{border:1px solid #bbb;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#eee}.Good{color:#176417}.Acceptable{color:#8a6d00}.Poor{color:#a31515}
-img.thumb{height:96px}code{font-size:90%}"""
+img.thumb{height:96px}code{font-size:90%;word-break:break-all}"""
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,8 @@ class ServeSettings:
     #: ... or, oldest first, while those folders hold more than this many bytes; None keeps everything
     retention_bytes: int | None = None
     model: Path | None = None
+    #: a GGUF that phrases the summary; None: the template
+    summary_model: Path | None = None
     device: str = "auto"
     saliency: str = "gradcam"
     modalities: tuple[str, ...] = ("CR", "DX", "OT")
@@ -150,7 +152,7 @@ class ServeSettings:
 
 
 _PATHS = {"storage", "output", "tls_certificate", "tls_key", "tls_ca", "forward_tls_ca",
-          "forward_tls_certificate", "forward_tls_key", "model"}
+          "forward_tls_certificate", "forward_tls_key", "model", "summary_model"}
 _TUPLES = {"allowed_ae_titles", "allowed_hosts", "modalities"}
 
 

@@ -7,6 +7,7 @@ the right verdict, and a rejected model text is replaced by the template.
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import re
 from pathlib import Path
@@ -211,6 +212,63 @@ def test_validator_rejects_repeats_and_non_ascii():
     assert "non-ASCII" in _problems(text.replace("image", "imáge", 1), NO_OBJECT)
 
 
+# --------------------------------------------------------------------------- fluency and sense
+
+def test_the_self_referential_note_that_passed_the_facts_checks_is_rejected():
+    """The issue's example: every fact right, so the facts checks alone let it through."""
+    facts = summary_facts(TWO)
+    first, second = facts.objects
+    odd = (f"Two foreign objects were found: one {first.clause} and one {second.clause}. They are rated "
+           f"{facts.verdict.value} and the image is rated {facts.score}, so they are rated {facts.score}. "
+           f"{facts.action}")
+    assert validate_summary(odd, TWO, sense=False) == []
+    problems = _problems(odd, TWO)
+    for expected in ("rates the image with a number", "states the score more than once",
+                     "states the rating more than once",
+                     f"verdict said of the objects 'They are rated {facts.verdict.value}'",
+                     f"repeats the clause 'they are rated {facts.score}'"):
+        assert expected in problems, problems
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    # an object described twice
+    (lambda t, f: t.replace(". Together", f". The object {f.objects[1].place} covers {f.objects[1].area} "
+                            "of the image. Together"),
+     "describes the object(s) in the upper right 2 times"),
+    # a second score sentence
+    (lambda t, f: t.replace(" Remove", f" The score of {f.score} is low. Remove"),
+     "2 sentences about the score, one expected"),
+    # the verdict word on the objects
+    (lambda t, f: t.replace("Two foreign objects were found", "Two Poor objects were found"),
+     "verdict said of the objects 'Poor objects'"),
+    # a clause said twice
+    (lambda t, f: t.replace("repeat the exposure.", "repeat the exposure, and repeat the exposure."),
+     "repeats the clause 'repeat the exposure'"),
+])
+def test_sense_checks_reject_odd_notes_with_right_facts(edit, expected):
+    text = _valid(TWO)
+    odd = edit(text, summary_facts(TWO))
+    assert odd != text
+    assert expected in _problems(odd, TWO)
+
+
+def test_every_template_note_passes_the_fluency_and_sense_checks():
+    """Many findings of every verdict, 0 to 12 objects of every size: the SR and report.png text."""
+    rng = np.random.default_rng(7)
+    seen = collections.Counter()
+    for index in range(300):
+        objects = []
+        for _ in range(index % 13):
+            radius = int(np.exp(rng.uniform(np.log(1), np.log(55))))
+            row, column = (int(v) for v in rng.integers(radius, GRID - radius, size=2))
+            objects.append((row, column, radius))
+        quality = _quality(*objects)
+        text = template_summary(quality)
+        assert validate_summary(text, quality) == [], text
+        seen[quality.verdict] += 1
+    assert set(seen) == set(Verdict) and min(seen.values()) >= 20, seen
+
+
 # --------------------------------------------------------------------------- prompts
 
 
@@ -306,7 +364,7 @@ def test_template_only_needs_no_model():
 
 
 def test_missing_model_falls_back_to_the_template(tmp_path):
-    summarizer = Summarizer(SummaryConfig(model_path=tmp_path / "absent.gguf"))
+    summarizer = Summarizer(SummaryConfig(model_path=tmp_path / "absent.gguf", use_llm=True))
     summary = summarizer.summarize(ONE_CENTRAL)
     assert summary.source == SOURCE_TEMPLATE and summary.model == TEMPLATE_MODEL
     assert summary.rejected_reason == "model file not found: absent.gguf"
@@ -316,7 +374,7 @@ def test_missing_model_falls_back_to_the_template(tmp_path):
 def test_broken_model_falls_back_to_the_template(tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 64)
-    summarizer = Summarizer(SummaryConfig(model_path=broken))
+    summarizer = Summarizer(SummaryConfig(model_path=broken, use_llm=True))
     for quality in (NO_OBJECT, ONE_CENTRAL):  # the failed load is not retried for every image
         summary = summarizer.summarize(quality)
         assert summary.source == SOURCE_TEMPLATE
@@ -324,7 +382,7 @@ def test_broken_model_falls_back_to_the_template(tmp_path):
 
 
 def test_failing_model_call_falls_back_to_the_template(monkeypatch):
-    summarizer = Summarizer()
+    summarizer = Summarizer(SummaryConfig(use_llm=True))
     monkeypatch.setattr(summarizer, "load", lambda: True)
 
     def explode(*args, **kwargs):
@@ -360,7 +418,7 @@ needs_model = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def summarizer() -> Summarizer:
-    model = Summarizer(SummaryConfig(prompt_style=STYLE_PLACEHOLDER))
+    model = Summarizer(SummaryConfig(use_llm=True, prompt_style=STYLE_PLACEHOLDER))
     assert model.load(), model._load_error
     return model
 
@@ -389,7 +447,7 @@ def test_real_model_note_is_valid_or_replaced(summarizer, quality):
 
 @needs_model
 def test_real_model_time_limit_gives_the_template(summarizer):
-    hasty = Summarizer(SummaryConfig(prompt_style=STYLE_PLACEHOLDER, time_limit_s=1e-6))
+    hasty = Summarizer(SummaryConfig(use_llm=True, prompt_style=STYLE_PLACEHOLDER, time_limit_s=1e-6))
     hasty._llama = summarizer._llama  # share the loaded model; only the limit differs
     summary = hasty.summarize(POOR_TWO)
     assert summary.source == SOURCE_TEMPLATE
@@ -406,7 +464,7 @@ def test_real_model_note_never_carries_identity(summarizer, canary_quality):
 
 @needs_model
 def test_real_model_free_text_style_is_checked_too(summarizer):
-    model = Summarizer(SummaryConfig(prompt_style=STYLE_FEWSHOT, max_tokens=120))
+    model = Summarizer(SummaryConfig(use_llm=True, prompt_style=STYLE_FEWSHOT, max_tokens=120))
     model._llama = summarizer._llama  # share the loaded model; only the prompt style differs
     # last in the module: it replaces the model's cached placeholder prefix
     summary = model.summarize(SEVERAL_PERIPHERAL)
