@@ -57,6 +57,24 @@ def test_config_file_keys_become_settings_and_unknown_keys_are_named(tmp_path: P
         settings_from_mapping({"storage": "a"}, "flags")
 
 
+def test_review_page_and_summary_model_come_from_the_config_file_and_flags_win(tmp_path: Path) -> None:
+    from xiqa.cli import build_parser, serve_settings
+
+    config = tmp_path / "xiqa.toml"
+    config.write_text('storage = "s"\noutput = "o"\nreview-port = 8080\nsummary-model = "/m/a.gguf"\n')
+    settings = serve_settings(build_parser().parse_args(["serve", "--config", str(config)]))
+    # the review page shows UIDs and verdicts: loopback unless a site says otherwise
+    assert (settings.review_port, settings.review_bind) == (8080, "127.0.0.1")
+    assert settings.summary_model == Path("/m/a.gguf")
+    flags = ["serve", "--config", str(config), "--review-port", "9090", "--review-bind", "0.0.0.0",
+             "--summary-model", "/m/b.gguf"]
+    settings = serve_settings(build_parser().parse_args(flags))
+    assert (settings.review_port, settings.review_bind, settings.summary_model) == (
+        9090, "0.0.0.0", Path("/m/b.gguf"))
+    assert serve_settings(build_parser().parse_args(["serve", "--storage", "s", "--output", "o"])) \
+        .summary_model is None  # the template
+
+
 def test_settings_refuse_contradictions(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="storage and output must be different folders"):
         ServeSettings(storage=tmp_path, output=tmp_path)
