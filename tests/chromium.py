@@ -28,6 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from waiting import wait_until
 
 CHROMIUM = shutil.which("chromium")
 requires_chromium = pytest.mark.skipif(
@@ -68,16 +69,11 @@ class Page:
         return reply["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 120, interval: float = 0.5) -> Any:
-        """Poll ``expression`` until it is truthy; its value, or BrowserError naming it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise BrowserError(f"timed out after {timeout:g} s waiting for: {expression}\n"
-                                   + "\n".join(self.console[-30:]))
-            time.sleep(interval)
+        """Poll ``expression`` until it is truthy: its value; the test fails naming it (and the
+        page's console) when time runs out or the browser dies."""
+        return wait_until(lambda: self.evaluate(expression), timeout, f"waiting for {expression}",
+                          processes=[self.browser.process], log=lambda: "\n".join(self.console[-30:]),
+                          interval=interval)
 
     def screenshot(self, path: Path) -> Path:
         data = self.send("Page.captureScreenshot", {"format": "png"})["data"]
@@ -172,7 +168,11 @@ class Browser:
                 self._lock.wait(left)
 
     def new_page(self, width: int = 1400, height: int = 900) -> Page:
-        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        # each page in its own browser context (like a fresh profile): what one test's page kept in
+        # local storage (OHIF's viewer state) does not change what the next one sees
+        context = self.send("Target.createBrowserContext")["browserContextId"]
+        target = self.send("Target.createTarget", {"url": "about:blank",
+                                                   "browserContextId": context})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         page = Page(self, session)
         self._pages[session] = page
@@ -205,7 +205,9 @@ def running_chromium(extra_flags: tuple[str, ...] = ()) -> Iterator[Browser]:
     os.close(replies_write)
     browser = Browser(process, commands_write, replies_read)
     try:
-        browser.send("Target.getTargets", timeout=60)  # the pipe answers: the browser is up
+        # the pipe answers: the browser is up (each try waits 2 s; a dead browser fails at once)
+        wait_until(lambda: browser.send("Target.getTargets", timeout=2) is not None, 60,
+                   "Chromium's DevTools pipe", processes=[process], not_yet=(BrowserError,))
         yield browser
     finally:
         process.terminate()

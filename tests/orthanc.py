@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_until
 
 ORTHANC = shutil.which("Orthanc") or (
     "/usr/sbin/Orthanc" if os.access("/usr/sbin/Orthanc", os.X_OK) else None)
@@ -93,18 +93,9 @@ def running_orthanc(folder: Path, dicom_port: int | None = None,
                                stdout=log, stderr=subprocess.STDOUT)
     server = Orthanc(http_port, dicom_port)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # wait until the REST API answers (or the server has died)
-            if process.poll() is not None:
-                pytest.fail(f"Orthanc exited with {process.returncode}: "
-                            f"{(folder / 'orthanc.log').read_text(errors='replace')[-2000:]}")
-            try:
-                server.get("/system")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    pytest.fail("Orthanc did not answer on its REST port within 60 s")
-                time.sleep(0.1)
+        wait_until(lambda: server.get("/system"), 60, "Orthanc's REST API", processes=[process],
+                   log=lambda: (folder / "orthanc.log").read_text(errors="replace"),
+                   not_yet=(urllib.error.URLError, ConnectionError))
         yield server
     finally:
         process.terminate()

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 from pynetdicom import AE, Association
 from pynetdicom.sop_class import Verification
+from waiting import wait_until
 
 
 def _associate(port: int, contexts: set[tuple[str, ...]], calling: str, called: str,
@@ -136,11 +137,8 @@ class ServeNode:
                 raise
 
     def wait_ready(self, seconds: float = 180) -> None:
-        deadline = time.monotonic() + seconds
-        while not echo(self.port, calling=self.ready_calling, ssl_context=self.ready_ssl):
-            assert self.process.poll() is None, f"xiqa serve exited early:\n{self.text()}"
-            assert time.monotonic() < deadline, f"xiqa serve not ready after {seconds} s:\n{self.text()}"
-            time.sleep(0.5)
+        wait_until(lambda: echo(self.port, calling=self.ready_calling, ssl_context=self.ready_ssl), seconds,
+                   "xiqa serve answering C-ECHO", processes=[self.process], log=self.text, interval=0.5)
 
     def text(self) -> str:
         return self.log_path.read_text()
@@ -169,10 +167,5 @@ class ServeNode:
 
 def wait_for(condition: Callable[[], bool], seconds: float, what: str, *nodes: ServeNode) -> None:
     """Poll ``condition`` until true; fail with the nodes' logs when one exits or time runs out."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        for node in nodes:
-            assert node.process.poll() is None, f"xiqa serve exited while waiting for {what}:\n{node.text()}"
-        assert time.monotonic() < deadline, f"no {what} after {seconds} s:\n" + "\n".join(
-            node.text()[-3000:] for node in nodes)
-        time.sleep(0.5)
+    wait_until(condition, seconds, what, processes=[node.process for node in nodes],
+               log=lambda: "\n".join(node.text()[-3000:] for node in nodes), interval=0.5)

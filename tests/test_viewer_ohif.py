@@ -189,6 +189,9 @@ def test_ohif_opens_the_report_of_an_image_that_was_not_scored(
     page.wait_for(f"({OUTLINE_BOXES}).length > 0", timeout=120)
     _click_button(page, "No")  # "continue tracking measurements?"
     page.keep_screenshot("ohif_4_not_scored_sr", tmp_path)
+    # OHIF 3.13 labels an SR outline from its group's NUM items only ("Number of foreign objects:
+    # 2.00" above), and this group has none: what it says is on the SR's series label
+    assert NOT_SCORED_SERIES_DESCRIPTION in page.evaluate("document.body.innerText")
     left, top, width, height = _image_box(page, rows, columns)
     (box,) = _outline_boxes(page)
     assert box == pytest.approx([left, top, width, height], abs=3), (box, (left, top, width, height))
