@@ -8,21 +8,26 @@ to the SR and the report with the reason and no verdict.
 
 Each arrow carries one ``Case`` on the ``case`` port.  ``xiqa analyze``, the MAP
 entry point (``python -m xiqa``) and the benchmarks build ``RunSettings`` with
-``build_settings`` (models loaded once) and run this Application; the processed
-cases come back from ``app.cases``.
+``build_settings`` (models loaded once) and run this Application once over their
+paths (``run_graph``); the processed cases come back from ``app.cases``.  ``xiqa
+serve`` keeps the same Application running (``RunningGraph``) and feeds it path
+after path, so no study pays the framework's start and teardown.
 """
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from monai.deploy.conditions import CountCondition
+from holoscan.conditions import AsynchronousCondition
 from monai.deploy.core import Application
 from xiqa.operators.case import CASE_PORT, Case, CollectOperator
 from xiqa.operators.gate import GateConfig, GateOperator
-from xiqa.operators.loader import LoaderConfig, LoaderOperator
+from xiqa.operators.loader import LoaderConfig, LoaderOperator, PathFeed
 from xiqa.operators.preprocess import PreprocessConfig, PreprocessOperator
 from xiqa.operators.report import ReportOperator
 from xiqa.operators.saliency import SaliencyConfig, SaliencyOperator
@@ -32,6 +37,8 @@ from xiqa.operators.seg_writer import SegWriterOperator
 from xiqa.operators.segmentation import SegmentationModel, SegmentationOperator
 from xiqa.operators.sr_writer import SrWriterOperator
 from xiqa.operators.summary import Summarizer, SummaryConfig, SummaryOperator
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,8 +80,10 @@ class XiqaApp(Application):
     """Chest X-ray quality: foreign objects, saliency, Q_img, summary, DICOM outputs."""
 
     def __init__(self, settings: RunSettings, on_case: Callable[[Case], None] | None = None,
-                 *args, **kwargs) -> None:
+                 *args, feed: PathFeed | None = None, **kwargs) -> None:
+        """``feed``: where the loader takes its paths; default ``settings.paths``, then the graph ends."""
         self.settings = settings
+        self.feed = feed if feed is not None else PathFeed(settings.paths, closed=True)
         self.cases: list[Case] = []
         self._on_case = on_case
         super().__init__(*args, **kwargs)
@@ -86,7 +95,7 @@ class XiqaApp(Application):
 
     def compose(self) -> None:
         settings = self.settings
-        loader = LoaderOperator(self, CountCondition(self, len(settings.paths)), paths=settings.paths,
+        loader = LoaderOperator(self, AsynchronousCondition(self, name="feed"), feed=self.feed,
                                 config=settings.loader, name="loader")
         preprocess = PreprocessOperator(self, config=settings.preprocess, name="preprocess")
         gate = GateOperator(self, config=settings.gate, name="gate")
@@ -120,3 +129,52 @@ def run_graph(settings: RunSettings, on_case: Callable[[Case], None] | None = No
     app = XiqaApp(settings, on_case=on_case)
     app.run()
     return app.cases
+
+
+class RunningGraph:
+    """One ``XiqaApp`` that keeps running in a thread of its own over an open ``PathFeed``.
+
+    ``submit`` puts a path in; its case comes back to ``on_case`` in the graph's thread.  The
+    graph ends after ``close`` (once the waiting paths are through) or when a node fails outside a
+    case's isolation (``alive`` turns False, ``error`` says why).  The thread starts with SIGTERM
+    and SIGINT blocked, so Holoscan's threads never take a signal meant for the caller's handlers.
+    """
+
+    def __init__(self, settings: RunSettings, on_case: Callable[[Case], None]) -> None:
+        self.feed = PathFeed()
+        self.app = XiqaApp(settings, on_case=on_case, feed=self.feed)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="xiqa-graph", daemon=True)
+        self.ended = threading.Event()
+
+    def start(self) -> RunningGraph:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
+        try:
+            self._thread.start()  # inherits the blocked mask
+            # Holoscan installs its signal handlers as it starts: the caller puts its own back after
+            while not (self.feed.bound.wait(0.1) or self.ended.is_set()):
+                pass
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.app.run()
+        except BaseException as error:  # noqa: BLE001 - reported through alive/error, never lost
+            self.error = error
+            logger.debug("the running graph failed", exc_info=True)
+        finally:
+            self.ended.set()
+
+    @property
+    def alive(self) -> bool:
+        return not self.ended.is_set()
+
+    def submit(self, path: Path) -> None:
+        self.feed.put(path)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Let the graph finish what it was given and end; wait up to ``timeout`` seconds."""
+        self.feed.close()
+        self.ended.wait(timeout)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -277,21 +279,82 @@ def load_case(path: Path | str, config: LoaderConfig = LoaderConfig()) -> Case:
     return case
 
 
-class LoaderOperator(Operator):
-    """Source node. Named output ``case``: one ``Case`` per input path and compute call.
+class PathFeed:
+    """The paths the loader reads, given before or while the graph runs (thread-safe).
 
-    Give it ``CountCondition(fragment, len(paths))`` so the graph runs once per path.
+    The loader ticks on an ``AsynchronousCondition`` that this feed keeps in step with its queue:
+    ready while a path waits, waiting (the scheduler sleeps, nothing polls) while none does, and
+    never once the feed is closed and empty, which lets the graph end after the last case.  A feed
+    made from a list and closed is the one-shot run of ``xiqa analyze``; the node keeps one open.
     """
 
-    def __init__(self, fragment: Fragment, *args, paths: list[Path], config: LoaderConfig = LoaderConfig(),
-                 **kwargs) -> None:
-        self.paths, self.config, self._next = list(paths), config, 0
-        super().__init__(fragment, *args, **kwargs)
+    def __init__(self, paths: Iterable[Path | str] = (), *, closed: bool = False) -> None:
+        self._paths: deque[Path] = deque(Path(p) for p in paths)
+        self._closed = closed
+        self._lock = threading.Lock()
+        self._condition = None
+        self.bound = threading.Event()  # set once the graph runs and the loader holds its condition
+
+    def bind(self, condition) -> None:
+        """The loader's condition, once the graph is running (its state is not kept before that)."""
+        with self._lock:
+            self._condition = condition
+            self._signal()
+        self.bound.set()
+
+    def put(self, path: Path | str) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the feed is closed")
+            self._paths.append(Path(path))
+            self._signal()
+
+    def close(self) -> None:
+        """No more paths: the graph ends once the waiting ones are through."""
+        with self._lock:
+            self._closed = True
+            self._signal(wake=True)
+
+    def take(self) -> Path | None:
+        """The next path; None only for the wake-up call after ``close`` (nothing to load)."""
+        with self._lock:
+            path = self._paths.popleft() if self._paths else None
+            self._signal()
+            return path
+
+    def _signal(self, wake: bool = False) -> None:
+        from holoscan.conditions import AsynchronousEventState as State
+
+        if self._condition is None:
+            return
+        # a scheduler asleep on a waiting condition does not notice it turning to NEVER, so close
+        # wakes the loader once (DONE); that empty tick sets NEVER and the graph ends
+        if self._paths or (wake and self._condition.event_state == State.EVENT_WAITING):
+            state = State.EVENT_DONE
+        else:
+            state = State.EVENT_NEVER if self._closed else State.EVENT_WAITING
+        if self._condition.event_state != state:
+            self._condition.event_state = state
+
+
+class LoaderOperator(Operator):
+    """Source node. Named output ``case``: one ``Case`` per path taken from its ``PathFeed``.
+
+    Give it the ``AsynchronousCondition`` that it hands to the feed when the graph starts.
+    """
+
+    def __init__(self, fragment: Fragment, condition, *args, feed: PathFeed,
+                 config: LoaderConfig = LoaderConfig(), **kwargs) -> None:
+        self.feed, self.config, self._condition = feed, config, condition
+        super().__init__(fragment, condition, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.output(CASE_PORT)
 
+    def start(self) -> None:
+        self.feed.bind(self._condition)
+
     def compute(self, op_input, op_output, context) -> None:
-        path = self.paths[self._next]
-        self._next += 1
-        op_output.emit(load_case(path, self.config), CASE_PORT)
+        path = self.feed.take()
+        if path is not None:
+            op_output.emit(load_case(path, self.config), CASE_PORT)

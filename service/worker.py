@@ -1,9 +1,13 @@
-"""When a study is complete, run the graph (``xiqa.app``, the one code path) on its waiting instances.
+"""When a study is complete, feed its waiting instances to the graph (``xiqa.app``, the one code path).
 
 A study is complete when no instance of it arrived for ``study_timeout``
-seconds; with a timeout of 0 every instance is processed on its own.  The
-graph runs in the thread that calls ``run`` (the main thread of ``xiqa
-serve``); the listener's threads only call ``add``.  Instances of a study that
+seconds; with a timeout of 0 every instance is processed on its own.  One
+Application keeps running (``RunningGraph``, its own thread) from study to
+study, so no study pays the framework's start-up and the models stay loaded;
+the thread that calls ``run`` (the main thread of ``xiqa serve``) hands it one
+study at a time and waits for its cases, and the listener's threads only call
+``add``.  If that graph dies, the study counts as a failed run and the next one
+starts a new graph.  Instances of a study that
 arrive while it is being processed wait for the next completion.  Between
 studies, and at least every ``HOUSEKEEPING_SECONDS``, the same thread calls
 ``housekeeping`` (the spool's retention), so it never races a study's moves.
@@ -11,7 +15,6 @@ studies, and at least every ``HOUSEKEEPING_SECONDS``, the same thread calls
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from xiqa.app import RunSettings, run_graph
+from xiqa.app import RunningGraph, RunSettings
 from xiqa.operators.case import Case
 from xiqa.operators.writer_common import OutputKind
 
@@ -33,6 +36,8 @@ logger = logging.getLogger(__name__)
 #: graph runs of one study that may fail (not a case: the run itself) before its instances are set aside
 MAX_RUN_ATTEMPTS = 3
 HOUSEKEEPING_SECONDS = 60.0
+#: how often a study's wait looks whether the graph thread is still alive
+GRAPH_CHECK_SECONDS = 0.5
 
 
 class Forwarder(Protocol):
@@ -63,6 +68,10 @@ class Worker:
         self._studies: dict[str, _Study] = {}
         self._changed = threading.Condition()
         self._stopping = False
+        self._graph: RunningGraph | None = None
+        self._active: dict[Path, SpooledInstance] = {}  # the study in the graph, by path
+        self._done: list[Case] = []
+        self._finished = threading.Condition()
 
     def add(self, instance: SpooledInstance, arrived: float | None = None) -> None:
         """A stored instance (thread-safe); ``arrived`` is a ``time.time()`` stamp, default now."""
@@ -82,10 +91,19 @@ class Worker:
 
     def run(self) -> None:
         """Process complete studies until ``stop``; housekeeping between them."""
-        while not self._stopping:
-            if self.wait_for_complete(timeout=HOUSEKEEPING_SECONDS):
-                self.process_complete()
-            self.housekeeping()
+        try:
+            while not self._stopping:
+                if self.wait_for_complete(timeout=HOUSEKEEPING_SECONDS):
+                    self.process_complete()
+                self.housekeeping()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the running graph (it has nothing in progress between studies)."""
+        if self._graph is not None:
+            self._graph.close(timeout=30)
+            self._graph = None
 
     def wait_for_complete(self, timeout: float | None = None) -> bool:
         """Block until some study is complete (True), or until ``stop`` or ``timeout`` (False)."""
@@ -133,16 +151,13 @@ class Worker:
 
     def process(self, study_key: str, instances: list[SpooledInstance]) -> list[Case]:
         """Run the graph on one study's instances; each one ends processed or rejected."""
-        by_path = {instance.path: instance for instance in instances}
-        settings = dataclasses.replace(self.run_settings, paths=[i.path for i in instances])
         started = time.perf_counter()
         try:
-            with self.run_guard():
-                cases = run_graph(settings, on_case=lambda case: self._finish(case, by_path[case.path]))
+            cases = self._run_study(instances)
         except Exception as error:  # noqa: BLE001 - the node must outlive one bad run
             # the type only: a framework's message may quote dataset values (case errors are redacted)
             logger.debug("graph run of study %s failed", study_key, exc_info=True)
-            self._run_failed(study_key, instances, type(error).__name__)
+            self._run_failed(study_key, [i for i in instances if i.path.exists()], type(error).__name__)
             return []
         unfinished = [i for i in instances if i.path.exists()]
         if unfinished:  # the graph ended without a case for them (should not happen)
@@ -157,6 +172,44 @@ class Worker:
                 del self._studies[study_key]
             self._update_depth()
         return cases
+
+    def _run_study(self, instances: list[SpooledInstance]) -> list[Case]:
+        """Feed the study to the running graph and wait until each instance has its case."""
+        graph = self._running_graph()
+        with self._finished:
+            self._active = {instance.path: instance for instance in instances}
+            self._done = []
+        try:
+            for instance in instances:
+                graph.submit(instance.path)
+            with self._finished:
+                while self._active and graph.alive:
+                    self._finished.wait(GRAPH_CHECK_SECONDS)
+                if self._active:
+                    self._graph = None  # the next study builds a new one
+                    raise graph.error or RuntimeError("the graph ended")
+                return self._done
+        finally:
+            with self._finished:
+                self._active = {}
+
+    def _running_graph(self) -> RunningGraph:
+        if self._graph is None or not self._graph.alive:
+            with self.run_guard():  # Holoscan takes over the signals while it starts
+                self._graph = RunningGraph(self.run_settings, self._on_case).start()
+        return self._graph
+
+    def _on_case(self, case: Case) -> None:
+        """In the graph's thread: the case's instance ends processed or rejected before the wait ends."""
+        with self._finished:
+            instance = self._active.get(case.path)
+        if instance is None:  # a path of a study the worker gave up on
+            return
+        self._finish(case, instance)
+        with self._finished:
+            del self._active[case.path]
+            self._done.append(case)
+            self._finished.notify_all()
 
     def _finish(self, case: Case, instance: SpooledInstance) -> None:
         for stage, seconds in case.timings.items():

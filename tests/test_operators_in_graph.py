@@ -39,13 +39,14 @@ def test_loader_node_emits_one_case_per_path_including_rejections(tmp_path, fixt
     paths = [fixture_records[0].dicom_path, bad]
     settings = RunSettings(paths=paths, output=tmp_path, model=None, summarizer=None)
     # the whole app would need a model; compose only the loader through a one-node graph
-    from monai.deploy.conditions import CountCondition
+    from holoscan.conditions import AsynchronousCondition
     from xiqa.operators.case import CASE_PORT, CollectOperator
     from xiqa.operators.loader import LoaderOperator
 
     class LoaderOnly(XiqaApp):
         def compose(self) -> None:
-            loader = LoaderOperator(self, CountCondition(self, len(paths)), paths=paths, name="loader")
+            loader = LoaderOperator(self, AsynchronousCondition(self, name="feed"), feed=self.feed,
+                                    name="loader")
             collect = CollectOperator(self, on_case=self.cases.append, name="collect")
             self.add_flow(loader, collect, {(CASE_PORT, CASE_PORT)})
 

@@ -237,6 +237,45 @@ def test_worker_processes_a_complete_study_and_sets_aside_a_broken_instance(
     assert metrics.registry.get_sample_value("xiqa_stage_seconds_count", {"stage": "segmentation"}) == 1
 
 
+def test_worker_keeps_one_graph_for_study_after_study_and_builds_a_new_one_when_it_dies(
+        run_settings, fixture_records, tmp_path: Path) -> None:
+    from xiqa.operators.writer_common import OutputKind
+    from xiqa.service.outbox import Outbox
+    from xiqa.service.worker import Worker
+
+    spool, metrics = Spool(tmp_path / "storage"), NodeMetrics()
+    outbox_folder = tmp_path / "outbox"
+    outbox = Outbox(outbox_folder, [Destination("PACS", "127.0.0.1", 1)], calling_ae_title="XIQA",
+                    metrics=metrics)
+    shutil.rmtree(outbox_folder)
+    outbox_folder.write_bytes(b"")  # not a folder: the outbox's first write fails in the graph's thread
+    worker = Worker(run_settings, spool, metrics, study_timeout=0, forwarder=outbox)
+    stored = []
+    for record in fixture_records[:2]:
+        header = dcmread(record.dicom_path, stop_before_pixels=True)
+        study = f"study{len(stored)}"
+        stored.append(spool.store([record.dicom_path.read_bytes()], header.SOPInstanceUID, study))
+    try:
+        assert worker.process("study0", [stored[0]]) == []  # the graph died with the outbox
+        assert stored[0].path.exists() and len(spool.waiting()) == len(stored)
+        outbox_folder.unlink()
+        outbox_folder.mkdir()
+        cases = [case for instance in stored for case in worker.process(instance.study, [instance])]
+        graph = worker._graph
+        assert [case.path.name for case in cases] == [instance.path.name for instance in stored]
+        assert all(case.ok for case in cases) and spool.waiting() == []
+        assert len(list(outbox_folder.glob("*.json"))) == sum(
+            kind.value in case.outputs for case in cases for kind in OutputKind)
+        broken = spool.store([b"not DICOM"], "1.2.3", "study9")
+        assert [case.ok for case in worker.process("study9", [broken])] == [False]
+        assert worker._graph is graph and graph.alive  # a rejected case does not end the graph
+    finally:
+        worker.close()
+    assert not graph.alive
+    assert metrics.registry.get_sample_value("xiqa_instances_processed_total") == 2
+    assert metrics.registry.get_sample_value("xiqa_instances_rejected_total") == 1
+
+
 def test_worker_waits_for_the_study_timeout_after_the_last_arrival(run_settings, tmp_path: Path) -> None:
     from xiqa.service.worker import Worker
 
