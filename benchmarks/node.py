@@ -1,0 +1,148 @@
+"""End to end under load: N studies from 4 concurrent associations into a real ``xiqa serve``.
+
+    .venv/bin/python benchmarks/node.py [--studies 8] [--per-study 1] [--size 2000]
+        [--associations 4] [--study-timeout 1.0]
+
+Writes ``studies x per-study`` synthetic 15-bit CR plates (one Study Instance UID per
+study), starts ``xiqa serve`` as its own process (``tests/serve_helpers.ServeNode``,
+CPU), sends the studies from ``--associations`` threads (one association per study,
+pynetdicom C-STORE over loopback), and prints: received instances/s, processed
+images/min, p50/p95 time from a study's last C-STORE answer to all its instances
+moved to ``processed/`` (their SEG, SC, SR and report written before that rename),
+the same minus the study timeout the node waits by design, and the node's peak RSS
+(``VmHWM``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from serve_helpers import ServeNode, send  # noqa: E402 - the tests' SCU and node process
+
+
+def _write_studies(folder: Path, studies: int, per_study: int, size: int) -> list[tuple[str, list[Path]]]:
+    from pydicom.uid import ExplicitVRLittleEndian
+    from xiqa.dicom_fixtures.instances import CR_IMAGE_STORAGE, InstanceVariant, PatientStudy, build_instance
+    from xiqa.dicom_fixtures.phantom import render_phantom
+
+    plate = InstanceVariant("cr_m1_15bit_plate", "CR", CR_IMAGE_STORAGE, "MONOCHROME1", 15,
+                            ExplicitVRLittleEndian, "window")
+    written = []
+    for number in range(studies):
+        uid = f"1.2.826.0.1.3680043.10.1432.78.{number + 1}"
+        study = PatientStudy("BENCH^NODE", f"NODE{number}", "19700101", "O", uid, "20260101", "120000",
+                             f"N{number}", str(number + 1))
+        paths = []
+        for index in range(per_study):
+            phantom = render_phantom(np.random.default_rng(1000 * number + index), size, size)
+            path = folder / f"study{number}_{index}.dcm"
+            build_instance(phantom.image, plate, study, 1, index + 1, ("node", number, index)).save_as(
+                path, enforce_file_format=True)
+            paths.append(path)
+        written.append((uid, paths))
+    return written
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--studies", type=int, default=8)
+    parser.add_argument("--per-study", type=int, default=1)
+    parser.add_argument("--size", type=int, default=2000)
+    parser.add_argument("--associations", type=int, default=4)
+    parser.add_argument("--study-timeout", type=float, default=1.0)
+    args = parser.parse_args(argv)
+
+    from xiqa.service.spool import PROCESSED, safe_name
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        (folder / "in").mkdir()
+        studies = _write_studies(folder / "in", args.studies, args.per_study, args.size)
+        node = ServeNode(folder / "node", _free_port(), args.study_timeout)
+        last_store: dict[str, float] = {}
+        failures: list[str] = []
+        queue = list(studies)
+        lock = threading.Lock()
+
+        def sender() -> None:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    uid, paths = queue.pop(0)
+                statuses = send(node.port, paths)
+                last_store[uid] = time.time()
+                if statuses != [0] * len(paths):
+                    failures.append(f"study {uid}: statuses {statuses}")
+
+        try:
+            started = time.time()
+            threads = [threading.Thread(target=sender) for _ in range(args.associations)]
+            for thread in threads:
+                thread.start()
+            done: dict[str, float] = {}
+            processed = folder / "node" / "storage" / PROCESSED
+            deadline = time.monotonic() + 600 + 60 * len(studies) * args.per_study
+            while len(done) < len(studies) and not failures:
+                for uid, paths in studies:
+                    study_folder = processed / safe_name(uid)
+                    if uid not in done and uid in last_store and study_folder.is_dir() and len(
+                            list(study_folder.glob("*.dcm"))) == len(paths):
+                        done[uid] = time.time()
+                assert node.process.poll() is None, f"xiqa serve exited:\n{node.text()[-3000:]}"
+                assert time.monotonic() < deadline, f"not all studies processed:\n{node.text()[-3000:]}"
+                time.sleep(0.02)
+            for thread in threads:
+                thread.join()
+            received_seconds = max(last_store.values()) - started
+            peak_rss = _peak_rss_mib(node.process.pid)
+        finally:
+            node.stop()
+        if failures:
+            raise SystemExit("\n".join(failures))
+
+    instances = len(studies) * args.per_study
+    latencies = [done[uid] - last_store[uid] for uid, _ in studies]
+    p50, p95 = statistics.median(latencies), _percentile(latencies, 0.95)
+    print(f"xiqa node benchmark: {len(studies)} studies x {args.per_study} plates of {args.size}x{args.size} "
+          f"from {args.associations} associations, study timeout {args.study_timeout} s, CPU")
+    print(f"received: {instances / received_seconds:.2f} instances/s "
+          f"({instances} in {received_seconds:.1f} s)")
+    print(f"processed: {instances / (max(done.values()) - started) * 60:.1f} images/min")
+    print(f"last C-STORE -> results on disk: p50 {p50:.2f} s, p95 {p95:.2f} s; minus the study timeout: "
+          f"p50 {p50 - args.study_timeout:.2f} s, p95 {p95 - args.study_timeout:.2f} s")
+    print(f"node peak RSS: {peak_rss:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
