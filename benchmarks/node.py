@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/node.py [--studies 8] [--per-study 1] [--size 2000]
         [--associations 4] [--study-timeout 1.0]
 
-Writes ``studies x per-study`` synthetic 15-bit CR plates (one Study Instance UID per
-study), starts ``xiqa serve`` as its own process (``tests/serve_helpers.ServeNode``,
+Writes ``studies x per-study`` synthetic 15-bit CR plates (``pipeline.py``'s, one Study
+Instance UID per study), starts ``xiqa serve`` as its own process (``tests/serve_helpers.ServeNode``,
 CPU), sends the studies from ``--associations`` threads (one association per study,
 pynetdicom C-STORE over loopback), and prints: received instances/s, processed
 images/min, p50/p95 time from a study's last C-STORE answer to all its instances
@@ -24,33 +24,13 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
+from pydicom import dcmread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from serve_helpers import ServeNode, send  # noqa: E402 - the tests' SCU and node process
 
-
-def _write_studies(folder: Path, studies: int, per_study: int, size: int) -> list[tuple[str, list[Path]]]:
-    from pydicom.uid import ExplicitVRLittleEndian
-    from xiqa.dicom_fixtures.instances import CR_IMAGE_STORAGE, InstanceVariant, PatientStudy, build_instance
-    from xiqa.dicom_fixtures.phantom import render_phantom
-
-    plate = InstanceVariant("cr_m1_15bit_plate", "CR", CR_IMAGE_STORAGE, "MONOCHROME1", 15,
-                            ExplicitVRLittleEndian, "window")
-    written = []
-    for number in range(studies):
-        uid = f"1.2.826.0.1.3680043.10.1432.78.{number + 1}"
-        study = PatientStudy("BENCH^NODE", f"NODE{number}", "19700101", "O", uid, "20260101", "120000",
-                             f"N{number}", str(number + 1))
-        paths = []
-        for index in range(per_study):
-            phantom = render_phantom(np.random.default_rng(1000 * number + index), size, size)
-            path = folder / f"study{number}_{index}.dcm"
-            build_instance(phantom.image, plate, study, 1, index + 1, ("node", number, index)).save_as(
-                path, enforce_file_format=True)
-            paths.append(path)
-        written.append((uid, paths))
-    return written
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pipeline import _write_plates  # noqa: E402 - the same plates as the pipeline benchmark
 
 
 def _free_port() -> int:
@@ -86,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         (folder / "in").mkdir()
-        studies = _write_studies(folder / "in", args.studies, args.per_study, args.size)
+        studies = []
+        for number in range(1, args.studies + 1):
+            paths = _write_plates(folder / "in", args.per_study, args.size, study_number=number)
+            studies.append((str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID), paths))
         node = ServeNode(folder / "node", _free_port(), args.study_timeout)
         last_store: dict[str, float] = {}
         failures: list[str] = []

@@ -24,20 +24,22 @@ from pathlib import Path
 import numpy as np
 
 
-def _write_plates(folder: Path, count: int, size: int) -> list[Path]:
+def _write_plates(folder: Path, count: int, size: int, study_number: int = 0) -> list[Path]:
+    """``count`` plates of one study (``study_number`` gives it its own UIDs and pixels)."""
     from pydicom.uid import ExplicitVRLittleEndian
     from xiqa.dicom_fixtures.instances import CR_IMAGE_STORAGE, InstanceVariant, PatientStudy, build_instance
     from xiqa.dicom_fixtures.phantom import render_phantom
 
     plate = InstanceVariant("cr_m1_15bit_plate", "CR", CR_IMAGE_STORAGE, "MONOCHROME1", 15,
                             ExplicitVRLittleEndian, "window")
-    study = PatientStudy("BENCH^PLATE", "BENCH1", "19700101", "O", "1.2.826.0.1.3680043.10.1432.77",
-                         "20260101", "120000", "B1", "1")
+    study = PatientStudy("BENCH^PLATE", "BENCH1", "19700101", "O",
+                         f"1.2.826.0.1.3680043.10.1432.77{f'.{study_number}' if study_number else ''}",
+                         "20260101", "120000", f"B{study_number + 1}", str(study_number + 1))
     paths = []
     for index in range(count):
-        phantom = render_phantom(np.random.default_rng(100 + index), size, size)
-        path = folder / f"plate_{index}.dcm"
-        build_instance(phantom.image, plate, study, 1, index + 1, ("bench", index)).save_as(
+        phantom = render_phantom(np.random.default_rng(100 + 1000 * study_number + index), size, size)
+        path = folder / f"plate_{study_number}_{index}.dcm"
+        build_instance(phantom.image, plate, study, 1, index + 1, ("bench", study_number, index)).save_as(
             path, enforce_file_format=True)
         paths.append(path)
     return paths

@@ -224,6 +224,7 @@ def test_worker_processes_a_complete_study_and_sets_aside_a_broken_instance(
     assert worker.wait_for_complete(timeout=5)
     time.sleep(0.05)  # both arrived within a few ms: both studies are complete now
     cases = worker.process_complete()
+    worker.close()
     assert sorted(case.ok for case in cases) == [False, True]
     good_case = next(case for case in cases if case.ok)
     assert {kind: path.exists() for kind, path in good_case.outputs.items()} == {
