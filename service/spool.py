@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from xiqa.durable import fsync_folder, write_atomically, write_bytes_atomically
+from xiqa.durable import fsync_folder, make_folders_durably, write_atomically, write_bytes_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class Spool:
     def finish(self, instance: SpooledInstance, reason: str | None = None) -> Path:
         """Move an instance out of ``incoming``: to ``processed``, or with ``reason`` to ``rejected``."""
         folder = self.root / (PROCESSED if reason is None else REJECTED) / instance.study
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folders_durably(folder)
         target = folder / instance.path.name
         if reason is not None:
             write_bytes_atomically(target.with_suffix(".reason.txt"), (reason + "\n").encode())
