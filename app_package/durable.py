@@ -37,9 +37,10 @@ def make_folders_durably(folder: Path) -> None:
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(stream)`` on a temporary file beside ``path``, then publish it as ``path``.
 
-    The folder is created when missing (durably: its entry is synced in its parent too).  A reader never sees a partial file,
-    concurrent writers of one path never share a temporary file, and a failed
-    write leaves nothing behind (``path`` keeps its previous content).
+    The folder is created when missing (durably: its entry is synced in its parent
+    too).  A reader never sees a partial file, concurrent writers of one path never
+    share a temporary file, and a failed write leaves nothing behind (``path`` keeps
+    its previous content).
     """
     path = Path(path)
     make_folders_durably(path.parent)
