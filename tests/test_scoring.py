@@ -155,12 +155,18 @@ def test_a_broken_lead_counts_once_and_keeps_its_raw_components():
     assert merged.q_img > raw.q_img
 
 
-def test_objects_outside_the_chest_region_are_listed_apart_and_do_not_count():
+def _object_and_corner_marker() -> tuple[np.ndarray, np.ndarray]:
+    """A mask with one object over the chest region and one marker in the corner, and the region."""
     mask = np.zeros((256, 256), np.uint8)
     mask[100:110, 100:110] = 1  # over the chest
     mask[5:15, 230:245] = 1  # a marker in the corner
     region = np.zeros((256, 256), bool)
     region[40:220, 40:220] = True
+    return mask, region
+
+
+def test_objects_outside_the_chest_region_are_listed_apart_and_do_not_count():
+    mask, region = _object_and_corner_marker()
     result = score_mask(mask, region=region)
     assert [f.bbox for f in result.objects] == [(100, 100, 110, 110)]
     assert [f.bbox for f in result.objects_outside] == [(5, 230, 15, 245)]
@@ -171,11 +177,7 @@ def test_objects_outside_the_chest_region_are_listed_apart_and_do_not_count():
 
 
 def test_the_source_mask_keeps_only_the_counted_objects():
-    mask = np.zeros((256, 256), np.uint8)
-    mask[100:110, 100:110] = 1  # over the chest
-    mask[5:15, 230:245] = 1  # a marker in the corner
-    region = np.zeros((256, 256), bool)
-    region[40:220, 40:220] = True
+    mask, region = _object_and_corner_marker()
     source_mask = np.kron(mask, np.ones((8, 8), np.uint8))  # a 2,048 px source
     source_mask[99 * 8 : 99 * 8 + 4, 100 * 8 : 110 * 8] = 1  # interpolation reaching past the grid pixels
     kept = counted_at_source(source_mask, score_mask(mask, region=region))
