@@ -80,16 +80,20 @@ class XiqaApp(Application):
     """Chest X-ray quality: foreign objects, saliency, Q_img, summary, DICOM outputs."""
 
     def __init__(self, settings: RunSettings, on_case: Callable[[Case], None] | None = None,
-                 *args, feed: PathFeed | None = None, **kwargs) -> None:
-        """``feed``: where the loader takes its paths; default ``settings.paths``, then the graph ends."""
+                 *args, feed: PathFeed | None = None, keep_cases: bool = True, **kwargs) -> None:
+        """``feed``: where the loader takes its paths; default ``settings.paths``, then the graph ends.
+        ``keep_cases=False`` leaves the cases to ``on_case`` alone: a graph that runs for days must
+        not hold every image it has seen."""
         self.settings = settings
         self.feed = feed if feed is not None else PathFeed(settings.paths, closed=True)
         self.cases: list[Case] = []
+        self._keep_cases = keep_cases
         self._on_case = on_case
         super().__init__(*args, **kwargs)
 
     def _collect(self, case: Case) -> None:
-        self.cases.append(case)
+        if self._keep_cases:
+            self.cases.append(case)
         if self._on_case is not None:
             self._on_case(case)
 
@@ -142,7 +146,7 @@ class RunningGraph:
 
     def __init__(self, settings: RunSettings, on_case: Callable[[Case], None]) -> None:
         self.feed = PathFeed()
-        self.app = XiqaApp(settings, on_case=on_case, feed=self.feed)
+        self.app = XiqaApp(settings, on_case=on_case, feed=self.feed, keep_cases=False)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="xiqa-graph", daemon=True)
         self.ended = threading.Event()

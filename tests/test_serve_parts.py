@@ -270,6 +270,7 @@ def test_worker_keeps_one_graph_for_study_after_study_and_builds_a_new_one_when_
         broken = spool.store([b"not DICOM"], "1.2.3", "study9")
         assert [case.ok for case in worker.process("study9", [broken])] == [False]
         assert worker._graph is graph and graph.alive  # a rejected case does not end the graph
+        assert graph.app.cases == []  # the long-lived graph holds no case once the worker has it
     finally:
         worker.close()
     assert not graph.alive
