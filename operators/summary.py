@@ -269,13 +269,18 @@ def object_facts(finding: ObjectFinding) -> ObjectFacts:
 
 
 def action_text(verdict: Verdict, count: int) -> str:
-    """What to do: repeat when Poor, otherwise accept (removing the object next time)."""
-    objects = "object" if count == 1 else "objects"
+    """What to do: repeat when Poor, otherwise accept (removing the object next time).
+
+    The method cannot tell a pacemaker from a necklace, so the advice to remove an object always
+    leaves implants out: telling a radiographer to remove a pacemaker would discredit the note.
+    """
+    removable = "the object unless it is implanted" if count == 1 else \
+        "the objects that are not implanted"
     if verdict is Verdict.POOR:
-        return f"Remove the {objects} and repeat the exposure." if count else \
+        return f"Remove {removable}, and repeat the exposure." if count else \
             "Check the image and repeat the exposure."
     if verdict is Verdict.ACCEPTABLE and count:
-        return f"The image can be accepted; remove the {objects} before any further exposure."
+        return f"The image can be accepted; before any further exposure, remove {removable}."
     return "The image can be accepted as it is."
 
 

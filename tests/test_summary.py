@@ -89,9 +89,11 @@ def test_template_examples_read_as_expected():
     assert template_summary(ONE_CENTRAL) == (
         "One foreign object was found in the centre of the image (0.7% of the image, moderate "
         "effect on quality). It lowers the image quality score to 0.70, so the image is rated "
-        "Acceptable. The image can be accepted; remove the object before any further exposure.")
+        "Acceptable. The image can be accepted; before any further exposure, remove the object "
+        "unless it is implanted.")
     assert template_summary(POOR_TWO).endswith(
-        "so the image is rated Poor. Remove the objects and repeat the exposure.")
+        "so the image is rated Poor. Remove the objects that are not implanted, and repeat the "
+        "exposure.")
 
 
 @pytest.mark.parametrize("seed", range(4))
