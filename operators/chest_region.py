@@ -11,8 +11,11 @@ collimation and the image border never count.
    thin seams by an erosion, and dropping what still touches the image border over a long stretch.
 3. The largest candidate on each side of the midline is a lung field; one candidate that spans
    the midline (lungs joined over a dark mediastinum) is split there.
-4. The chest region is the convex hull of both lung fields (it spans the mediastinum and the
-   heart between them), grown by a margin for the lung edges and the costophrenic angles.
+4. The chest region is the convex hull of both lung fields and of their mirror images about the
+   axis between them (it spans the mediastinum and the heart), grown by a margin for the lung
+   edges and the costophrenic angles.  The mirror images stand in for lung that is not dark: a
+   consolidated, nodular or effused part of one lung (or one hidden under a device) would
+   otherwise fall outside a skewed hull, and objects over it would not count.
 """
 
 from __future__ import annotations
@@ -160,6 +163,16 @@ def _candidates(dark: np.ndarray, config: ChestRegionConfig) -> list[np.ndarray]
     return kept
 
 
+def _mirrored(mask: np.ndarray, axis: float) -> np.ndarray:
+    """``mask`` reflected about the vertical line at column ``axis`` (pixel edges), clipped."""
+    width = mask.shape[1]
+    source = np.floor(2 * axis - np.arange(width) - 1 + 0.5).astype(int)
+    inside = (source >= 0) & (source < width)
+    mirrored = np.zeros_like(mask)
+    mirrored[:, inside] = mask[:, source[inside]]
+    return mirrored
+
+
 def find_chest_region(image: np.ndarray, config: ChestRegionConfig = ChestRegionConfig()) -> ChestRegion:
     """The chest region of a frontal radiograph on its analysis grid (2-D, values in [0, 1])."""
     if image.ndim != 2:
@@ -215,7 +228,10 @@ def find_chest_region(image: np.ndarray, config: ChestRegionConfig = ChestRegion
         problem = f"no mediastinum between the dark fields (gap {gap:.0%}, contrast {contrast:.2f})"
     if problem is not None:
         return ChestRegion(empty, lungs, gap, contrast, problem)
-    both = (sides["left"] | sides["right"]).astype(np.uint8)
+    fields = sides["left"] | sides["right"]
+    # the body's axis: halfway between the outer edges of the two lung fields
+    axis = (left.x_range[0] + right.x_range[1]) / 2 * width
+    both = (fields | _mirrored(fields, axis)).astype(np.uint8)
     points = cv2.findNonZero(both)
     hull = np.zeros((height, width), np.uint8)
     cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
