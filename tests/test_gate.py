@@ -123,3 +123,14 @@ def test_phantoms_pass_the_gate():
     for _ in range(6):
         phantom = render_phantom(rng, int(rng.integers(400, 900)), int(rng.integers(400, 900)))
         assert find_chest_region(_grid(phantom.image)).found
+
+
+def test_region_covers_a_lung_that_is_not_dark_by_mirroring_the_other():
+    """c0f74558: coarse nodules make the lower right lung (image left) bright; the mirrored left
+    lung keeps it inside the region, so an object there counts."""
+    pixels = np.clip(resize_image(read_raster(REAL_CXR / "hannover_c0f74558.png"), 256, 256), 0, 1)
+    region = find_chest_region(pixels)
+    assert region.found
+    assert region.mask[int(0.75 * 256), int(0.2 * 256)] and region.mask[int(0.75 * 256), int(0.8 * 256)]
+    columns = np.nonzero(region.mask.any(axis=0))[0]
+    assert abs((columns.min() + columns.max()) / 2 - 128) < 20  # about symmetric on this centred plate
