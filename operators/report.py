@@ -35,6 +35,10 @@ def report_dict(case: Case) -> dict:
         "source_shape": list(case.source.shape),
         "saliency_method": getattr(case.saliency, "method", None),
         "model_id": getattr(case.segmentation, "model_id", None),
+        # hysteresis (segmentation.hysteresis_mask): the components it removed are not objects
+        "mask_threshold": getattr(case.segmentation, "threshold", None),
+        "seed_threshold": getattr(case.segmentation, "seed_threshold", None),
+        "components_below_seed": getattr(case.segmentation, "components_below_seed", None),
         "summary": getattr(summary, "text", None),
         "summary_source": getattr(summary, "source", None),
         "summary_model": getattr(summary, "model", None),

@@ -4,6 +4,13 @@ A bundle folder holds ``configs/metadata.json`` (MONAI bundle metadata plus an
 ``xiqa`` block: network spec, metrics, training command) and
 ``models/model.pt`` (a state dict).  A folder of bundles (one per fold) is an
 ensemble: probabilities are averaged before the threshold.
+
+The mask is thresholded with hysteresis: a pixel is foreground above the bundle's
+``threshold``, and an 8-connected component of such pixels is kept only when its peak
+probability reaches the bundle's ``seed_threshold`` (both calibrated on validation images).
+On real plates the false objects are pinhead dots and rib crossings whose probability barely
+clears the threshold, while metal is near certain somewhere on its extent; the seed removes the
+former without thinning the kept objects (which still extend down to ``threshold``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from monai.deploy.core import Fragment
@@ -62,6 +70,7 @@ class SegmentationModel:
     model_id: str
     device: torch.device
     threshold: float = 0.5
+    seed_threshold: float | None = None  # None: every component above ``threshold`` is kept
 
     def probability(self, batch: torch.Tensor) -> torch.Tensor:
         """Mean over the ensemble of sigmoid(logits); batch is (N, C, H, W) in [0, 1]."""
@@ -111,11 +120,13 @@ def load_segmentation_model(path: Path = DEFAULT_BUNDLE, device: str = "auto") -
         raise ValueError(f"bundles under {path} disagree on the network: {sorted(map(str, specs))}")
     # a bundle's own threshold (calibrated on its validation images); an ensemble uses their mean
     threshold = float(np.mean([meta["xiqa"].get("threshold", 0.5) for meta in metadata]))
+    seeds = [meta["xiqa"].get("seed_threshold") for meta in metadata]
+    seed_threshold = float(np.mean(seeds)) if all(seed is not None for seed in seeds) else None
     name = metadata[0].get("name", folders[0].name)
     digest = hashlib.sha256("".join(digests).encode()).hexdigest()[:12]
     model_id = f"{name}@{digest}" + (f"x{len(folders)}" if len(folders) > 1 else "")
     logger.info("segmentation model %s (%d network(s)) on %s", model_id, len(folders), target)
-    return SegmentationModel(networks, specs.pop(), model_id, target, threshold)
+    return SegmentationModel(networks, specs.pop(), model_id, target, threshold, seed_threshold)
 
 
 @dataclass
@@ -124,6 +135,8 @@ class SegmentationResult:
     mask: np.ndarray  # uint8 (H, W)
     model_id: str
     threshold: float = 0.5
+    seed_threshold: float | None = None
+    components_below_seed: int = 0  # components above ``threshold`` that the seed removed
     _source_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def mask_for_source(self, shape: tuple[int, int]) -> np.ndarray:
@@ -137,8 +150,33 @@ def segment(model: SegmentationModel, network_input: np.ndarray) -> Segmentation
     """Probability map and binary mask for one (C, H, W) input."""
     batch = torch.from_numpy(np.ascontiguousarray(network_input))[None]
     probability = model.probability(batch)[0, 0].cpu().numpy().astype(np.float32)
-    mask = (probability > model.threshold).astype(np.uint8)
-    return SegmentationResult(probability, mask, model.model_id, model.threshold)
+    mask, removed = hysteresis_mask(probability, model.threshold, model.seed_threshold)
+    return SegmentationResult(probability, mask, model.model_id, model.threshold, model.seed_threshold,
+                              removed)
+
+
+def hysteresis_mask(probability: np.ndarray, threshold: float,
+                    seed_threshold: float | None) -> tuple[np.ndarray, int]:
+    """The uint8 mask of ``probability > threshold`` restricted to the 8-connected components whose
+    peak reaches ``seed_threshold``, and how many components that removed (none without a seed).
+
+    Raises
+    ------
+    ValueError
+        ``seed_threshold`` is below ``threshold`` (it would keep nothing more and mean nothing).
+    """
+    mask = (probability > threshold).astype(np.uint8)
+    if seed_threshold is None:
+        return mask, 0
+    if seed_threshold < threshold:
+        raise ValueError(f'Argument "seed_threshold" must not be below "threshold" ({threshold}), '
+                         f"got {seed_threshold}")
+    count, labels = cv2.connectedComponents(mask, connectivity=8)
+    peaks = np.zeros(count, np.float32)
+    np.maximum.at(peaks, labels.ravel(), probability.ravel())
+    keep = peaks >= seed_threshold
+    keep[0] = False  # the background label
+    return keep[labels].astype(np.uint8), int(count - 1 - keep.sum())
 
 
 def mask_at_source(probability: np.ndarray, shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:

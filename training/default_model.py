@@ -5,30 +5,39 @@ radiographs: real chest radiographs without foreign bodies (``data/real_cxr``, s
 patient) with synthetic foreign objects inserted (``composite``), plus a share of the
 synthetic phantoms so the fixtures keep working.  A new set of composites is drawn every
 epoch from the training backgrounds; the model with the best validation Dice is kept and its
-threshold calibrated on validation composites only; held-out metrics come from composites
-of backgrounds never used in training or validation.  Real-data training with Object-CXR
-keeps ResNet50 (``xiqa train``).
+thresholds (mask threshold and hysteresis seed) calibrated on validation composites only;
+held-out metrics come from composites of backgrounds never used in training or validation.
+``--calibrate BUNDLE`` redoes only that last step on a trained bundle, in place.  Real-data
+training with Object-CXR keeps ResNet50 (``xiqa train``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from xiqa.operators.segmentation import DEFAULT_BUNDLE, NetworkSpec
+from xiqa.operators.segmentation import (
+    DEFAULT_BUNDLE,
+    NetworkSpec,
+    hysteresis_mask,
+    load_segmentation_model,
+    read_metadata,
+)
 
 from .composite import CompositeStream, backgrounds_for, composite_samples, load_manifest
 from .datasets import render_phantom_samples
-from .metrics import object_level_metrics
+from .metrics import json_safe, object_level_metrics, pooled_dice_recall
 from .trainer import (
+    Calibration,
     TrainConfig,
-    calibrate_threshold,
-    evaluate_network,
+    calibrate,
     predict_probabilities,
     train_network,
     write_bundle,
@@ -72,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
+    parser.add_argument(
+        "--calibrate",
+        type=Path,
+        default=None,
+        metavar="BUNDLE",
+        help="do not train: calibrate the thresholds of this trained bundle again and rewrite its "
+        "metadata (threshold, seed threshold, held-out figures) in place",
+    )
     return parser
 
 
@@ -79,25 +96,80 @@ def _pixels(backgrounds: list[tuple[str, object]]) -> list:
     return [pixels for _, pixels in backgrounds]
 
 
+def calibrated_figures(network: torch.nn.Module, calibration: Calibration, samples: list[dict]) -> dict:
+    """Pooled Dice/recall and object-level figures of the calibrated masks over ``samples``."""
+    probabilities, labels = predict_probabilities(network, samples)
+    masks = np.stack(
+        [hysteresis_mask(p[0], calibration.threshold, calibration.seed_threshold)[0] for p in probabilities]
+    )[:, None].astype(bool)
+    return pooled_dice_recall(masks, labels) | object_level_metrics(masks, labels)
+
+
+def evaluation_sets(args: argparse.Namespace) -> dict:
+    """Backgrounds by split and the fixed validation and held-out sets (composites and phantoms)."""
+    backgrounds = {
+        split: backgrounds_for(args.backgrounds, split) for split in ("train", "validation", "held_out_clean")
+    }
+    logging.info(
+        "backgrounds: %d train, %d validation, %d held out",
+        *(len(backgrounds[split]) for split in ("train", "validation", "held_out_clean")),
+    )
+    return {
+        "backgrounds": backgrounds,
+        "validation": composite_samples(
+            _pixels(backgrounds["validation"]), VALIDATION_SEED, args.validation_per_background
+        )
+        + render_phantom_samples(PHANTOM_VALIDATION_SEED, 32),
+        "held_out": composite_samples(
+            _pixels(backgrounds["held_out_clean"]), HELD_OUT_SEED, args.held_out_per_background
+        ),
+        "held_out_phantoms": render_phantom_samples(PHANTOM_HELD_OUT_SEED, 64),
+    }
+
+
+def calibration_metrics(network: torch.nn.Module, sets: dict) -> tuple[Calibration, dict]:
+    calibration = calibrate(network, sets["validation"])
+    logging.info(
+        "calibrated on validation: threshold %s, seed threshold %s",
+        calibration.threshold,
+        calibration.seed_threshold,
+    )
+    return calibration, {
+        "held_out_composites": calibrated_figures(network, calibration, sets["held_out"]),
+        "held_out_composite_images": len(sets["held_out"]),
+        "held_out_backgrounds": [name for name, _ in sets["backgrounds"]["held_out_clean"]],
+        "held_out_phantoms": calibrated_figures(network, calibration, sets["held_out_phantoms"]),
+        "threshold_validation_dice": calibration.dice_per_threshold,
+        "seed_validation_object_errors": calibration.object_errors_per_seed,
+    }
+
+
+def recalibrate(bundle: Path, sets: dict, command: str) -> None:
+    """Calibrate a trained bundle again (e.g. after the calibration method changed), in place."""
+    network = load_segmentation_model(bundle, device="cpu").networks[0]
+    calibration, metrics = calibration_metrics(network, sets)
+    metadata_path = bundle / "configs" / "metadata.json"
+    metadata = read_metadata(bundle)
+    xiqa = metadata["xiqa"]
+    xiqa.update(threshold=calibration.threshold, seed_threshold=calibration.seed_threshold)
+    xiqa["metrics"].update(json_safe(metrics))
+    xiqa["training"]["calibrated_again"] = {"command": command, "date": time.strftime("%Y-%m-%d")}
+    metadata_path.write_text(json.dumps(metadata, indent=2))
+    logging.info("held-out composites: %s", metrics["held_out_composites"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     started = time.perf_counter()
-    train_backgrounds = backgrounds_for(args.backgrounds, "train")
-    validation_backgrounds = backgrounds_for(args.backgrounds, "validation")
-    held_out_backgrounds = backgrounds_for(args.backgrounds, "held_out_clean")
-    logging.info(
-        "backgrounds: %d train, %d validation, %d held out",
-        len(train_backgrounds),
-        len(validation_backgrounds),
-        len(held_out_backgrounds),
-    )
-    validation = composite_samples(
-        _pixels(validation_backgrounds), VALIDATION_SEED, args.validation_per_background
-    ) + render_phantom_samples(PHANTOM_VALIDATION_SEED, 32)
-    held_out = composite_samples(_pixels(held_out_backgrounds), HELD_OUT_SEED, args.held_out_per_background)
-    held_out_phantoms = render_phantom_samples(PHANTOM_HELD_OUT_SEED, 64)
-    train = CompositeStream(_pixels(train_backgrounds), args.samples_per_epoch, args.phantom_share)
+    arguments = argv if argv is not None else sys.argv[1:]
+    command = ("python -m xiqa.training.default_model " + shlex.join(arguments)).strip()
+    sets = evaluation_sets(args)
+    if args.calibrate is not None:
+        recalibrate(args.calibrate, sets, command)
+        return 0
+    backgrounds = sets["backgrounds"]
+    train = CompositeStream(_pixels(backgrounds["train"]), args.samples_per_epoch, args.phantom_share)
     spec = NetworkSpec(encoder=args.encoder)
     config = TrainConfig(
         spec=spec,
@@ -108,20 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         num_threads=args.threads,
         initial_weights=args.initial_weights,
     )
-    network, history = train_network(train, validation, config)
-    threshold, validation_dice = calibrate_threshold(network, validation)
-    probabilities, labels = predict_probabilities(network, held_out)
-    metrics = {
-        "held_out_composites": evaluate_network(network, held_out, threshold=threshold)
-        | object_level_metrics(probabilities > threshold, labels),
-        "held_out_composite_images": len(held_out),
-        "held_out_backgrounds": [name for name, _ in held_out_backgrounds],
-        "held_out_phantoms": evaluate_network(network, held_out_phantoms, threshold=threshold),
-        "threshold_validation_dice": validation_dice,
-        "validation_best": max(h["dice"] for h in history),
-    }
-    arguments = argv if argv is not None else sys.argv[1:]
-    command = "python -m xiqa.training.default_model " + shlex.join(arguments)
+    network, history = train_network(train, sets["validation"], config)
+    calibration, metrics = calibration_metrics(network, sets)
+    metrics["validation_best"] = max(h["dice"] for h in history)
     sources = sorted(
         {
             (entry["source"]["repository"], entry["source"]["commit"], entry["licence"])
@@ -129,12 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     training = {
-        "command": command.strip(),
+        "command": command,
         "data": {
             "backgrounds": str(Path(args.backgrounds).name),
             "sources": [{"repository": r, "commit": c, "licence": lic} for r, c, lic in sources],
-            "train_backgrounds": [name for name, _ in train_backgrounds],
-            "validation_backgrounds": [name for name, _ in validation_backgrounds],
+            "train_backgrounds": [name for name, _ in backgrounds["train"]],
+            "validation_backgrounds": [name for name, _ in backgrounds["validation"]],
             "phantom_share": args.phantom_share,
             "samples_per_epoch": args.samples_per_epoch,
         },
@@ -156,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         "synthetic foreign objects inserted (composites), plus synthetic phantoms",
         metrics=metrics,
         training=training,
-        threshold=threshold,
+        threshold=calibration.threshold,
+        seed_threshold=calibration.seed_threshold,
     )
     logging.info("held-out composites: %s", metrics["held_out_composites"])
     return 0
