@@ -59,6 +59,7 @@ OBJECT_KINDS = (
     "fixation_plate",
     "spinal_screws",
     "central_line",
+    "tube",
 )
 
 
@@ -198,18 +199,20 @@ def _draw_soft_tissue(rng: np.random.Generator, image: np.ndarray, config: Compo
 
 
 def _draw_calcifications(rng: np.random.Generator, image: np.ndarray) -> None:
-    """Calcified granulomas and nodules: small, round, fuzzy and less dense than metal (anatomy)."""
+    """Calcified granulomas and nodules: small, round, fuzzy and less dense than metal (anatomy).
+
+    Either a few scattered ones, some of them dense, or a diffuse pinhead pattern over both lungs
+    (miliary or reticulonodular disease): the shipped model took such pinheads on real plates for
+    metal when it had seen only faint, scattered ones.
+    """
     size = image.shape[0]
     layer = np.zeros_like(image)
-    for _ in range(int(rng.integers(1, 7))):
-        centre = (int(size * rng.uniform(0.22, 0.78)), int(size * rng.uniform(0.2, 0.7)))
-        cv2.circle(
-            layer,
-            centre,
-            max(1, int(rng.uniform(1.0, 3.5) * size / CANVAS)),
-            float(rng.uniform(0.06, 0.2)),
-            -1,
-        )
+    diffuse = rng.random() < 0.4
+    for _ in range(int(rng.integers(20, 90)) if diffuse else int(rng.integers(1, 7))):
+        centre = (int(size * rng.uniform(0.2, 0.8)), int(size * rng.uniform(0.18, 0.75)))
+        radius = rng.uniform(0.8, 2.5) if diffuse else rng.uniform(1.0, 3.5)
+        opacity = rng.uniform(0.05, 0.2) if diffuse else rng.uniform(0.08, 0.35)
+        cv2.circle(layer, centre, max(1, int(radius * size / CANVAS)), float(opacity), -1)
     image += cv2.GaussianBlur(layer, (0, 0), rng.uniform(0.6, 1.5) * size / CANVAS)
     np.clip(image, 0, 1, out=image)
 
@@ -371,7 +374,7 @@ def _ecg_electrode(rng, layers, centre, unit):
     cv2.circle(stud, _pt(centre), int(unit * rng.uniform(3.5, 5.5)), 1, -1)
     if rng.random() < 0.8:
         lead = _curve(rng, centre, unit * rng.uniform(60, 220), bend=0.25)
-        _polyline(layers.layer(rng.uniform(0.45, 0.8)), lead, unit * rng.uniform(1.6, 3))
+        _polyline(layers.layer(rng.uniform(0.3, 0.8)), lead, unit * rng.uniform(1.6, 3))
 
 
 def _rounded_outline(centre: np.ndarray, half: np.ndarray, angle: float, roundness: float) -> np.ndarray:
@@ -430,7 +433,7 @@ def _device(rng, layers, unit, *, can: tuple[float, float], leads: int):
             turn = np.linspace(0, 2 * math.pi, 24)
             coil = header + np.stack([np.cos(turn), np.sin(turn)], 1) * loop + across * header_top * loop
             path = np.vstack([coil, path])
-        _polyline(layers.layer(rng.uniform(0.6, 0.95)), path, unit * rng.uniform(1.2, 2.8))
+        _polyline(layers.layer(rng.uniform(0.4, 0.95)), path, unit * rng.uniform(1.2, 2.8))
         cv2.circle(layers.layer(1.0), _pt(path[-1]), int(unit * 2.5), 1, -1)  # lead tip
 
 
@@ -545,6 +548,29 @@ def _central_line(rng, layers, centre, unit):
         outside = _curve(rng, start, unit * rng.uniform(40, 120), bend=0.3, angle=-math.pi / 2)
         _polyline(layers.layer(rng.uniform(0.35, 0.65)), outside, unit * rng.uniform(2.2, 3.5))
 
+def _tube(rng, layers, centre, unit):
+    """An endotracheal, feeding or chest-drain tube: a faint plastic wall (drawn, not masked) with
+    the radio-opaque stripe that radiographs show (the object)."""
+    size = layers.size
+    kind = rng.choice(["endotracheal", "feeding", "drain"])
+    if kind == "drain":
+        side = rng.choice([-1, 1])
+        start = np.array([size * (0.5 + side * rng.uniform(0.38, 0.48)), size * rng.uniform(0.55, 0.8)])
+        via = np.array([size * (0.5 + side * rng.uniform(0.3, 0.4)), size * rng.uniform(0.35, 0.5)])
+        end = np.array([size * (0.5 + side * rng.uniform(0.15, 0.3)), size * rng.uniform(0.15, 0.3)])
+    else:
+        x = size * rng.uniform(0.46, 0.54)
+        start = np.array([x, size * rng.uniform(0.0, 0.05)])
+        via = np.array([x + size * rng.uniform(-0.03, 0.03), size * rng.uniform(0.15, 0.25)])
+        bottom = rng.uniform(0.25, 0.35) if kind == "endotracheal" else rng.uniform(0.75, 0.95)
+        end = np.array([x + size * rng.uniform(0.0, 0.12), size * bottom])
+    t = np.linspace(0, 1, 40)[:, None]
+    path = (1 - t) ** 2 * start + 2 * (1 - t) * t * via + t**2 * end
+    wall = unit * (rng.uniform(8, 12) if kind == "drain" else rng.uniform(5, 9))
+    _polyline(layers.layer(rng.uniform(0.05, 0.12)), path, wall)
+    offset = np.array([1.0, 0.0]) * wall * rng.uniform(-0.3, 0.3)
+    _polyline(layers.layer(rng.uniform(0.3, 0.6)), path + offset, unit * rng.uniform(1.2, 2.2))
+
 
 _DRAWERS: dict[str, Callable] = {
     "coin": _coin,
@@ -562,9 +588,10 @@ _DRAWERS: dict[str, Callable] = {
     "fixation_plate": _fixation_plate,
     "spinal_screws": _spinal_screws,
     "central_line": _central_line,
+    "tube": _tube,
 }
 # how often each kind is drawn: ECG electrodes and lines are the commonest devices on a chest film
-_KIND_WEIGHTS = np.array([1, 1, 1, 0.6, 0.5, 0.8, 0.6, 2.5, 1.6, 1.0, 0.6, 0.7, 0.5, 0.4, 1.2])
+_KIND_WEIGHTS = np.array([1, 1, 1, 0.6, 0.5, 0.8, 0.6, 2.5, 1.6, 1.0, 0.6, 0.7, 0.5, 0.4, 1.2, 0.8])
 
 
 def _insert_object(
