@@ -71,6 +71,13 @@ def run_graph_on(paths: list[Path], output: Path, bundle: Path):
     return run_graph(build_settings(paths, output, model=bundle))
 
 
+def _masks(model, probabilities: np.ndarray) -> np.ndarray:
+    """(N, 1, H, W) boolean masks as the graph's segmentation node makes them (with hysteresis)."""
+    from xiqa.operators.segmentation import hysteresis_masks
+
+    return hysteresis_masks(probabilities, model.threshold, model.seed_threshold, model.sure_area)
+
+
 def composite_figures(bundle: Path, backgrounds: list, seed: int, per_background: int) -> dict:
     from xiqa.operators.segmentation import load_segmentation_model
     from xiqa.training.composite import composite_samples
@@ -80,7 +87,7 @@ def composite_figures(bundle: Path, backgrounds: list, seed: int, per_background
     model = load_segmentation_model(bundle, device="cpu")
     samples = composite_samples(backgrounds, seed, per_background)
     probabilities, labels = predict_probabilities(model.networks[0], samples)
-    predicted = probabilities > model.threshold
+    predicted = _masks(model, probabilities)
     return {
         "images": len(samples),
         **pooled_dice_recall(predicted, labels),
@@ -98,13 +105,14 @@ def merge_sweep(bundle: Path, backgrounds: list, per_background: int) -> dict:
     model = load_segmentation_model(bundle, device="cpu")
     samples = composite_samples(backgrounds, VALIDATION_SEED, per_background)
     probabilities, _ = predict_probabilities(model.networks[0], samples)
+    masks = _masks(model, probabilities)
     errors = {}
     for radius in MERGE_RADII:
         errors[radius] = float(
             np.mean(
                 [
-                    abs(len(find_objects(p[0] > model.threshold, radius)) - len(s["kinds"]))
-                    for p, s in zip(probabilities, samples, strict=True)
+                    abs(len(find_objects(mask[0], radius)) - len(s["kinds"]))
+                    for mask, s in zip(masks, samples, strict=True)
                 ]
             )
         )

@@ -38,6 +38,7 @@ def report_dict(case: Case) -> dict:
         # hysteresis (segmentation.hysteresis_mask): the components it removed are not objects
         "mask_threshold": getattr(case.segmentation, "threshold", None),
         "seed_threshold": getattr(case.segmentation, "seed_threshold", None),
+        "sure_area": getattr(case.segmentation, "sure_area", None),
         "components_below_seed": getattr(case.segmentation, "components_below_seed", None),
         "summary": getattr(summary, "text", None),
         "summary_source": getattr(summary, "source", None),

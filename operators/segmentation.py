@@ -7,7 +7,8 @@ ensemble: probabilities are averaged before the threshold.
 
 The mask is thresholded with hysteresis: a pixel is foreground above the bundle's
 ``threshold``, and an 8-connected component of such pixels is kept only when its peak
-probability reaches the bundle's ``seed_threshold`` (both calibrated on validation images).
+probability reaches the bundle's ``seed_threshold`` or its area the bundle's ``sure_area``
+(all three calibrated on validation images).
 On real plates the false objects are pinhead dots and rib crossings whose probability barely
 clears the threshold, while metal is near certain somewhere on its extent; the seed removes the
 former without thinning the kept objects (which still extend down to ``threshold``).
@@ -71,6 +72,7 @@ class SegmentationModel:
     device: torch.device
     threshold: float = 0.5
     seed_threshold: float | None = None  # None: every component above ``threshold`` is kept
+    sure_area: int | None = None  # grid pixels: a component this large is kept without the seed
 
     def probability(self, batch: torch.Tensor) -> torch.Tensor:
         """Mean over the ensemble of sigmoid(logits); batch is (N, C, H, W) in [0, 1]."""
@@ -122,11 +124,13 @@ def load_segmentation_model(path: Path = DEFAULT_BUNDLE, device: str = "auto") -
     threshold = float(np.mean([meta["xiqa"].get("threshold", 0.5) for meta in metadata]))
     seeds = [meta["xiqa"].get("seed_threshold") for meta in metadata]
     seed_threshold = float(np.mean(seeds)) if all(seed is not None for seed in seeds) else None
+    areas = [meta["xiqa"].get("sure_area") for meta in metadata]
+    sure_area = int(np.mean(areas)) if seed_threshold is not None and all(areas) else None
     name = metadata[0].get("name", folders[0].name)
     digest = hashlib.sha256("".join(digests).encode()).hexdigest()[:12]
     model_id = f"{name}@{digest}" + (f"x{len(folders)}" if len(folders) > 1 else "")
     logger.info("segmentation model %s (%d network(s)) on %s", model_id, len(folders), target)
-    return SegmentationModel(networks, specs.pop(), model_id, target, threshold, seed_threshold)
+    return SegmentationModel(networks, specs.pop(), model_id, target, threshold, seed_threshold, sure_area)
 
 
 @dataclass
@@ -136,6 +140,7 @@ class SegmentationResult:
     model_id: str
     threshold: float = 0.5
     seed_threshold: float | None = None
+    sure_area: int | None = None
     components_below_seed: int = 0  # components above ``threshold`` that the seed removed
     _source_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -150,15 +155,20 @@ def segment(model: SegmentationModel, network_input: np.ndarray) -> Segmentation
     """Probability map and binary mask for one (C, H, W) input."""
     batch = torch.from_numpy(np.ascontiguousarray(network_input))[None]
     probability = model.probability(batch)[0, 0].cpu().numpy().astype(np.float32)
-    mask, removed = hysteresis_mask(probability, model.threshold, model.seed_threshold)
+    mask, removed = hysteresis_mask(probability, model.threshold, model.seed_threshold, model.sure_area)
     return SegmentationResult(probability, mask, model.model_id, model.threshold, model.seed_threshold,
-                              removed)
+                              model.sure_area, removed)
 
 
-def hysteresis_mask(probability: np.ndarray, threshold: float,
-                    seed_threshold: float | None) -> tuple[np.ndarray, int]:
+def hysteresis_mask(probability: np.ndarray, threshold: float, seed_threshold: float | None,
+                    sure_area: int | None = None) -> tuple[np.ndarray, int]:
     """The uint8 mask of ``probability > threshold`` restricted to the 8-connected components whose
-    peak reaches ``seed_threshold``, and how many components that removed (none without a seed).
+    peak reaches ``seed_threshold`` or whose area reaches ``sure_area`` pixels, and how many
+    components that removed (none without a seed).
+
+    Only small components need the seed's certainty: a pinhead dot must be near certain to count,
+    while a pacemaker can that the network splits into grey pieces of middling certainty is kept
+    for its size.  Nothing is removed for being small alone (DESIGN: no minimum area).
 
     Raises
     ------
@@ -171,12 +181,21 @@ def hysteresis_mask(probability: np.ndarray, threshold: float,
     if seed_threshold < threshold:
         raise ValueError(f'Argument "seed_threshold" must not be below "threshold" ({threshold}), '
                          f"got {seed_threshold}")
-    count, labels = cv2.connectedComponents(mask, connectivity=8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     peaks = np.zeros(count, np.float32)
     np.maximum.at(peaks, labels.ravel(), probability.ravel())
     keep = peaks >= seed_threshold
+    if sure_area is not None:
+        keep |= stats[:, cv2.CC_STAT_AREA] >= sure_area
     keep[0] = False  # the background label
     return keep[labels].astype(np.uint8), int(count - 1 - keep.sum())
+
+
+def hysteresis_masks(probabilities: np.ndarray, threshold: float, seed_threshold: float | None,
+                     sure_area: int | None = None) -> np.ndarray:
+    """``hysteresis_mask`` of each (1, H, W) map of an (N, 1, H, W) stack, as booleans."""
+    return np.stack([hysteresis_mask(p[0], threshold, seed_threshold, sure_area)[0]
+                     for p in probabilities])[:, None].astype(bool)
 
 
 def mask_at_source(probability: np.ndarray, shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:

@@ -47,8 +47,8 @@ def test_analyze_writes_reports_and_rejects_broken_file_with_exit_1(tmp_path, fi
         assert key in report
     assert report["model_id"].startswith("random@")
     # the random test bundle has no seed threshold: plain thresholding, nothing removed
-    assert (report["mask_threshold"], report["seed_threshold"], report["components_below_seed"]) == \
-        (0.5, None, 0)
+    assert (report["mask_threshold"], report["seed_threshold"], report["sure_area"],
+            report["components_below_seed"]) == (0.5, None, None, 0)
     assert {"load", "preprocess", "segmentation", "scoring"} <= set(report["timings_seconds"])
     assert (reports[0].parent / "report.png").stat().st_size > 10_000
     for stream in (result.stdout, result.stderr):

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from xiqa.operators.segmentation import NetworkSpec, build_network, hysteresis_mask, load_segmentation_model
-from xiqa.training.trainer import choose_seed_threshold, write_bundle
+from xiqa.training.trainer import choose_seed_threshold, choose_sure_area, write_bundle
 
 
 def _map_with_two_blobs() -> np.ndarray:
@@ -29,18 +29,39 @@ def test_without_a_seed_every_component_above_the_threshold_is_kept():
     assert removed == 0 and mask.sum() == 40
 
 
+def test_a_component_as_large_as_the_sure_area_is_kept_without_the_seed():
+    probability = _map_with_two_blobs()
+    probability[6:8, 6:8] = 0.9  # the object is no longer certain anywhere
+    assert hysteresis_mask(probability, 0.8, 0.99)[0].sum() == 0
+    mask, removed = hysteresis_mask(probability, 0.8, 0.99, sure_area=36)
+    assert mask[4:10, 4:10].all() and mask.sum() == 36 and removed == 1  # the 4-pixel dot still goes
+
+
+def test_sure_area_is_the_smallest_of_the_cheapest():
+    probability = _map_with_two_blobs()
+    probability[6:8, 6:8] = 0.9
+    label = np.zeros_like(probability, dtype=bool)
+    label[4:10, 4:10] = True
+    area, costs = choose_sure_area(probability[None, None], label[None, None], 0.8, 0.99, areas=(100, 30, 2))
+    # 100 misses the object; 30 keeps it and drops the dot; 2 keeps the dot too
+    assert costs == {"None": round(0.7 / 0.3, 6), "100": round(0.7 / 0.3, 6), "30": 0.0, "2": 1.0}
+    assert area == 30
+    assert choose_sure_area(probability[None, None], label[None, None], 0.8, None) == (None, {})
+
+
 def test_a_seed_below_the_threshold_is_refused():
     with pytest.raises(ValueError, match='"seed_threshold" must not be below'):
         hysteresis_mask(_map_with_two_blobs(), 0.8, 0.7)
 
 
-def test_seed_is_chosen_by_object_errors_and_prefers_the_lower_of_equal_ones():
+def test_seed_is_chosen_by_object_cost_and_prefers_the_lower_of_equal_ones():
     probability = _map_with_two_blobs()
     label = np.zeros_like(probability, dtype=bool)
     label[4:10, 4:10] = True  # the faint dot is a false object
     seed, errors = choose_seed_threshold(probability[None, None], label[None, None], 0.8,
                                          seeds=(0.9, 0.95, 0.9999))
-    assert errors == {"None": 1.0, "0.9": 0.0, "0.95": 0.0, "0.9999": 1.0}  # 0.9999 misses the object
+    # 0.9999 misses the object, which costs more than the false dot that no seed removes
+    assert errors == {"None": 1.0, "0.9": 0.0, "0.95": 0.0, "0.9999": round(0.7 / 0.3, 6)}
     assert seed == 0.9
     label[20:22, 20:22] = True  # now the dot is an object too: no seed is best
     seed, _ = choose_seed_threshold(probability[None, None], label[None, None], 0.8, seeds=(0.9,))
@@ -50,6 +71,6 @@ def test_seed_is_chosen_by_object_errors_and_prefers_the_lower_of_equal_ones():
 def test_a_bundle_carries_its_seed_threshold_to_the_loaded_model(tmp_path: Path):
     spec = NetworkSpec(encoder="mobilenet_v2")
     write_bundle(tmp_path / "b", build_network(spec), spec, name="random", description="untrained",
-                 metrics={}, training={}, threshold=0.8, seed_threshold=0.99)
+                 metrics={}, training={}, threshold=0.8, seed_threshold=0.99, sure_area=30)
     model = load_segmentation_model(tmp_path / "b", device="cpu")
-    assert (model.threshold, model.seed_threshold) == (0.8, 0.99)
+    assert (model.threshold, model.seed_threshold, model.sure_area) == (0.8, 0.99, 30)

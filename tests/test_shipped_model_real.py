@@ -56,11 +56,12 @@ def test_the_pacemaker_can_is_counted_on_real_plates_soft_and_hard(model, image_
 
 
 def test_held_out_clean_real_plates_are_rated_good(model):
-    """Measured at 13/15 Good and 0.33 false objects per image (all of them pinhead nodules)."""
+    """The goal of the "Real radiographs" issue: >= 90 % Good, <= 0.2 false objects per image
+    (measured at 14/15 and 0.20: a pinhead on 80b5f00f, two on the nodular c0f74558)."""
     held_out = [entry["id"] for entry in _manifest() if entry["split"] == "held_out_clean"]
     results = [_score(model, image_id)[0] for image_id in held_out]
     good = sum(quality.verdict is Verdict.GOOD for quality in results)
     false_objects = sum(len(quality.objects) for quality in results)
     assert len(held_out) == 15
-    assert good >= 13, f"{good}/15 Good"
-    assert false_objects / len(held_out) <= 0.4
+    assert good >= 14, f"{good}/15 Good"
+    assert false_objects / len(held_out) <= 0.2, f"{false_objects} false objects on 15 plates"

@@ -21,12 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from xiqa.operators.segmentation import (
     DEFAULT_BUNDLE,
     NetworkSpec,
-    hysteresis_mask,
+    hysteresis_masks,
     load_segmentation_model,
     read_metadata,
 )
@@ -99,9 +98,9 @@ def _pixels(backgrounds: list[tuple[str, object]]) -> list:
 def calibrated_figures(network: torch.nn.Module, calibration: Calibration, samples: list[dict]) -> dict:
     """Pooled Dice/recall and object-level figures of the calibrated masks over ``samples``."""
     probabilities, labels = predict_probabilities(network, samples)
-    masks = np.stack(
-        [hysteresis_mask(p[0], calibration.threshold, calibration.seed_threshold)[0] for p in probabilities]
-    )[:, None].astype(bool)
+    masks = hysteresis_masks(
+        probabilities, calibration.threshold, calibration.seed_threshold, calibration.sure_area
+    )
     return pooled_dice_recall(masks, labels) | object_level_metrics(masks, labels)
 
 
@@ -130,9 +129,10 @@ def evaluation_sets(args: argparse.Namespace) -> dict:
 def calibration_metrics(network: torch.nn.Module, sets: dict) -> tuple[Calibration, dict]:
     calibration = calibrate(network, sets["validation"])
     logging.info(
-        "calibrated on validation: threshold %s, seed threshold %s",
+        "calibrated on validation: threshold %s, seed threshold %s, sure area %s",
         calibration.threshold,
         calibration.seed_threshold,
+        calibration.sure_area,
     )
     return calibration, {
         "held_out_composites": calibrated_figures(network, calibration, sets["held_out"]),
@@ -140,7 +140,8 @@ def calibration_metrics(network: torch.nn.Module, sets: dict) -> tuple[Calibrati
         "held_out_backgrounds": [name for name, _ in sets["backgrounds"]["held_out_clean"]],
         "held_out_phantoms": calibrated_figures(network, calibration, sets["held_out_phantoms"]),
         "threshold_validation_dice": calibration.dice_per_threshold,
-        "seed_validation_object_errors": calibration.object_errors_per_seed,
+        "seed_validation_object_cost": calibration.object_cost_per_seed,
+        "sure_area_validation_object_cost": calibration.object_cost_per_sure_area,
     }
 
 
@@ -151,7 +152,11 @@ def recalibrate(bundle: Path, sets: dict, command: str) -> None:
     metadata_path = bundle / "configs" / "metadata.json"
     metadata = read_metadata(bundle)
     xiqa = metadata["xiqa"]
-    xiqa.update(threshold=calibration.threshold, seed_threshold=calibration.seed_threshold)
+    xiqa.update(
+        threshold=calibration.threshold,
+        seed_threshold=calibration.seed_threshold,
+        sure_area=calibration.sure_area,
+    )
     xiqa["metrics"].update(json_safe(metrics))
     xiqa["training"]["calibrated_again"] = {"command": command, "date": time.strftime("%Y-%m-%d")}
     metadata_path.write_text(json.dumps(metadata, indent=2))
@@ -219,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         training=training,
         threshold=calibration.threshold,
         seed_threshold=calibration.seed_threshold,
+        sure_area=calibration.sure_area,
     )
     logging.info("held-out composites: %s", metrics["held_out_composites"])
     return 0

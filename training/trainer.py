@@ -154,21 +154,26 @@ CALIBRATION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 SEED_THRESHOLDS = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 0.9995, 0.9999)
 
 
+SURE_AREAS = (200, 100, 50, 30, 20, 10)
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """A bundle's mask thresholds, chosen on validation images only (never held-out ones)."""
+    """A bundle's mask parameters, chosen on validation images only (never held-out ones)."""
 
     threshold: float
     seed_threshold: float | None
+    sure_area: int | None
     dice_per_threshold: dict[str, float]
-    object_errors_per_seed: dict[str, float]  # missed + false objects over the validation set
+    object_cost_per_seed: dict[str, float]  # MISS_COST x missed + false objects, validation set
+    object_cost_per_sure_area: dict[str, float]
 
 
 def calibrate(network: torch.nn.Module, validation_samples: list[dict],
               thresholds: tuple[float, ...] = CALIBRATION_THRESHOLDS,
               seeds: tuple[float, ...] = SEED_THRESHOLDS) -> Calibration:
-    """The threshold with the best pooled validation Dice, then the seed threshold at that
-    threshold (``choose_seed_threshold``).
+    """The threshold with the best pooled validation Dice, then the seed threshold and the sure
+    area at that threshold (``choose_seed_threshold``, ``choose_sure_area``).
 
     Focal Tversky (alpha 0.7 on false negatives) trades precision for recall, so 0.5
     over-segments.
@@ -177,37 +182,60 @@ def calibrate(network: torch.nn.Module, validation_samples: list[dict],
     dice = {threshold: pooled_dice_recall(probabilities > threshold, labels)["dice"]
             for threshold in thresholds}
     threshold = max(dice, key=dice.get)
-    seed, errors = choose_seed_threshold(probabilities, labels, threshold, seeds)
-    return Calibration(threshold, seed, {str(k): v for k, v in dice.items()}, errors)
+    seed, seed_costs = choose_seed_threshold(probabilities, labels, threshold, seeds)
+    area, area_costs = choose_sure_area(probabilities, labels, threshold, seed)
+    return Calibration(threshold, seed, area, {str(k): v for k, v in dice.items()}, seed_costs, area_costs)
+
+
+#: a missed object costs as much as this many false ones: the training loss's weighting of false
+#: negatives against false positives (Focal Tversky alpha 0.7, beta 0.3)
+MISS_COST = 0.7 / 0.3
+
+
+def object_cost(masks: np.ndarray, labels: np.ndarray, miss_cost: float = MISS_COST) -> float:
+    """``miss_cost`` per missed object plus one per false object, objects as scoring counts them."""
+    from .metrics import object_level_metrics
+
+    found = object_level_metrics(masks, labels)
+    missed = found["true_objects"] * (1 - found["object_sensitivity"]) if found["true_objects"] else 0
+    return round(miss_cost * missed + found["false_objects_per_image"] * len(masks), 6)
 
 
 def choose_seed_threshold(probabilities: np.ndarray, labels: np.ndarray, threshold: float,
                           seeds: tuple[float, ...] = SEED_THRESHOLDS) -> tuple[float | None, dict]:
-    """The hysteresis seed (``segmentation.hysteresis_mask``) with the fewest object errors over
-    (N, 1, H, W) validation ``probabilities`` and ``labels``, and the errors per seed.
+    """The hysteresis seed (``segmentation.hysteresis_mask``, no sure area) with the lowest
+    ``object_cost`` over (N, 1, H, W) validation ``probabilities`` and ``labels``, and the cost
+    per seed.
 
     Dice is a pixel measure and hardly sees a pinhead false object, so the seed is chosen on
-    objects as scoring counts them: a missed object and a false one cost the same, and of equal
-    counts the lower seed (None, no seed, is the lowest) wins.
+    objects; of equal costs the lower seed (None, no seed, is the lowest) wins.
     """
-    from xiqa.operators.segmentation import hysteresis_mask
+    from xiqa.operators.segmentation import hysteresis_masks
 
-    from .metrics import object_level_metrics
+    costs = {seed: object_cost(hysteresis_masks(probabilities, threshold, seed), labels)
+             for seed in (None, *(seed for seed in seeds if seed >= threshold))}
+    best = min(costs, key=lambda candidate: (costs[candidate], candidate or 0.0))
+    return best, {str(k): v for k, v in costs.items()}
 
-    errors = {}
-    for seed in (None, *(seed for seed in seeds if seed >= threshold)):
-        masks = np.stack([hysteresis_mask(p[0], threshold, seed)[0] for p in probabilities])[:, None]
-        found = object_level_metrics(masks, labels)
-        missed = found["true_objects"] * (1 - found["object_sensitivity"]) if found["true_objects"] else 0
-        errors[seed] = round(missed + found["false_objects_per_image"] * len(probabilities), 6)
-    best = min(errors, key=lambda candidate: (errors[candidate], candidate or 0.0))
-    return best, {str(k): v for k, v in errors.items()}
+
+def choose_sure_area(probabilities: np.ndarray, labels: np.ndarray, threshold: float,
+                     seed: float | None, areas: tuple[int, ...] = SURE_AREAS) -> tuple[int | None, dict]:
+    """The component area above which the seed is not needed, by the lowest ``object_cost``; of
+    equal costs the smallest area wins (it keeps the most).  None without a seed."""
+    from xiqa.operators.segmentation import hysteresis_masks
+
+    if seed is None:
+        return None, {}
+    costs = {area: object_cost(hysteresis_masks(probabilities, threshold, seed, area), labels)
+             for area in (None, *areas)}
+    best = min(costs, key=lambda candidate: (costs[candidate], candidate or float("inf")))
+    return best, {str(k): v for k, v in costs.items()}
 
 
 def write_bundle(folder: Path, network: torch.nn.Module, spec: NetworkSpec, *, name: str,
                  description: str, metrics: dict, training: dict, half_precision: bool = False,
                  image_size: int = 256, threshold: float = 0.5,
-                 seed_threshold: float | None = None) -> Path:
+                 seed_threshold: float | None = None, sure_area: int | None = None) -> Path:
     """Write a MONAI bundle: configs/metadata.json, configs/inference.json, models/model.pt.
 
     ``image_size`` is the grid the network was trained on (the app always
@@ -246,6 +274,7 @@ def write_bundle(folder: Path, network: torch.nn.Module, spec: NetworkSpec, *, n
                                  "dtype": "float32", "value_range": [], "is_patch_data": False}},
         },
         "xiqa": {"network": asdict(spec), "threshold": threshold, "seed_threshold": seed_threshold,
+                 "sure_area": sure_area,
                  "metrics": json_safe(metrics),
                  "training": json_safe(training),
                  "platform": platform.platform()},
