@@ -39,7 +39,10 @@ from xiqa.operators.segmentation import (
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import saliency_reference as reference  # noqa: E402
 
-TOLERANCE = 1e-5
+# on min-max normalised maps in [0, 1]: float32 rounding only.  Other CPUs stayed within 1e-5; a
+# Sapphire Rapids one (AVX-512 kernels) differs by 1.4e-5 on one MobileNetV2 Grad-CAM layer whose
+# raw range is tiny, so normalising it magnifies the rounding
+TOLERANCE = 2e-5
 SIZE = 64
 RESNET18_SUBSET = [
     "encoder.conv1", "encoder.bn1", "encoder.maxpool", "encoder.layer1.0", "encoder.layer1.0.relu",
