@@ -176,8 +176,11 @@ def render_report_png(case: Case, path: Path, max_side: int = PANEL_SIDE) -> Pat
     if case.summary is not None:
         lines += ["", *textwrap.wrap(case.summary.text, 52)]
     title_font, panel_font, text_font = _font(18), _font(13), _font(TEXT_SIZE, mono=True)
-    text_height = len(lines) * (TEXT_SIZE + 2 + TEXT_SPACING)
-    canvas = Image.new("RGB", (CANVAS_WIDTH, max(CANVAS_HEIGHT, TITLE_HEIGHT + text_height + 16)), "white")
+    text = "\n".join(lines)
+    text_bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).multiline_textbbox(
+        (0, 0), text, font=text_font, spacing=TEXT_SPACING)[3]
+    canvas_height = max(CANVAS_HEIGHT, TITLE_HEIGHT + 4 + text_bottom + 12)  # a long text block grows it
+    canvas = Image.new("RGB", (CANVAS_WIDTH, canvas_height), "white")
     draw = ImageDraw.Draw(canvas)
     top = TITLE_HEIGHT + PANEL_TITLE_HEIGHT
     left_x, middle_x = 20, 20 + PANEL_SIDE + 30
@@ -192,7 +195,7 @@ def render_report_png(case: Case, path: Path, max_side: int = PANEL_SIDE) -> Pat
         canvas.paste(Image.fromarray(_to_rgb8(image)), (middle_x + (PANEL_SIDE - width) // 2, top))
     _centred(draw, left_x + PANEL_SIDE // 2, TITLE_HEIGHT, panel_title, panel_font, (0, 0, 0))
     _centred(draw, CANVAS_WIDTH // 2, 8, title, title_font, colour)
-    draw.multiline_text((middle_x + PANEL_SIDE + 75, TITLE_HEIGHT + 4), "\n".join(lines), font=text_font,
+    draw.multiline_text((middle_x + PANEL_SIDE + 75, TITLE_HEIGHT + 4), text, font=text_font,
                         fill=(0, 0, 0), spacing=TEXT_SPACING)
     canvas.save(path, format="PNG", compress_level=1)  # level 1: a quarter of the time, ~10 % larger
     return path
