@@ -320,7 +320,7 @@ class Receiver:
                 return None
             self.process.stdin.close()
             tally = self._line("STORED").split()
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=START_TIMEOUT)  # torch and holoscan unload slowly on a busy box
             return int(tally[0]), int(tally[2])
         finally:
             self.log.close()

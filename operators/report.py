@@ -73,7 +73,7 @@ def _outlined(case: Case, image: np.ndarray, scale: float) -> np.ndarray:
     from .segmentation import mask_at_source
 
     height, width = image.shape
-    thickness = max(1, round(1 / scale * 0.5))
+    thickness = 1  # drawn at the size report.png shows it: thin lines stay visible
     canvas = _to_rgb8(image)
     region = case.gate.region if case.gate is not None else None
     if region is not None and region.found:
@@ -85,7 +85,7 @@ def _outlined(case: Case, image: np.ndarray, scale: float) -> np.ndarray:
     network_mask = mask_at_source(case.segmentation.probability, (height, width), case.segmentation.threshold)
     mask = counted_at_source(network_mask, case.quality)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    canvas = cv2.drawContours(canvas, contours, -1, OBJECT_COLOUR, max(1, round(2 / scale * 0.5)))
+    canvas = cv2.drawContours(canvas, contours, -1, OBJECT_COLOUR, 2)
     grid_rows, grid_columns = case.quality.grid_shape
     for finding in case.quality.objects_outside:
         y0, x0, y1, x1 = finding.bbox
@@ -116,17 +116,52 @@ def _score_lines(case: Case) -> list[str]:
     return lines
 
 
-def render_report_png(case: Case, path: Path, max_side: int = 900) -> Path:
-    """Two panels (chest region and contours; saliency blend) and a text block with the scores.
+#: report.png's layout, in pixels (what the matplotlib figure of 15 x 6 in at 80 dpi measured)
+CANVAS_WIDTH, CANVAS_HEIGHT = 1200, 480
+PANEL_SIDE = 340  # each image panel fits in a square of this side
+TEXT_SIZE, TEXT_SPACING = 11, 3
+TITLE_HEIGHT, PANEL_TITLE_HEIGHT = 36, 22
+VERDICT_COLOURS = {"Good": (26, 127, 55), "Acceptable": (176, 136, 0), "Poor": (207, 34, 46)}
+NOT_SCORED_COLOUR = (87, 96, 106)
+SALIENCY_ALPHA = 0.45
 
-    A case that is not a frontal chest shows the image, the reason and no score.
+
+def _font(size: int, mono: bool = False):
+    """DejaVu (shipped with matplotlib's data, no pyplot imported), else Pillow's own font."""
+    from PIL import ImageFont
+
+    name = "DejaVuSansMono.ttf" if mono else "DejaVuSans.ttf"
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default(size)
+
+
+def _saliency_blend(image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
+    """Grey image with the JET saliency map over it at a fixed opacity (what imshow's alpha did)."""
+    from .preprocess import resize_image
+    from .sc_writer import _jet
+
+    height, width = image.shape
+    heat = _jet(np.clip(resize_image(saliency, height, width), 0, 1)).astype(np.float32)
+    blend = _to_rgb8(image).astype(np.float32) * (1 - SALIENCY_ALPHA) + heat * SALIENCY_ALPHA
+    return np.round(blend).astype(np.uint8)
+
+
+def render_report_png(case: Case, path: Path, max_side: int = PANEL_SIDE) -> Path:
+    """Two panels (chest region and contours; saliency blend with its colour scale) and a text
+    block with the scores, under a title in the verdict's colour.
+
+    A case that is not a frontal chest shows the image, the reason and no score.  Drawn with
+    numpy, OpenCV and Pillow at the size it is shown (no matplotlib figure per image: that cost
+    about 0.3 s of 2 cores per plate); the outlines are drawn at panel resolution, from the same
+    256-grid masks, so they stay crisp.
     """
     import textwrap
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from PIL import Image, ImageDraw
 
     from .preprocess import resize_image
 
@@ -134,35 +169,62 @@ def render_report_png(case: Case, path: Path, max_side: int = 900) -> Path:
     scale = min(1.0, max_side / max(rows, cols))
     height, width = max(1, round(rows * scale)), max(1, round(cols * scale))
     image = resize_image(case.source.pixels, height, width)
-    figure, axes = plt.subplots(1, 3, figsize=(15, 6), gridspec_kw={"width_ratios": [1, 1, 0.9]})
-    axes[0].imshow(_outlined(case, image, scale))
-    axes[1].imshow(image, cmap="gray", vmin=0, vmax=1)
-    if case.saliency is not None:
-        heat = axes[1].imshow(resize_image(case.saliency.combined, height, width), cmap="jet",
-                              alpha=0.45, vmin=0, vmax=1)
-        figure.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.02, label="saliency (0-1)")
-        axes[1].set_title(f"Saliency ({case.saliency.method})")
-    for axis in axes[:2]:
-        axis.axis("off")
     if case.frontal_chest:
-        axes[0].set_title(f"Objects counted: {len(case.quality.objects)} (red); chest region (cyan)")
+        panel_title = f"Objects counted: {len(case.quality.objects)} (red); chest region (cyan)"
         lines = _score_lines(case)
         verdict = case.quality.verdict.value
-        colour = {"Good": "#1a7f37", "Acceptable": "#b08800", "Poor": "#cf222e"}[verdict]
-        title = f"xiqa {__version__} - image quality {verdict}"
+        colour, title = VERDICT_COLOURS[verdict], f"xiqa {__version__} - image quality {verdict}"
     else:
-        axes[0].set_title("Not scored")
+        panel_title = "Not scored"
         lines = ["Not scored: no Q_img, no verdict.", "", *textwrap.wrap(case.gate.reason, 52)]
-        colour, title = "#57606a", f"xiqa {__version__} - not a frontal chest radiograph"
+        colour, title = NOT_SCORED_COLOUR, f"xiqa {__version__} - not a frontal chest radiograph"
     if case.summary is not None:
         lines += ["", *textwrap.wrap(case.summary.text, 52)]
-    axes[2].axis("off")
-    axes[2].text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=9.5)
-    figure.suptitle(title, color=colour, fontsize=14)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+    title_font, panel_font, text_font = _font(18), _font(13), _font(TEXT_SIZE, mono=True)
+    text = "\n".join(lines)
+    text_bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).multiline_textbbox(
+        (0, 0), text, font=text_font, spacing=TEXT_SPACING)[3]
+    canvas_height = max(CANVAS_HEIGHT, TITLE_HEIGHT + 4 + text_bottom + 12)  # a long text block grows it
+    canvas = Image.new("RGB", (CANVAS_WIDTH, canvas_height), "white")
+    draw = ImageDraw.Draw(canvas)
+    top = TITLE_HEIGHT + PANEL_TITLE_HEIGHT
+    left_x, middle_x = 20, 20 + PANEL_SIDE + 30
+    canvas.paste(Image.fromarray(_outlined(case, image, scale)), (left_x + (PANEL_SIDE - width) // 2, top))
+    if case.saliency is not None:
+        blend = _saliency_blend(image, case.saliency.combined)
+        canvas.paste(Image.fromarray(blend), (middle_x + (PANEL_SIDE - width) // 2, top))
+        _draw_colour_bar(canvas, draw, middle_x + PANEL_SIDE + 8, top, height, text_font)
+        _centred(draw, middle_x + PANEL_SIDE // 2, TITLE_HEIGHT, f"Saliency ({case.saliency.method})",
+                 panel_font, (0, 0, 0))
+    else:
+        canvas.paste(Image.fromarray(_to_rgb8(image)), (middle_x + (PANEL_SIDE - width) // 2, top))
+    _centred(draw, left_x + PANEL_SIDE // 2, TITLE_HEIGHT, panel_title, panel_font, (0, 0, 0))
+    _centred(draw, CANVAS_WIDTH // 2, 8, title, title_font, colour)
+    draw.multiline_text((middle_x + PANEL_SIDE + 75, TITLE_HEIGHT + 4), text, font=text_font,
+                        fill=(0, 0, 0), spacing=TEXT_SPACING)
+    canvas.save(path, format="PNG", compress_level=1)  # level 1: a quarter of the time, ~10 % larger
     return path
+
+
+def _centred(draw, centre_x: int, top: int, text: str, font, fill) -> None:
+    width = draw.textlength(text, font=font)
+    draw.text((centre_x - width / 2, top), text, font=font, fill=fill)
+
+
+def _draw_colour_bar(canvas, draw, x: int, top: int, height: int, font) -> None:
+    """The JET scale from 0 (bottom) to 1 (top) beside the saliency panel, labelled."""
+    from PIL import Image
+
+    from .sc_writer import _jet
+
+    bar = _jet(np.repeat(np.linspace(1, 0, max(2, height), dtype=np.float32)[:, None], 14, axis=1))
+    canvas.paste(Image.fromarray(bar), (x, top))
+    draw.rectangle((x, top, x + 13, top + height - 1), outline=(0, 0, 0))
+    for value in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = top + round((1 - value) * (height - 1))
+        draw.line((x + 14, y, x + 17, y), fill=(0, 0, 0))
+        draw.text((x + 20, y - 6), f"{value:.2f}", font=font, fill=(0, 0, 0))
+    draw.text((x - 60, top + height + 4), "saliency (0-1)", font=font, fill=(0, 0, 0))
 
 
 def write_report(case: Case, output: Path) -> None:

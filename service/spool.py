@@ -29,7 +29,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from xiqa.durable import fsync_folder, make_folders_durably, write_atomically, write_bytes_atomically
+from xiqa.durable import (
+    GroupFolderSync,
+    fsync_folder,
+    make_folders_durably,
+    write_atomically,
+    write_bytes_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,8 @@ class Spool:
         self.root = Path(root)
         self.min_free_bytes = min_free_bytes
         self._lock: int | None = None
+        # concurrent associations storing into one study folder share its fsync (group commit)
+        self._folder_sync = GroupFolderSync()
         for name in (INCOMING, PROCESSED, REJECTED):
             (self.root / name).mkdir(parents=True, exist_ok=True)
 
@@ -133,7 +141,7 @@ class Spool:
             raise StorageFull(f"fewer than {self.min_free_bytes} bytes would stay free")
         path = self.root / INCOMING / study / name
         try:
-            write_atomically(path, lambda stream: stream.writelines(chunks))
+            write_atomically(path, lambda stream: stream.writelines(chunks), self._folder_sync.sync)
         except OSError as error:
             if error.errno in DISK_FULL:
                 raise StorageFull(os.strerror(error.errno)) from None

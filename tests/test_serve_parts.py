@@ -4,8 +4,10 @@ and the worker running the real graph on spooled studies."""
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -21,8 +23,11 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from pynetdicom import AE
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
 from serve_helpers import echo, send
-from xiqa.service.listener import OUT_OF_RESOURCES, SUCCESS, study_uid_of
+from xiqa.service.listener import OUT_OF_RESOURCES, SUCCESS, BulkReadSocket, study_uid_of
 from xiqa.service.metrics import NodeMetrics
 from xiqa.service.settings import Destination, ServeSettings, read_config, settings_from_mapping
 from xiqa.service.spool import INCOMING, NO_STUDY, PROCESSED, REJECTED, Spool, SpooledInstance
@@ -307,3 +312,61 @@ def test_study_uid_is_read_in_every_uncompressed_transfer_syntax() -> None:
             encoded = deflate.compress(encoded) + deflate.flush()
         assert study_uid_of(encoded, syntax) == "1.2.3.4", syntax.name
     assert study_uid_of(b"\x08\x00\x16", ExplicitVRLittleEndian) == ""  # cut short: no study, no crash
+
+
+def test_bulk_read_socket_returns_exactly_what_was_asked_or_what_came_before_the_peer_closed() -> None:
+    ours, peer = socket.socketpair()
+    try:
+        association = Association(AE(), MODE_ACCEPTOR)
+        reader = BulkReadSocket(association, client_socket=ours)
+        payload = bytes(range(256)) * 4096  # 1 MiB, sent in dribbles of odd sizes
+
+        def dribble() -> None:
+            for start in range(0, len(payload), 7001):
+                peer.sendall(payload[start:start + 7001])
+            peer.sendall(b"tail")
+            peer.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=dribble)
+        sender.start()
+        assert reader.recv(len(payload)) == payload
+        assert reader.recv(100) == b"tail"  # the peer closed after 4 of the 100 bytes
+        sender.join(10)
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_large_plates_from_four_associations_at_once_are_all_stored_whole(listening, tmp_path: Path) -> None:
+    """Bulk reads and shared folder fsyncs under concurrency: every plate acknowledged is on disk, whole."""
+    import numpy as np
+    from pydicom.uid import generate_uid
+    from xiqa.dicom_fixtures.instances import CR_IMAGE_STORAGE, InstanceVariant, PatientStudy, build_instance
+
+    variant = InstanceVariant("plate", "CR", CR_IMAGE_STORAGE, "MONOCHROME2", 16, ExplicitVRLittleEndian,
+                              "window")
+    study = generate_uid()
+    identity = PatientStudy("BULK^READ", "BULK1", "19700101", "O", study, "20260101", "120000", "BR1", "1")
+    pixels = np.random.default_rng(3).random((1200, 1000), dtype=np.float32)
+    dataset = build_instance(pixels, variant, identity, 1, 1, ("bulk",))
+    paths = []
+    for index in range(12):
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        paths.append(tmp_path / f"plate{index}.dcm")
+        dataset.save_as(paths[-1], enforce_file_format=True)
+    listener, spool, metrics, stored = listening()
+    statuses: list[list[int | None]] = [[] for _ in range(4)]
+    senders = [threading.Thread(target=lambda i=i: statuses[i].extend(send(listener.port, paths[i::4])))
+               for i in range(4)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(120)
+    assert [status for group in statuses for status in group] == [SUCCESS] * len(paths)
+    folder = spool.root / INCOMING / study
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        f"{dcmread(path, stop_before_pixels=True).SOPInstanceUID}.dcm" for path in paths)  # nothing partial
+    for path in paths:
+        sent = dcmread(path)
+        kept = dcmread(folder / f"{sent.SOPInstanceUID}.dcm")
+        assert kept.PixelData == sent.PixelData

@@ -1,0 +1,77 @@
+"""report.png, drawn without matplotlib: the same two panels, colour scale, scores and summary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from xiqa.operators.report import (
+    CANVAS_HEIGHT,
+    CANVAS_WIDTH,
+    CHEST_COLOUR,
+    OBJECT_COLOUR,
+    PANEL_SIDE,
+    PANEL_TITLE_HEIGHT,
+    TITLE_HEIGHT,
+    VERDICT_COLOURS,
+    render_report_png,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from pipeline import _write_plates  # noqa: E402 - the benchmark's synthetic CR plates
+
+
+@pytest.fixture(scope="module")
+def plate_case(tmp_path_factory):
+    """One synthetic 800 px plate stepped through the app's own operators (shipped model, CPU)."""
+    from xiqa.app import XiqaApp, build_settings
+    from xiqa.operators.case import CaseOperator, run_step
+    from xiqa.operators.loader import load_case
+
+    folder = tmp_path_factory.mktemp("plate")
+    paths = _write_plates(folder, 1, 800)
+    app = XiqaApp(build_settings(paths, folder / "out", device="cpu"))
+    app.compose()
+    case = load_case(paths[0], app.settings.loader)
+    for node in app.graph.get_nodes():
+        if isinstance(node, CaseOperator) and node.stage != "report":
+            run_step(case, node.stage, node.step)
+    assert case.ok, case.error
+    return case
+
+
+def _has(pixels: np.ndarray, colour: tuple[int, int, int], tolerance: int = 8) -> bool:
+    return bool(np.any(np.all(np.abs(pixels.astype(int) - colour) <= tolerance, axis=-1)))
+
+
+def test_report_png_shows_title_outlines_saliency_scale_and_scores(plate_case, tmp_path):
+    path = render_report_png(plate_case, tmp_path / "report.png")
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    assert picture.shape == (CANVAS_HEIGHT, CANVAS_WIDTH, 3)
+    verdict = plate_case.quality.verdict.value
+    assert _has(picture[:TITLE_HEIGHT], VERDICT_COLOURS[verdict])  # the title in the verdict's colour
+    left = picture[TITLE_HEIGHT:, 20:20 + PANEL_SIDE]
+    assert _has(left, CHEST_COLOUR) == bool(plate_case.gate.region.found)
+    assert _has(left, OBJECT_COLOUR) == bool(plate_case.quality.objects)
+    middle = picture[TITLE_HEIGHT:, 20 + PANEL_SIDE + 30:20 + 2 * PANEL_SIDE + 30]
+    blueness = middle[..., 2].astype(int) - middle[..., 0]
+    assert blueness.max() > 60 and -blueness.min() > 60  # JET over grey: cold and warm parts
+    bar = picture[TITLE_HEIGHT + PANEL_TITLE_HEIGHT:TITLE_HEIGHT + PANEL_TITLE_HEIGHT + PANEL_SIDE,
+                  2 * PANEL_SIDE + 58:2 * PANEL_SIDE + 64]
+    assert _has(bar, (128, 0, 0), 30) and _has(bar, (0, 0, 128), 30)  # the colour scale's two ends
+    text = picture[TITLE_HEIGHT:, 2 * PANEL_SIDE + 125:]
+    assert (text.min(axis=-1) < 80).sum() > 2000  # a block of dark text: scores, table, summary
+
+
+def test_report_png_grows_to_hold_a_long_text_block(plate_case, tmp_path):
+    from dataclasses import replace
+
+    long_summary = replace(plate_case.summary, text="word " * 400)
+    case = replace(plate_case, summary=long_summary, outputs={})
+    picture = Image.open(render_report_png(case, tmp_path / "long.png"))
+    assert picture.width == CANVAS_WIDTH and picture.height > CANVAS_HEIGHT
+    bottom = np.asarray(picture.convert("L"))[-40:, 2 * PANEL_SIDE + 125:]
+    assert bottom.min() < 80 and bottom[-6:].min() == 255  # the last lines are drawn, not cut off
