@@ -211,10 +211,17 @@ def render_heatmap(
     shape = display.shape
     binary = check_source_mask(mask, shape)
     heat_level = display_saliency(_check_map("saliency", saliency), shape)
-    grey = np.repeat(np.round(display * 255)[..., None], 3, axis=2)
-    alpha = HEATMAP_MAX_ALPHA * heat_level[..., None]
-    image = np.round(grey * (1 - alpha) + _jet(heat_level).astype(np.float32) * alpha)
-    image = np.clip(image, 0, 255).astype(np.uint8)
+    # grey * (1 - alpha) + jet * alpha, in float32 as before, but the grey part is computed once
+    # (2-D, not repeated to 3 channels) and the rest in place: same values to the bit, a third
+    # of the temporaries of a 2,000 x 2,500 picture
+    grey = np.round(display * 255)
+    alpha = HEATMAP_MAX_ALPHA * heat_level
+    image = _jet(heat_level).astype(np.float32)
+    image *= alpha[..., None]
+    image += (grey * (1 - alpha))[..., None]
+    np.round(image, out=image)
+    np.clip(image, 0, 255, out=image)
+    image = image.astype(np.uint8)
     _draw_legend(image, _legend_lines(quality, algorithm))
     if binary.any():  # after the legend, so an object under the legend stays visible
         contours, _ = cv2.findContours(binary.astype(np.uint8), cv2.RETR_EXTERNAL,

@@ -96,6 +96,25 @@ def test_flat_saliency_leaves_the_image_grey(cases: dict[str, WriterCase]) -> No
     np.testing.assert_array_equal(below_legend[..., 0], expected.astype(np.uint8))
 
 
+def test_heat_blend_is_grey_times_one_minus_alpha_plus_jet_times_alpha_per_channel() -> None:
+    """The blend, computed once in 2-D and in place, keeps every pixel of the 3-channel formula."""
+    from xiqa.operators.sc_writer import HEATMAP_MAX_ALPHA, _jet
+
+    rng = np.random.default_rng(7)
+    shape = (300, 240)
+    pixels = rng.random(shape, dtype=np.float32)
+    saliency = rng.random((256, 256), dtype=np.float32)
+    quality = score_mask(np.zeros((256, 256), np.uint8), saliency)
+    picture = render_heatmap(pixels, saliency, np.zeros(shape, bool), quality, ALGORITHM)
+    heat = display_saliency(saliency, shape)
+    grey = np.repeat(np.round(pixels * 255)[..., None], 3, axis=2)
+    alpha = HEATMAP_MAX_ALPHA * heat[..., None]
+    expected = np.clip(np.round(grey * (1 - alpha) + _jet(heat).astype(np.float32) * alpha), 0, 255)
+    below_legend = slice(shape[0] // 2, None)
+    np.testing.assert_array_equal(picture[below_legend], expected.astype(np.uint8)[below_legend])
+    assert (picture[below_legend, :, 0] != picture[below_legend, :, 2]).any()  # it is tinted
+
+
 @pytest.mark.parametrize("shape", [(64, 64), (64, 900), (900, 64), (2000, 1500)])
 def test_legend_fits_any_size(shape: tuple[int, int]) -> None:
     pixels = np.linspace(0, 1, shape[0] * shape[1], dtype=np.float32).reshape(shape)
