@@ -126,11 +126,13 @@ class XiqaApp(Application):
         self.add_flow(report, collect, {(CASE_PORT, CASE_PORT)})
 
 
-def run_graph(settings: RunSettings, on_case: Callable[[Case], None] | None = None) -> list[Case]:
-    """Build and run the Application once over ``settings.paths``; the cases in input order."""
+def run_graph(settings: RunSettings, on_case: Callable[[Case], None] | None = None,
+              keep_cases: bool = True) -> list[Case]:
+    """Build and run the Application once over ``settings.paths``; the cases in input order (none
+    with ``keep_cases=False``: a long batch must not hold every image's pixels and maps)."""
     if not settings.paths:
         return []
-    app = XiqaApp(settings, on_case=on_case)
+    app = XiqaApp(settings, on_case=on_case, keep_cases=keep_cases)
     app.run()
     return app.cases
 

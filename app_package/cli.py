@@ -202,8 +202,12 @@ def run_analyze(args: argparse.Namespace) -> int:
     progress = tqdm(total=len(paths), unit="image", file=sys.stderr,
                     disable=args.no_progress or len(paths) < 2 or not sys.stderr.isatty())
 
+    outcomes = {"failed": 0, "not_chest": 0}
+
     def report(case) -> None:
         progress.update(1)
+        outcomes["failed"] += not case.ok
+        outcomes["not_chest"] += case.ok and not case.frontal_chest
         if case.rejected:
             progress.write(f"rejected {case.path}: {case.error}", file=sys.stderr)
         elif not case.ok:
@@ -217,10 +221,9 @@ def run_analyze(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     args.output.mkdir(parents=True, exist_ok=True)
-    cases = run_graph(settings, on_case=report)
+    run_graph(settings, on_case=report, keep_cases=False)  # each case is done with once reported
     progress.close()
-    failed = len(missing) + sum(not case.ok for case in cases)
-    not_chest = sum(case.ok and not case.frontal_chest for case in cases)
+    failed, not_chest = len(missing) + outcomes["failed"], outcomes["not_chest"]
     logger.info("%d inputs, %d failed, %d not frontal chest, %.1f s", len(paths), failed, not_chest,
                 time.perf_counter() - started)
     return EXIT_REJECTED if failed else EXIT_NOT_CHEST if not_chest else EXIT_OK
