@@ -15,6 +15,9 @@ studies, and at least every ``HOUSEKEEPING_SECONDS``, the same thread calls
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
 import threading
 import time
@@ -38,6 +41,33 @@ MAX_RUN_ATTEMPTS = 3
 HOUSEKEEPING_SECONDS = 60.0
 #: how often a study's wait looks whether the graph thread is still alive
 GRAPH_CHECK_SECONDS = 0.5
+
+
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        library = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return library if library is not None and hasattr(library, "malloc_trim") else None
+
+
+_LIBC = _glibc()
+
+
+def return_free_heap() -> None:
+    """Give the heap pages that are free back to the system (glibc ``malloc_trim``; elsewhere nothing).
+
+    Each image allocates and frees some hundred MiB (decoded pixels, tensors, maps, encoders) in the
+    graph's operator threads, each thread in a malloc arena of its own.  glibc keeps the freed chunks
+    in those arenas instead of returning them, so a long-lived graph's resident memory grew by some
+    MiB per image although nothing referenced them (measured: at 60 images 451 of 885 MiB in the
+    arenas were free).  Between studies nothing is in flight, so trimming then costs no image time.
+    A collection first: what is left of a case in reference cycles is freed only by the collector.
+    """
+    if _LIBC is not None:
+        gc.collect()
+        _LIBC.malloc_trim(0)
 
 
 class Forwarder(Protocol):
@@ -94,7 +124,7 @@ class Worker:
         try:
             while not self._stopping:
                 if self.wait_for_complete(timeout=HOUSEKEEPING_SECONDS):
-                    self.process_complete()
+                    self._process_each_complete()
                 self.housekeeping()
         finally:
             self.close()
@@ -128,6 +158,13 @@ class Worker:
         while (taken := self._take_complete()) is not None:
             cases += self.process(*taken)
         return cases
+
+    def _process_each_complete(self) -> None:
+        """Like ``process_complete`` for ``run``: each study's cases are dropped (a node that runs for
+        days must not hold them) and their heap given back before the next study."""
+        while (taken := self._take_complete()) is not None:
+            self.process(*taken)
+            return_free_heap()
 
     def pending(self) -> int:
         with self._changed:
@@ -191,7 +228,7 @@ class Worker:
                 return self._done
         finally:
             with self._finished:
-                self._active = {}
+                self._active, self._done = {}, []  # the caller holds the cases, the worker none
 
     def _running_graph(self) -> RunningGraph:
         if self._graph is None or not self._graph.alive:

@@ -145,7 +145,9 @@ class ServeNode:
 
     def metrics_text(self) -> str:
         address = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        return urllib.request.urlopen(address, timeout=5).read().decode()
+        # 30 s: on two loaded cores the exporter's thread waits seconds for the GIL while a study is
+        # in the graph (a 5 s limit failed the 1,000-instance load test mid-run, with nothing lost)
+        return urllib.request.urlopen(address, timeout=30).read().decode()
 
     def wait_for(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
         wait_for(condition, seconds, what, self)

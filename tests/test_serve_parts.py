@@ -3,6 +3,7 @@ and the worker running the real graph on spooled studies."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
@@ -281,6 +282,47 @@ def test_worker_keeps_one_graph_for_study_after_study_and_builds_a_new_one_when_
     assert not graph.alive
     assert metrics.registry.get_sample_value("xiqa_instances_processed_total") == 2
     assert metrics.registry.get_sample_value("xiqa_instances_rejected_total") == 1
+
+
+def _resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_worker_holds_no_case_and_no_freed_heap_between_studies(
+        run_settings, fixture_records, tmp_path: Path) -> None:
+    """What grew per image in the long-lived graph was heap that the images had freed and glibc kept
+    in the operator threads' arenas: between studies, a trim must find almost nothing left to return."""
+    import gc
+    import threading
+
+    from xiqa.operators.case import Case
+    from xiqa.service.worker import Worker, return_free_heap
+
+    between: list[tuple[int, int]] = []  # (cases alive, resident bytes a trim still returned)
+
+    def housekeeping() -> None:  # in the worker's thread, after each round of studies
+        before = _resident_bytes()
+        return_free_heap()  # collects, then trims
+        returned = before - _resident_bytes()
+        between.append((sum(isinstance(item, Case) for item in gc.get_objects()), returned))
+        if spool.waiting() == []:
+            worker.stop()
+
+    spool, metrics = Spool(tmp_path / "storage"), NodeMetrics()
+    worker = Worker(run_settings, spool, metrics, study_timeout=0, housekeeping=housekeeping)
+    records = fixture_records[:6]
+    for index, record in enumerate(records):
+        header = dcmread(record.dicom_path, stop_before_pixels=True)
+        worker.add(spool.store([record.dicom_path.read_bytes()], header.SOPInstanceUID, f"study{index % 3}"))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    assert metrics.registry.get_sample_value("xiqa_instances_processed_total") == len(records)
+    cases_alive, returned = between[-1]
+    assert cases_alive == 0
+    # without the worker's trim this was 100-300 MiB after a few images (glibc arenas)
+    assert returned < 32 * 2**20, f"{returned / 2**20:.0f} MiB of freed heap was still resident"
 
 
 def test_worker_waits_for_the_study_timeout_after_the_last_arrival(run_settings, tmp_path: Path) -> None:

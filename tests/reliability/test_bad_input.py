@@ -128,6 +128,8 @@ def test_mutants_straight_into_the_loader_never_raise_and_get_one_line(canary_so
 
 _PROCESSED_LINE = re.compile(r"^(?P<path>\S+): Q_img \d\.\d{3} Q_filtered \d\.\d{3} verdict \w+ objects \d+$")
 _REJECTED_LINE = re.compile(r"^(?:rejected|failed) (?P<path>\S+): (?P<reason>\S.*)$")
+#: a mutant whose pixels still decode may be no frontal chest any more: read, not scored, one line too
+_NOT_SCORED_LINE = re.compile(r"^not scored (?P<path>\S+): (?P<reason>\S.*)$")
 
 
 def _resident_high_water(pid: int) -> int:
@@ -166,16 +168,18 @@ def test_mutants_through_xiqa_analyze(canary_sources, scale, figures, tmp_path):
     stdout_text, stderr_text = out.read_text(), err.read_text()
     processed = [m["path"] for line in stdout_text.splitlines() if (m := _PROCESSED_LINE.match(line))]
     rejected = [m["path"] for line in stderr_text.splitlines() if (m := _REJECTED_LINE.match(line))]
+    not_scored = [m["path"] for line in stderr_text.splitlines() if (m := _NOT_SCORED_LINE.match(line))]
     crashes = int(returncode not in (0, 1) or "Traceback" in stderr_text)
     hits = phi_hits([out, err, tmp_path / "o"])
     figures["bad input: xiqa analyze"] = {
         "tried": len(corpus), "rejected": len(set(rejected) - set(map(str, good))),
-        "processed": len(set(processed) - set(map(str, good))), "crashes": crashes, "hangs": int(hang),
+        "processed": len(set(processed) - set(map(str, good))), "not scored": len(set(not_scored)),
+        "crashes": crashes, "hangs": int(hang),
         "peak_rss_bytes": peak_rss, "phi_hits": len(hits)}
     assert not hang and crashes == 0, stderr_text[-3000:]
     assert returncode == 1
     assert "\r" not in stderr_text and "\x1b" not in stderr_text  # no progress bar when not a terminal
-    assert sorted(processed + rejected) == sorted(map(str, inputs))  # every input: exactly one line
+    assert sorted(processed + rejected + not_scored) == sorted(map(str, inputs))  # each: exactly one line
     assert set(map(str, good)) <= set(processed)
     assert 0 < peak_rss < ANALYZE_RSS_BYTES
     assert hits == []
