@@ -314,13 +314,16 @@ def test_worker_holds_no_case_and_no_freed_heap_between_studies(
     for index, record in enumerate(records):
         header = dcmread(record.dicom_path, stop_before_pixels=True)
         worker.add(spool.store([record.dicom_path.read_bytes()], header.SOPInstanceUID, f"study{index % 3}"))
+    # cases that other tests' fixtures hold in this process (a whole suite): the worker adds none
+    gc.collect()
+    cases_before = sum(isinstance(item, Case) for item in gc.get_objects())
     thread = threading.Thread(target=worker.run)
     thread.start()
     thread.join(timeout=600)
     assert not thread.is_alive()
     assert metrics.registry.get_sample_value("xiqa_instances_processed_total") == len(records)
     cases_alive, returned = between[-1]
-    assert cases_alive == 0
+    assert cases_alive <= cases_before
     # without the worker's trim this was 100-300 MiB after a few images (glibc arenas)
     assert returned < 32 * 2**20, f"{returned / 2**20:.0f} MiB of freed heap was still resident"
 
