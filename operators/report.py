@@ -64,7 +64,7 @@ def _to_rgb8(gray: np.ndarray) -> np.ndarray:
 CHEST_COLOUR, OBJECT_COLOUR, OUTSIDE_COLOUR = (0, 200, 255), (255, 40, 40), (255, 200, 0)
 
 
-def _outlined(case: Case, image: np.ndarray, scale: float) -> np.ndarray:
+def _outlined(case: Case, image: np.ndarray) -> np.ndarray:
     """The image with the chest region (cyan), counted objects (red) and objects outside (yellow box)."""
     import cv2
 
@@ -189,7 +189,7 @@ def render_report_png(case: Case, path: Path, max_side: int = PANEL_SIDE) -> Pat
     draw = ImageDraw.Draw(canvas)
     top = TITLE_HEIGHT + PANEL_TITLE_HEIGHT
     left_x, middle_x = 20, 20 + PANEL_SIDE + 30
-    canvas.paste(Image.fromarray(_outlined(case, image, scale)), (left_x + (PANEL_SIDE - width) // 2, top))
+    canvas.paste(Image.fromarray(_outlined(case, image)), (left_x + (PANEL_SIDE - width) // 2, top))
     if case.saliency is not None:
         blend = _saliency_blend(image, case.saliency.combined)
         canvas.paste(Image.fromarray(blend), (middle_x + (PANEL_SIDE - width) // 2, top))

@@ -5,7 +5,7 @@ radiographs: real chest radiographs without foreign bodies (``data/real_cxr``, s
 patient) with synthetic foreign objects inserted (``composite``), plus a share of the
 synthetic phantoms so the fixtures keep working.  A new set of composites is drawn every
 epoch from the training backgrounds; the model with the best validation Dice is kept and its
-thresholds (mask threshold and hysteresis seed) calibrated on validation composites only;
+mask parameters (threshold, hysteresis seed, sure area) calibrated on validation composites only;
 held-out metrics come from composites of backgrounds never used in training or validation.
 ``--calibrate BUNDLE`` redoes only that last step on a trained bundle, in place.  Real-data
 training with Object-CXR keeps ResNet50 (``xiqa train``).
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="BUNDLE",
         help="do not train: calibrate the thresholds of this trained bundle again and rewrite its "
-        "metadata (threshold, seed threshold, held-out figures) in place",
+        "metadata (threshold, seed threshold, sure area, held-out figures) in place",
     )
     return parser
 
