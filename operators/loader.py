@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom import Dataset, config, dcmread
+from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
@@ -52,6 +53,12 @@ _NAME_FORM = re.compile(r"[A-Za-z0-9 ()/.-]{0,80}")  # pydicom's UID names
 _MESSAGE_FORM = re.compile(r"[A-Za-z0-9 ,.:;()\[\]_/=<>+-]*")
 #: deeper nesting of sequences is rejected (pydicom reads sequences recursively)
 MAX_SEQUENCE_DEPTH = 32
+#: syntaxes whose frames pydicom may hand to GDCM's libjpeg, which prints its complaints about a stream that
+#: is no JPEG straight to the process's stderr, outside the file's one-line reason
+_LIBJPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
+                               "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"})
+#: start-of-frame markers of DCT and lossless JPEG (0xC4, 0xC8 and 0xCC are other segments)
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 class RejectedInput(Exception):
@@ -153,7 +160,9 @@ def _check_header(path: Path, ds: Dataset, config: LoaderConfig) -> None:
         raise RejectedInput(path, "no SOP Class UID (truncated or incomplete header)")
     if sop_class not in config.allowed_sop_classes:
         uid = _quoted(sop_class, _UID_FORM)
+        # pydicom names a UID it does not know by the UID itself
         name = SUPPORTED_SOP_CLASSES.get(sop_class) or getattr(ds.get("SOPClassUID"), "name", "")
+        name = "" if name == sop_class else name
         raise RejectedInput(path, f"SOP class {uid} {_quoted(name, _NAME_FORM)}".rstrip()
                             + " is not a supported radiograph class")
     modality = str(ds.get("Modality", "")) or "missing"
@@ -223,6 +232,25 @@ def display_values(ds: Dataset, stored: np.ndarray) -> np.ndarray:
     return np.clip(display, 0.0, 1.0).astype(np.float32)
 
 
+def _not_a_jpeg_stream(ds: Dataset) -> str | None:
+    """Why the first frame is no DCT or lossless JPEG stream, or None when it starts like one."""
+    try:
+        stream = get_frame(ds.PixelData, 0, number_of_frames=1)
+    except Exception:  # noqa: BLE001 - broken encapsulation: the decoders report it in their words
+        return None
+    if stream[:2] != b"\xff\xd8":
+        return f"the stream is no JPEG image (it starts 0x{stream[:2].hex() or 'empty'}, not 0xffd8)"
+    position = 2
+    while position + 4 <= len(stream) and stream[position] == 0xFF:
+        marker = stream[position + 1]
+        if marker in _JPEG_FRAME_MARKERS:
+            return None
+        if marker == 0xF7:
+            return "the stream is JPEG-LS (frame marker 0xfff7), not JPEG"
+        position += 2 + int.from_bytes(stream[position + 2:position + 4], "big")
+    return "the stream has no JPEG frame header"
+
+
 def load_source_image(path: Path | str, config: LoaderConfig = LoaderConfig()) -> SourceImage:
     """Read, check and decode one file.
 
@@ -237,12 +265,16 @@ def load_source_image(path: Path | str, config: LoaderConfig = LoaderConfig()) -
         _decode_every_element(path, ds.file_meta)
         _decode_every_element(path, ds)
     _check_header(path, ds, config)
+    syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
+    not_jpeg = _not_a_jpeg_stream(ds) if str(syntax) in _LIBJPEG_SYNTAXES else None
     try:
+        if not_jpeg:  # only Pillow, which recognises what the stream is and prints nothing
+            ds.pixel_array_options(decoding_plugin="pillow")
         stored = ds.pixel_array
     except Exception as error:  # noqa: BLE001 - any decoder failure is a rejection, not a crash
-        syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
         syntax_name = _quoted(getattr(syntax, "name", str(syntax)), _NAME_FORM)
-        raise RejectedInput(path, f"pixel data cannot be decoded ({syntax_name}): {_short(error)}") from None
+        raise RejectedInput(path, f"pixel data cannot be decoded ({syntax_name}): "
+                                  + (not_jpeg or _short(error))) from None
     if stored.ndim != 2:
         raise RejectedInput(path, f"pixel data has shape {stored.shape}, expected rows x columns")
     return SourceImage(path, ds, display_values(ds, stored))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.encaps import encapsulate
 from xiqa.dicom_fixtures.instances import VARIANTS, PatientStudy, build_instance, expected_display
 from xiqa.dicom_fixtures.phantom import render_phantom
 from xiqa.operators.loader import LoaderConfig, RejectedInput, expand_inputs, load_case, load_source_image
@@ -101,7 +103,6 @@ def _broken_cases(tmp_path: Path, phantom) -> dict[str, tuple[Path, str]]:
 
     undecodable = _good_dataset(phantom)
     undecodable.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # says J2K, holds raw bytes
-    from pydicom.encaps import encapsulate
 
     undecodable.PixelData = encapsulate([b"\x00\x01garbage" * 10])
     cases["undecodable"] = (_write(tmp_path, undecodable, "j2kbad.dcm"), "cannot be decoded")
@@ -148,3 +149,32 @@ def test_folders_are_expanded_recursively_skipping_hidden_files(tmp_path):
     found = list(expand_inputs([tmp_path]))
     assert found == [tmp_path / "a" / "b" / "x.dcm", tmp_path / "y.dcm"]
 
+
+
+@pytest.mark.parametrize("option, syntax", [("+e1", "1.2.840.10008.1.2.4.70"),
+                                            ("+eb", "1.2.840.10008.1.2.4.50")])
+def test_jpeg_plates_compressed_by_dcmtk_still_load(tmp_path, phantom, option, syntax):
+    variant = next(v for v in VARIANTS if v.name == "sc_m2_8bit_explicit_none")  # baseline JPEG is 8-bit
+    source = _write(tmp_path, build_instance(phantom.image, variant, STUDY, 1, 1, "j"), "plain.dcm")
+    subprocess.run(["dcmcjpeg", option, str(source), str(tmp_path / "jpeg.dcm")], check=True)
+    assert dcmread(tmp_path / "jpeg.dcm").file_meta.TransferSyntaxUID == syntax
+    image = load_source_image(tmp_path / "jpeg.dcm")
+    tolerance = 0 if option == "+e1" else 0.05  # lossless, or baseline's quantisation
+    np.testing.assert_allclose(image.pixels, load_source_image(source).pixels, atol=tolerance + 1e-6)
+
+
+def test_a_stream_its_syntax_calls_jpeg_but_is_not_is_rejected_without_decoder_output(
+        tmp_path, phantom, capfd):
+    jpeg_ls = next(v for v in VARIANTS if v.transfer_syntax == "1.2.840.10008.1.2.4.80")
+    relabelled = build_instance(phantom.image, jpeg_ls, STUDY, 1, 1, "ls")
+    relabelled.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    raw = build_instance(phantom.image, jpeg_ls, STUDY, 1, 2, "raw")
+    raw.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.70"
+    raw.PixelData = encapsulate([b"\x02\x00" + bytes(64)])
+    capfd.readouterr()
+    with pytest.raises(RejectedInput, match=r"Baseline.*: the stream is JPEG-LS \(frame marker 0xfff7\)"):
+        load_source_image(_write(tmp_path, relabelled, "ls_as_baseline.dcm"))
+    with pytest.raises(RejectedInput, match=r"the stream is no JPEG image \(it starts 0x0200, not 0xffd8\)"):
+        load_source_image(_write(tmp_path, raw, "raw_as_lossless.dcm"))
+    # GDCM's libjpeg would have printed "Unsupported marker type 0xf7" and "Not a JPEG file" to fd 2
+    assert capfd.readouterr() == ("", "")

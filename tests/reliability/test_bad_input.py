@@ -180,6 +180,9 @@ def test_mutants_through_xiqa_analyze(canary_sources, scale, figures, tmp_path):
     assert returncode == 1
     assert "\r" not in stderr_text and "\x1b" not in stderr_text  # no progress bar when not a terminal
     assert sorted(processed + rejected + not_scored) == sorted(map(str, inputs))  # each: exactly one line
+    # and nothing else: no decoder's own complaint ("Not a JPEG file: ...") outside those lines
+    assert [line for line in stderr_text.splitlines()
+            if not (_REJECTED_LINE.match(line) or _NOT_SCORED_LINE.match(line))] == []
     assert set(map(str, good)) <= set(processed)
     assert 0 < peak_rss < ANALYZE_RSS_BYTES
     assert hits == []
