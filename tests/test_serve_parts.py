@@ -299,12 +299,14 @@ def test_worker_holds_no_case_and_no_freed_heap_between_studies(
     from xiqa.service.worker import Worker, return_free_heap
 
     between: list[tuple[int, int]] = []  # (cases alive, resident bytes a trim still returned)
+    frozen: list[int] = []  # objects left out of collections
 
     def housekeeping() -> None:  # in the worker's thread, after each round of studies
         before = _resident_bytes()
         return_free_heap()  # collects, then trims
         returned = before - _resident_bytes()
         between.append((sum(isinstance(item, Case) for item in gc.get_objects()), returned))
+        frozen.append(gc.get_freeze_count())
         if spool.waiting() == []:
             worker.stop()
 
@@ -326,6 +328,10 @@ def test_worker_holds_no_case_and_no_freed_heap_between_studies(
     assert cases_alive <= cases_before
     # without the worker's trim this was 100-300 MiB after a few images (glibc arenas)
     assert returned < 32 * 2**20, f"{returned / 2**20:.0f} MiB of freed heap was still resident"
+    # the models' and frameworks' objects sit out of each study's collection (0.2 s over them),
+    # and are handed back to the collector when the worker ends
+    assert min(frozen) > 100_000
+    assert gc.get_freeze_count() == 0
 
 
 def test_worker_waits_for_the_study_timeout_after_the_last_arrival(run_settings, tmp_path: Path) -> None:
