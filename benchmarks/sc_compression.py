@@ -9,7 +9,10 @@ the SC with every ``ScCompression`` and reports for each: file size, the
 ratio to the uncompressed file of the same run, median build time (render +
 encode) and its ratio to the uncompressed build, and how far the decoded
 pixels are from the rendered picture (max absolute difference and PSNR; a
-lossless syntax must give 0 and infinity, else the script exits 1).
+lossless syntax must give 0 and infinity, else the script exits 1).  Then the JPEG 2000 encoder
+alone on the same picture: ours (Pillow's OpenJPEG, ``encode_jpeg2000_lossless``) against the
+pylibjpeg-openjpeg encoder that highdicom would call, with their sizes and whether each holds
+the GIL (how fast another thread counts meanwhile, against that thread alone).
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from io import BytesIO
 from pathlib import Path
@@ -32,7 +37,12 @@ from xiqa.dicom_fixtures.instances import VARIANTS_BY_NAME, PatientStudy, build_
 from xiqa.dicom_fixtures.phantom import render_phantom
 from xiqa.operators.loader import load_source_image
 from xiqa.operators.preprocess import resize_image
-from xiqa.operators.sc_writer import ScCompression, build_heatmap_capture, render_heatmap
+from xiqa.operators.sc_writer import (
+    ScCompression,
+    build_heatmap_capture,
+    encode_jpeg2000_lossless,
+    render_heatmap,
+)
 from xiqa.operators.scoring import score_mask
 from xiqa.operators.segmentation import mask_at_source
 from xiqa.operators.writer_common import AlgorithmInfo
@@ -105,9 +115,61 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['compression']:>9}: {row['bytes'] / 1e6:7.2f} MB ({row['size_ratio']:.3f} of "
               f"uncompressed), build {row['build_seconds']:.2f} s ({row['time_ratio']:.2f}x), "
               f"max diff {row['max_abs_difference']}, {psnr}, Lossy {row['lossy_image_compression']}")
+    encoders = compare_jpeg2000_encoders(picture, args.repeats)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps({"syntaxes": results, "jpeg2000_encoders": encoders}, indent=1))
     return 1 if failed else 0
+
+
+def _counting_rate(seconds: float | None = None, work=None) -> float:
+    """Counts per second of a Python loop in a second thread, while ``work()`` runs (or for ``seconds``)."""
+    stop, counted = threading.Event(), []
+
+    def count() -> None:
+        total = 0
+        while not stop.is_set():
+            total += 1
+        counted.append(total)
+
+    counter = threading.Thread(target=count)
+    started = time.perf_counter()
+    counter.start()
+    work() if work is not None else time.sleep(seconds)
+    stop.set()
+    counter.join()
+    return counted[0] / (time.perf_counter() - started)
+
+
+def compare_jpeg2000_encoders(picture: np.ndarray, repeats: int) -> list[dict]:
+    from openjpeg import encode as pylibjpeg_encode  # what highdicom's JPEG 2000 path calls
+
+    candidates = {"pillow (ours)": lambda: encode_jpeg2000_lossless(picture),
+                  "pylibjpeg-openjpeg": lambda: pylibjpeg_encode(picture, photometric_interpretation=1,
+                                                                 use_mct=True)}
+    alone = _counting_rate(seconds=0.5)
+    rows = []
+    for name, encode in candidates.items():
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            size = len(encode())
+            seconds.append(time.perf_counter() - started)
+        threads = os.environ["OPJ_NUM_THREADS"]
+        os.environ["OPJ_NUM_THREADS"] = "1"  # so that a core is free: what is left to measure is the GIL
+        try:
+            share = _counting_rate(work=encode) / alone
+        finally:
+            os.environ["OPJ_NUM_THREADS"] = threads
+        rows.append({"encoder": name, "seconds": round(statistics.median(seconds), 3), "bytes": size,
+                     "other_thread_share": round(share, 3)})
+    reference = rows[1]["seconds"]
+    print(f"JPEG 2000 encoder alone ({os.environ.get('OPJ_NUM_THREADS')} OpenJPEG threads, "
+          f"{os.cpu_count()} cores):")
+    for row in rows:
+        print(f"  {row['encoder']:>18}: {row['seconds']:.3f} s ({reference / row['seconds']:.2f}x the speed "
+              f"of pylibjpeg-openjpeg), {row['bytes'] / 1e6:.2f} MB; with one OpenJPEG thread, a Python "
+              f"thread meanwhile runs at {row['other_thread_share']:.0%} of its speed alone")
+    return rows
 
 
 if __name__ == "__main__":
