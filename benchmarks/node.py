@@ -1,7 +1,7 @@
 """End to end under load: N studies from 4 concurrent associations into a real ``xiqa serve``.
 
     .venv/bin/python benchmarks/node.py [--studies 8] [--per-study 1] [--size 2000]
-        [--associations 4] [--study-timeout 1.0]
+        [--associations 4] [--study-timeout 1.0] [--interval 0]
 
 Writes ``studies x per-study`` synthetic 15-bit CR plates (``pipeline.py``'s, one Study
 Instance UID per study), starts ``xiqa serve`` as its own process (``tests/serve_helpers.ServeNode``,
@@ -10,7 +10,9 @@ pynetdicom C-STORE over loopback), and prints: received instances/s, processed
 images/min, p50/p95 time from a study's last C-STORE answer to all its instances
 moved to ``processed/`` (their SEG, SC, SR and report written before that rename),
 the same minus the study timeout the node waits by design, and the node's peak RSS
-(``VmHWM``).
+(``VmHWM``).  By default every study is sent at once, so the latencies are mostly queueing;
+``--interval S`` starts study k no earlier than k x S seconds after the first (a department's
+pace, e.g. 12 s for 300 studies an hour), so they show what one study costs.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=2000)
     parser.add_argument("--associations", type=int, default=4)
     parser.add_argument("--study-timeout", type=float, default=1.0)
+    parser.add_argument("--interval", type=float, default=0.0,
+                        help="seconds between the starts of consecutive studies (default 0: all at once)")
     args = parser.parse_args(argv)
 
     from xiqa.service.spool import PROCESSED, safe_name
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                     if not queue:
                         return
                     uid, paths = queue.pop(0)
+                    number = len(studies) - len(queue) - 1
+                time.sleep(max(0.0, started + number * args.interval - time.time()))
                 statuses = send(node.port, paths)
                 last_store[uid] = time.time()
                 if statuses != [0] * len(paths):
@@ -116,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     instances = len(studies) * args.per_study
     latencies = [done[uid] - last_store[uid] for uid, _ in studies]
     p50, p95 = statistics.median(latencies), _percentile(latencies, 0.95)
+    pace = f"one every {args.interval} s" if args.interval else "all at once"
     print(f"xiqa node benchmark: {len(studies)} studies x {args.per_study} plates of {args.size}x{args.size} "
-          f"from {args.associations} associations, study timeout {args.study_timeout} s, CPU")
+          f"from {args.associations} associations ({pace}), study timeout {args.study_timeout} s, CPU")
     print(f"received: {instances / received_seconds:.2f} instances/s "
           f"({instances} in {received_seconds:.1f} s)")
     print(f"processed: {instances / (max(done.values()) - started) * 60:.1f} images/min")

@@ -74,3 +74,27 @@ def test_a_bundle_carries_its_seed_threshold_to_the_loaded_model(tmp_path: Path)
                  metrics={}, training={}, threshold=0.8, seed_threshold=0.99, sure_area=30)
     model = load_segmentation_model(tmp_path / "b", device="cpu")
     assert (model.threshold, model.seed_threshold, model.sure_area) == (0.8, 0.99, 30)
+
+
+def test_loading_runs_torch_on_one_thread_and_gives_the_caller_its_thread_count_back(monkeypatch):
+    """The caller loads, the graph's thread runs: a load on several OpenMP threads would leave the caller
+    a thread team that halves the graph's torch speed on 2 cores."""
+    import torch
+    from xiqa.operators import segmentation
+
+    threads_while_loading = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        threads_while_loading.append(torch.get_num_threads())
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(segmentation.torch, "load", recording_load)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = load_segmentation_model(segmentation.DEFAULT_BUNDLE, device="cpu")
+        assert threads_while_loading == [1] and torch.get_num_threads() == 2
+        assert model.networks[0].training is False
+    finally:
+        torch.set_num_threads(before)
