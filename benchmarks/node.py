@@ -18,6 +18,7 @@ pace, e.g. 12 s for 300 studies an hour), so they show what one study costs.
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 import statistics
 import sys
@@ -33,6 +34,8 @@ from serve_helpers import ServeNode, send  # noqa: E402 - the tests' SCU and nod
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import _write_plates  # noqa: E402 - the same plates as the pipeline benchmark
+
+_STUDY_LINE = re.compile(r"study \S+: \d+ instances in ([0-9.]+) s")
 
 
 def _free_port() -> int:
@@ -114,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 thread.join()
             received_seconds = max(last_store.values()) - started
             peak_rss = _peak_rss_mib(node.process.pid)
+            # the worker's own figure: from taking the study to its last instance moved (its log line)
+            worker_seconds = [float(seconds) for seconds in _STUDY_LINE.findall(node.text())]
         finally:
             node.stop()
         if failures:
@@ -130,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"processed: {instances / (max(done.values()) - started) * 60:.1f} images/min")
     print(f"last C-STORE -> results on disk: p50 {p50:.2f} s, p95 {p95:.2f} s; minus the study timeout: "
           f"p50 {p50 - args.study_timeout:.2f} s, p95 {p95 - args.study_timeout:.2f} s")
+    if worker_seconds:
+        print(f"in the worker (study taken -> instances moved): median "
+              f"{statistics.median(worker_seconds):.2f} s, max {max(worker_seconds):.2f} s")
     print(f"node peak RSS: {peak_rss:.0f} MiB")
     return 0
 

@@ -296,7 +296,7 @@ def test_worker_holds_no_case_and_no_freed_heap_between_studies(
     import threading
 
     from xiqa.operators.case import Case
-    from xiqa.service.worker import Worker, return_free_heap
+    from xiqa.service.worker import HeapKeeper, Worker, return_free_heap
 
     between: list[tuple[int, int]] = []  # (cases alive, resident bytes a trim still returned)
     frozen: list[int] = []  # objects left out of collections
@@ -312,6 +312,7 @@ def test_worker_holds_no_case_and_no_freed_heap_between_studies(
 
     spool, metrics = Spool(tmp_path / "storage"), NodeMetrics()
     worker = Worker(run_settings, spool, metrics, study_timeout=0, housekeeping=housekeeping)
+    worker.heap = HeapKeeper(headroom=0)  # give back after every study: then nothing may be left
     records = fixture_records[:6]
     for index, record in enumerate(records):
         header = dcmread(record.dicom_path, stop_before_pixels=True)
@@ -332,6 +333,20 @@ def test_worker_holds_no_case_and_no_freed_heap_between_studies(
     # and are handed back to the collector when the worker ends
     assert min(frozen) > 100_000
     assert gc.get_freeze_count() == 0
+
+
+def test_heap_is_given_back_only_once_it_grew_past_the_headroom() -> None:
+    """Each give-back makes the next image fault its memory in again (0.4 s a plate on a VM), so the
+    worker gives the heap back after the first study and then only when it grew by the headroom."""
+    from xiqa.service.worker import HeapKeeper
+
+    resident = iter([1000, 1200, 1500, 1501, 950, 1400]).__next__
+    given_back: list[int] = []
+    keeper = HeapKeeper(headroom=500, resident=resident, give_back=lambda: given_back.append(1))
+    # first study: give back (floor 1000); 1200 and 1500 stay; 1501 > 1000 + 500: give back (floor 950)
+    decisions = [keeper.after_study() for _ in range(4)]
+    assert decisions == [True, False, False, True] and len(given_back) == 2 and keeper.floor == 950
+    assert keeper.after_study() is False  # 1400 <= 950 + 500
 
 
 def test_worker_waits_for_the_study_timeout_after_the_last_arrival(run_settings, tmp_path: Path) -> None:
