@@ -68,8 +68,8 @@ def return_free_heap() -> None:
     arenas were free).  Between studies nothing is in flight; but the next image faults the pages in
     again, which is why the worker trims only once the heap grew past a headroom (``HeapKeeper``).
     A collection first: what is left of a case in reference cycles is freed only by the collector.
-    It is cheap (~0.1 ms) because the objects that exist once the graph is built are frozen
-    (``freeze_long_lived_objects``); over them a full collection takes ~0.2 s.
+    It is cheap (0.01 ms) because the objects that exist once the graph is built are frozen
+    (``freeze_long_lived_objects``); over them a full collection takes 0.2 s.
     """
     if _LIBC is not None:
         gc.collect()
@@ -100,10 +100,10 @@ class HeapKeeper:
 
     def after_study(self) -> bool:
         """Collect the garbage; give the heap back when it grew past the headroom (True then)."""
-        gc.collect()  # cheap: the start-up's objects are frozen
         if self.floor is not None and self._resident() <= self.floor + self.headroom:
+            gc.collect()  # cheap: the start-up's objects are frozen
             return False
-        self._give_back()
+        self._give_back()  # collects, then trims
         self.floor = self._resident()
         return True
 
@@ -111,8 +111,9 @@ class HeapKeeper:
 def freeze_long_lived_objects() -> None:
     """Leave every object alive now (models, Holoscan, torch: some 650,000) out of later collections.
 
-    Measured on 2 cores: a full ``gc.collect()`` took 210 ms over them, paid after every study
-    and by each automatic full collection in the middle of one; once frozen, 0.1 ms.  Garbage is
+    Measured on 2 cores (``benchmarks/graph_memory.py --trim``): a full ``gc.collect()`` took 204 ms
+    over them, paid after every study and by each automatic full collection in the middle of one;
+    once frozen, 0.01 ms.  Garbage is
     collected first, so nothing dead is frozen; ``gc.unfreeze`` (in ``Worker.close``) hands the
     objects back to the collector.
     """

@@ -3,7 +3,6 @@ and the worker running the real graph on spooled studies."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import ssl
@@ -284,10 +283,6 @@ def test_worker_keeps_one_graph_for_study_after_study_and_builds_a_new_one_when_
     assert metrics.registry.get_sample_value("xiqa_instances_rejected_total") == 1
 
 
-def _resident_bytes() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def test_worker_holds_no_case_and_no_freed_heap_between_studies(
         run_settings, fixture_records, tmp_path: Path) -> None:
     """What grew per image in the long-lived graph was heap that the images had freed and glibc kept
@@ -296,15 +291,15 @@ def test_worker_holds_no_case_and_no_freed_heap_between_studies(
     import threading
 
     from xiqa.operators.case import Case
-    from xiqa.service.worker import HeapKeeper, Worker, return_free_heap
+    from xiqa.service.worker import HeapKeeper, Worker, resident_bytes, return_free_heap
 
     between: list[tuple[int, int]] = []  # (cases alive, resident bytes a trim still returned)
     frozen: list[int] = []  # objects left out of collections
 
     def housekeeping() -> None:  # in the worker's thread, after each round of studies
-        before = _resident_bytes()
+        before = resident_bytes()
         return_free_heap()  # collects, then trims
-        returned = before - _resident_bytes()
+        returned = before - resident_bytes()
         between.append((sum(isinstance(item, Case) for item in gc.get_objects()), returned))
         frozen.append(gc.get_freeze_count())
         if spool.waiting() == []:
