@@ -30,7 +30,7 @@ from pathlib import Path
 from pydicom import dcmread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from serve_helpers import ServeNode, send  # noqa: E402 - the tests' SCU and node process
+from serve_helpers import ServeNode, peak_resident_bytes, send  # noqa: E402 - the tests' SCU and node process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import _write_plates  # noqa: E402 - the same plates as the pipeline benchmark
@@ -42,13 +42,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -116,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             for thread in threads:
                 thread.join()
             received_seconds = max(last_store.values()) - started
-            peak_rss = _peak_rss_mib(node.process.pid)
+            peak_rss = peak_resident_bytes(node.process.pid) / 2**20
             # the worker's own figure: from taking the study to its last instance moved (its log line)
             worker_seconds = [float(seconds) for seconds in _STUDY_LINE.findall(node.text())]
         finally:

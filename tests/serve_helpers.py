@@ -106,6 +106,21 @@ def echo(port: int, *, calling: str = "MODALITY", called: str = "XIQA",
     return status is not None and status.Status == 0
 
 
+def peak_resident_bytes(pid: int) -> int:
+    """Bytes of a process's peak resident set so far (``VmHWM``), 0 once it is gone.
+
+    Its own address space's figure: ``wait4``'s ``ru_maxrss`` is kept across fork + exec, so a
+    child of a big parent (pytest late in a whole suite) would report the parent's.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def xiqa_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "xiqa.cli", *args]
 

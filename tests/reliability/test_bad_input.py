@@ -11,7 +11,6 @@ import signal
 import struct
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +19,7 @@ from mutations import MUTATIONS, mutate, parse_elements, with_own_instance_uid, 
 from orthanc import free_port
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
-from serve_helpers import ServeNode, echo, send_raw, xiqa_command
+from serve_helpers import ServeNode, echo, peak_resident_bytes, send_raw, xiqa_command
 from support import CANARIES, explicit_sources, phi_hits
 from xiqa.operators.loader import load_case
 from xiqa.service.listener import SUCCESS
@@ -132,17 +131,6 @@ _REJECTED_LINE = re.compile(r"^(?:rejected|failed) (?P<path>\S+): (?P<reason>\S.
 _NOT_SCORED_LINE = re.compile(r"^not scored (?P<path>\S+): (?P<reason>\S.*)$")
 
 
-def _resident_high_water(pid: int) -> int:
-    """Bytes of the process's peak resident set so far (``VmHWM``), 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def test_mutants_through_xiqa_analyze(canary_sources, scale, figures, tmp_path):
     corpus = write_corpus(explicit_sources(canary_sources), tmp_path / "corpus", scale.corpus, seed=1)
     good = [canary_sources[1], canary_sources[-1]]
@@ -154,9 +142,8 @@ def test_mutants_through_xiqa_analyze(canary_sources, scale, figures, tmp_path):
         hang, deadline = False, time.monotonic() + 120 + 20 * len(inputs)
         peak_rss = 0
         while True:
-            # the child's own peak (VmHWM of its exec'd image): wait4's ru_maxrss also counts the
-            # pytest process it was forked from, which late in a whole suite holds gigabytes
-            peak_rss = max(peak_rss, _resident_high_water(process.pid))
+            # the child's own peak, not wait4's (that also counts the pytest process it came from)
+            peak_rss = max(peak_rss, peak_resident_bytes(process.pid))
             pid, status, _ = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break

@@ -15,12 +15,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
 from orthanc import AE_TITLE, free_port, requires_orthanc, running_orthanc
 from pydicom import dcmread
 from pynetdicom import AE
-from serve_helpers import ServeNode, send
+from serve_helpers import ServeNode, peak_resident_bytes, send
 from support import copies, phi_hits
 from xiqa.service.listener import SUCCESS
 from xiqa.service.spool import INCOMING
@@ -97,10 +96,7 @@ def test_load_from_four_concurrent_associations_with_processing_on(canary_source
 
         node.wait_for(done, 120 + 30 * len(instances), "every instance processed")
         processed_s = time.monotonic() - started
-        peak_rss = psutil.Process(node.process.pid).memory_info().rss
-        with open(f"/proc/{node.process.pid}/status") as status_file:
-            peak_rss = max(peak_rss, next(int(line.split()[1]) * 1024 for line in status_file
-                                          if line.startswith("VmHWM:")))
+        peak_rss = peak_resident_bytes(node.process.pid)  # VmHWM: never below the current RSS
         metrics_text = node.metrics_text()
         assert node.stop() == 0
     finally:
