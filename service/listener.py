@@ -9,25 +9,30 @@ Every connection gets a socket timeout (the network timeout) and, with TLS,
 its handshake runs in that connection's own thread: a caller that goes silent
 holds one association slot until it times out, never the port.  Each
 connection ends in one audit line (``service.audit``).
+
+A data set never sits whole in memory: pynetdicom writes its fragments as they arrive
+(``STORE_RECV_CHUNKED_DATASET``) into the spool's ``receiving`` folder
+(:func:`receive_data_sets_in_files`), and the handler only syncs and renames that file.
 """
 
 from __future__ import annotations
 
-import io
 import logging
+import select
 import socket
 import ssl
+import tempfile
 import threading
 import zlib
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
-from pydicom import Dataset
-from pydicom.filereader import read_dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
 from pydicom.tag import Tag
 from pydicom.uid import (
     JPEG2000,
-    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -41,8 +46,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
-from pynetdicom.dsutils import encode_file_meta
+from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from xiqa.operators.loader import SUPPORTED_SOP_CLASSES
@@ -50,12 +54,17 @@ from xiqa.operators.loader import SUPPORTED_SOP_CLASSES
 from .audit import AuditTrail
 from .metrics import NodeMetrics
 from .settings import ServeSettings
-from .spool import Spool, SpooledInstance, StorageFull
+from .spool import ReceivingFile, Spool, SpooledInstance, StorageFull
 
 logger = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+#: bytes one ``recv`` may take ahead of what pynetdicom asked for (several PDUs of 128 KiB)
+READ_AHEAD_BYTES = 2**20
+#: how long the reading thread waits for data before it looks at what it has to send
+DATA_WAIT = 0.001
 #: what the loader can decode (pylibjpeg, OpenJPEG, RLE, GDCM)
 STUDY_INSTANCE_UID = Tag("StudyInstanceUID")
 TRANSFER_SYNTAXES = (
@@ -65,17 +74,31 @@ TRANSFER_SYNTAXES = (
 )
 
 
-def study_uid_of(dataset: bytes, transfer_syntax: UID) -> str:
-    """The Study Instance UID of an encoded dataset (no file meta), parsed only up to that element."""
+def study_uid_of(path: Path | str) -> str:
+    """The Study Instance UID of a received DICOM file, read only up to that element."""
     try:
-        if transfer_syntax.is_deflated:
-            dataset = zlib.decompress(dataset, -zlib.MAX_WBITS)
-        found = read_dataset(io.BytesIO(dataset), transfer_syntax.is_implicit_VR,
-                             transfer_syntax.is_little_endian, specific_tags=[STUDY_INSTANCE_UID],
-                             stop_when=lambda tag, vr, length: tag > STUDY_INSTANCE_UID)
+        with open(path, "rb") as stream:
+            found = read_partial(stream, stop_when=lambda tag, vr, length: tag > STUDY_INSTANCE_UID,
+                                 specific_tags=[STUDY_INSTANCE_UID])
         return str(found.get("StudyInstanceUID", "") or "")
-    except (ValueError, EOFError, OSError, zlib.error):
+    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, zlib.error):
         return ""  # spooled under "no study"; the loader gives the reason
+
+
+def receive_data_sets_in_files() -> None:
+    """Have pynetdicom write every C-STORE data set to a file as it arrives, in the spool of the
+    connection's reading thread where it has one.
+
+    Both settings are process-wide (pynetdicom has no per-AE switch): a C-STORE SCP elsewhere in the
+    same process gets its data sets in temporary files too, which ``event.dataset`` still reads.
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    dimse_messages.NamedTemporaryFile = _file_for_data_set
+
+
+def _file_for_data_set(**options: Any) -> Any:
+    spool: Spool | None = getattr(threading.current_thread(), "xiqa_spool", None)
+    return spool.receiving_file() if spool is not None else tempfile.NamedTemporaryFile(**options)
 
 
 def handle_store(event: evt.Event, spool: Spool, metrics: NodeMetrics,
@@ -83,21 +106,21 @@ def handle_store(event: evt.Event, spool: Spool, metrics: NodeMetrics,
     """Spool one C-STORE request; Success only once the instance is durably on disk.
 
     A full disk, and any other storage error (a read-only or vanished spool), answers "out of
-    resources": the caller may send it again later, and nothing of it is kept.
+    resources": the caller may send it again later, and nothing of it is kept.  A request
+    without a data set cannot be stored: "cannot understand".
     """
     sop_instance_uid = str(event.request.AffectedSOPInstanceUID)
-    dataset = event.request.DataSet.getvalue()
-    study = study_uid_of(dataset, event.context.transfer_syntax)
+    received = getattr(event.request, "_dataset_file", None)
+    if not isinstance(received, ReceivingFile):
+        return _refuse(event, metrics, audit, "no data set", CANNOT_UNDERSTAND)
+    study = study_uid_of(received.name)
     try:
-        stored = spool.store((file_header(event.file_meta), dataset), sop_instance_uid, study)
+        stored = spool.adopt(received, sop_instance_uid, study)
     except (StorageFull, OSError) as error:
         full = isinstance(error, StorageFull)
-        reason = "storage full" if full else "storage error"
-        metrics.instances_refused.labels(reason=reason).inc()
-        audit.refused(event.assoc, reason)
-        logger.error("refused %s from %s: %s (%s)", sop_instance_uid, event.assoc.requestor.ae_title,
-                     reason, error if full else error.strerror or type(error).__name__)
-        return OUT_OF_RESOURCES
+        detail = error if full else error.strerror or type(error).__name__
+        return _refuse(event, metrics, audit, "storage full" if full else "storage error",
+                       OUT_OF_RESOURCES, detail)
     metrics.instances_received.inc()
     audit.stored(event.assoc, study)
     if stored is None:
@@ -107,30 +130,81 @@ def handle_store(event: evt.Event, spool: Spool, metrics: NodeMetrics,
     return SUCCESS
 
 
-def file_header(file_meta: Dataset) -> bytes:
-    """Preamble, prefix and file meta: what precedes the dataset in a DICOM file."""
-    return b"\x00" * 128 + b"DICM" + encode_file_meta(file_meta)
+def _refuse(event: evt.Event, metrics: NodeMetrics, audit: AuditTrail, reason: str, status: int,
+            detail: object = None) -> int:
+    metrics.instances_refused.labels(reason=reason).inc()
+    audit.refused(event.assoc, reason)
+    logger.error("refused %s from %s: %s%s", event.request.AffectedSOPInstanceUID,
+                 event.assoc.requestor.ae_title, reason, f" ({detail})" if detail else "")
+    return status
 
 
 class BulkReadSocket(AssociationSocket):
-    """pynetdicom's socket, reading a PDU in as few ``recv`` calls as the kernel allows.
+    """pynetdicom's socket, reading ahead: one ``recv`` takes whatever the kernel holds, up to 1 MiB.
 
-    pynetdicom reads every PDU 4 KiB at a time into a growing bytearray: for a 7 MB plate
-    that is some 1,800 calls, each taking the GIL back from the other associations' threads.
-    Here one buffer of the PDU's length is filled in place (``recv_into``), usually in a
-    handful of calls.  Same contract: the bytes read, fewer only when the peer closed.
+    pynetdicom reads every PDU header (6 bytes) and body separately, the body 4 KiB at a time:
+    for a 7 MB plate some 1,800 calls, each taking the GIL back from the other associations'
+    threads.  Here headers and bodies are served from one read-ahead buffer, and a body larger
+    than what is buffered is read in place into its own buffer.  ``ready`` waits up to
+    ``DATA_WAIT`` for data (instead of the reactor sleeping between polls).  Same contract as
+    pynetdicom's: ``recv`` returns the bytes asked for, fewer only when the peer closed.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._empty_read_ahead()
+
+    @classmethod
+    def take_over(cls, connection: AssociationSocket) -> BulkReadSocket:
+        """Turn a connection pynetdicom made into one of these, before anything was read from it."""
+        connection.__class__ = cls
+        reader = cast(BulkReadSocket, connection)
+        reader._empty_read_ahead()
+        return reader
+
+    def _empty_read_ahead(self) -> None:
+        self._ahead, self._start, self._end = bytearray(READ_AHEAD_BYTES), 0, 0
+
+    @property
+    def ready(self) -> bool:
+        if self._end > self._start:
+            return True
+        if self.socket is None or self._is_connected is False:
+            return False
+        if isinstance(self.socket, ssl.SSLSocket) and self.socket.pending():
+            return True
+        try:
+            readable, _, _ = select.select([self.socket], [], [], DATA_WAIT)
+        except (OSError, ValueError):
+            self.event_queue.put("Evt17")  # transport connection closed
+            return False
+        return bool(readable)
+
     def recv(self, nr_bytes: int) -> bytearray:
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
-        read = 0
+        buffered = min(nr_bytes, self._end - self._start)
+        result = bytearray(nr_bytes)
+        result[:buffered] = self._ahead[self._start:self._start + buffered]
+        self._start += buffered
+        read = buffered
         while read < nr_bytes:
-            count = self.socket.recv_into(view[read:])
+            if nr_bytes - read >= READ_AHEAD_BYTES // 2:  # large: straight into the result
+                count = self.socket.recv_into(memoryview(result)[read:])
+            else:
+                count = self._fill()
+                taken = min(count, nr_bytes - read)
+                result[read:read + taken] = self._ahead[:taken]
+                self._start = taken
+                count = taken
             if not count:  # the peer closed: what came so far
-                return buffer[:read]
+                return result[:read]
             read += count
-        return buffer
+        return result
+
+    def _fill(self) -> int:
+        """Read what the kernel holds into the empty read-ahead buffer; 0 when the peer closed."""
+        self._start = 0
+        self._end = self.socket.recv_into(self._ahead)
+        return self._end
 
 
 class AllowListServer(ThreadedAssociationServer):
@@ -197,11 +271,14 @@ class Listener:
         for sop_class in SUPPORTED_SOP_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         self.ae = ae
+        self.spool = spool
         self.audit = AuditTrail(settings.allowed_ae_titles)
+        receive_data_sets_in_files()
         self._handlers = [
             (evt.EVT_C_STORE, handle_store, [spool, metrics, on_stored, self.audit]),
             (evt.EVT_C_ECHO, self._echo),
             (evt.EVT_CONN_OPEN, self._opened),
+            (evt.EVT_CONN_CLOSE, self._closed),
             *self.audit.handlers(),
         ]
         self._server: AllowListServer | None = None
@@ -213,9 +290,20 @@ class Listener:
 
     def _opened(self, event: evt.Event) -> None:
         """The A-ASSOCIATE request must come within the ACSE timeout (pynetdicom's ARTIM default is 30 s);
-        the connection reads PDUs in bulk (``BulkReadSocket``: its only change is ``recv``)."""
-        event.assoc.dul.artim_timer.timeout = self.settings.acse_timeout
-        event.assoc.dul.socket.__class__ = BulkReadSocket
+        the connection reads ahead (``BulkReadSocket``: it changes ``recv`` and ``ready`` only), waits
+        for data in ``select`` rather than sleeping, and writes data sets into this node's spool."""
+        dul = event.assoc.dul
+        dul.artim_timer.timeout = self.settings.acse_timeout
+        BulkReadSocket.take_over(dul.socket)
+        dul._run_loop_delay = 0
+        dul.xiqa_spool = self.spool
+
+    def _closed(self, event: evt.Event) -> None:
+        """A connection that ends half-way through a data set leaves nothing in ``receiving``."""
+        message = event.assoc.dimse.message
+        received = getattr(message, "_data_set_file", None)
+        if isinstance(received, ReceivingFile):
+            received.discard()
 
     @property
     def port(self) -> int:

@@ -1,10 +1,14 @@
 """Where received instances wait: on disk before they are acknowledged, until the graph is done with them.
 
+    storage/receiving/<random>.dcm       arriving over the network, not acknowledged
     storage/incoming/<study>/<sop>.dcm   acknowledged, not yet processed
     storage/processed/<study>/<sop>.dcm  the graph wrote its outputs
     storage/rejected/<study>/<sop>.dcm   the graph could not use it (+ <sop>.reason.txt)
 
-Folder and file names are UIDs, never patient data.  One node at a time owns a
+Folder and file names are UIDs, never patient data.  A data set is written to
+``receiving`` as its fragments arrive (:class:`ReceivingFile`), then synced and
+moved into ``incoming`` by one rename (:meth:`Spool.adopt`) before Success is
+answered; a restart deletes whatever ``receiving`` still holds.  One node at a time owns a
 storage folder: :meth:`Spool.lock` holds ``storage/.xiqa.lock`` (``flock``,
 released by the kernel however the process ends).  :meth:`Spool.expire` is the
 retention of ``processed`` and ``rejected``; it never looks into ``incoming``.
@@ -24,8 +28,9 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,17 +38,19 @@ from xiqa.durable import (
     GroupFolderSync,
     fsync_folder,
     make_folders_durably,
-    write_atomically,
     write_bytes_atomically,
 )
 
 logger = logging.getLogger(__name__)
 
-INCOMING, PROCESSED, REJECTED = "incoming", "processed", "rejected"
+RECEIVING, INCOMING, PROCESSED, REJECTED = "receiving", "incoming", "processed", "rejected"
 NO_STUDY = "no-study-uid"
 _UNSAFE = re.compile(r"[^0-9A-Za-z.-]")
 #: errno values that mean "the disk cannot take it", answered as out of resources
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: a received file's pages are handed to the disk every this many bytes (``sync_file_range``), so
+#: that the fsync before the acknowledgement waits for the last few MiB only, not the whole plate
+WRITEBACK_BYTES = 4 * 2**20
 
 
 LOCK = ".xiqa.lock"
@@ -62,6 +69,75 @@ def safe_name(uid: str) -> str:
     return _UNSAFE.sub("_", uid.strip())[:128] or "unknown"
 
 
+class ReceivingFile:
+    """One data set being received, in ``storage/receiving``: written as it arrives, then published.
+
+    pynetdicom writes a chunked C-STORE data set to a ``NamedTemporaryFile``; this stands in for
+    it (``write``, ``file.flush``, ``close``, ``name``).  A file that cannot be made or written (a
+    full or read-only disk) must not raise there: pynetdicom would abort the association without
+    a response.  The first error is kept, later data is dropped, and :meth:`Spool.adopt` raises
+    it, so the caller is answered "out of resources".
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.error: OSError | None = None
+        try:
+            self._handle, self.name = tempfile.mkstemp(suffix=".dcm", dir=folder)
+        except OSError as error:  # a full or read-only disk: answered when the data set is complete
+            self._handle, self.name, self.error = -1, "", error
+        self._written = 0
+        self._handed_to_disk = 0
+
+    @property
+    def file(self) -> ReceivingFile:
+        return self
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self.error is None:
+            try:
+                view = memoryview(data).cast("B")
+                size = view.nbytes
+                while view:  # os.write may write less than asked
+                    view = view[os.write(self._handle, view):]
+                self._written += size
+                self._start_writeback()
+            except OSError as error:
+                self.error = error
+        return len(data)
+
+    def _start_writeback(self) -> None:
+        if self._written - self._handed_to_disk >= WRITEBACK_BYTES and hasattr(os, "sync_file_range"):
+            os.sync_file_range(self._handle, self._handed_to_disk, self._written - self._handed_to_disk,
+                               os.SYNC_FILE_RANGE_WRITE)  # starts the writeback, does not wait for it
+            self._handed_to_disk = self._written
+
+    def flush(self) -> None:
+        """Nothing to flush: every ``write`` goes straight to the file."""
+
+    def sync(self) -> None:
+        """Raise the first write error, if any; else make the data durable."""
+        if self.error is not None:
+            raise self.error
+        os.fsync(self._handle)
+
+    def publish(self, path: Path) -> None:
+        """Close and rename to ``path``; the folder's fsync is the caller's."""
+        self.close()
+        os.replace(self.name, path)
+        self.name = ""  # pynetdicom unlinks ``name`` after the handler: nothing there any more
+
+    def close(self) -> None:
+        if self._handle >= 0:
+            os.close(self._handle)
+            self._handle = -1
+
+    def discard(self) -> None:
+        self.close()
+        if self.name:
+            Path(self.name).unlink(missing_ok=True)
+            self.name = ""
+
+
 @dataclass(frozen=True)
 class SpooledInstance:
     study: str  # safe folder name of the Study Instance UID
@@ -77,7 +153,7 @@ class Spool:
         self._lock: int | None = None
         # concurrent associations storing into one study folder share its fsync (group commit)
         self._folder_sync = GroupFolderSync()
-        for name in (INCOMING, PROCESSED, REJECTED):
+        for name in (RECEIVING, INCOMING, PROCESSED, REJECTED):
             (self.root / name).mkdir(parents=True, exist_ok=True)
 
     def lock(self) -> None:
@@ -125,36 +201,58 @@ class Spool:
             deleted += 1
         return deleted
 
-    def store(self, chunks: Sequence[bytes], sop_instance_uid: str,
-              study_instance_uid: str) -> SpooledInstance | None:
-        """Write one received instance (the concatenated ``chunks``) durably; None when it was
-        processed before (a resend).
+    def receiving_file(self) -> ReceivingFile:
+        """A new file in ``receiving`` for one data set on its way in."""
+        return ReceivingFile(self.root / RECEIVING)
 
-        Raises ``StorageFull`` when the free space would fall below the reserve
-        or the disk refuses the write; other ``OSError`` propagate.
+    def adopt(self, received: ReceivingFile, sop_instance_uid: str,
+              study_instance_uid: str) -> SpooledInstance | None:
+        """Make a completely received file durable in ``incoming``; None when the instance was
+        processed before (a resend: the file is deleted).
+
+        Raises ``StorageFull`` when the disk refused a write or less than the reserve stays free,
+        and other ``OSError``; either way nothing of the instance is kept.
         """
         study = safe_name(study_instance_uid or NO_STUDY)
         name = f"{safe_name(sop_instance_uid)}.dcm"
         if (self.root / PROCESSED / study / name).exists() or (self.root / REJECTED / study / name).exists():
+            received.discard()
             return None
-        if shutil.disk_usage(self.root).free - sum(map(len, chunks)) < self.min_free_bytes:
-            raise StorageFull(f"fewer than {self.min_free_bytes} bytes would stay free")
-        path = self.root / INCOMING / study / name
+        folder = self.root / INCOMING / study
         try:
-            write_atomically(path, lambda stream: stream.writelines(chunks), self._folder_sync.sync)
+            received.sync()
+            if shutil.disk_usage(self.root).free < self.min_free_bytes:
+                raise StorageFull(f"fewer than {self.min_free_bytes} bytes would stay free")
+            make_folders_durably(folder)
+            received.publish(folder / name)
+            self._folder_sync.sync(folder)
         except OSError as error:
+            received.discard()
             if error.errno in DISK_FULL:
                 raise StorageFull(os.strerror(error.errno)) from None
             raise
-        return SpooledInstance(study, path)
+        except StorageFull:
+            received.discard()
+            raise
+        return SpooledInstance(study, folder / name)
+
+    def store(self, chunks: Iterable[bytes], sop_instance_uid: str,
+              study_instance_uid: str) -> SpooledInstance | None:
+        """Write one instance (the concatenated ``chunks``) durably, as :meth:`adopt` does."""
+        received = self.receiving_file()
+        for chunk in chunks:
+            received.write(chunk)
+        return self.adopt(received, sop_instance_uid, study_instance_uid)
 
     def waiting(self) -> list[SpooledInstance]:
         """Instances acknowledged but not processed (e.g. by a process that was killed).
 
-        Call it before the listener starts: temporary files of writes that never
-        finished were never acknowledged and are removed, and so are emptied
-        study folders (not while a store may be creating one).
+        Call it before the listener starts: data sets still in ``receiving``, and temporary files
+        of writes that never finished, were never acknowledged and are removed, and so are
+        emptied study folders (not while a store may be creating one).
         """
+        for path in (self.root / RECEIVING).iterdir():
+            path.unlink(missing_ok=True)
         found = []
         for study_folder in sorted((self.root / INCOMING).iterdir()):
             if not study_folder.is_dir():

@@ -121,6 +121,28 @@ def peak_resident_bytes(pid: int) -> int:
     return 0
 
 
+def large_plates(folder: Path, count: int, shape: tuple[int, int] = (1200, 1000)) -> list[Path]:
+    """``count`` 16-bit CR plates of ``shape`` (2.4 MB each by default) of one study, each with its own
+    SOP Instance UID and noise for pixels (so that nothing compresses them), written to ``folder``."""
+    import numpy as np
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from xiqa.dicom_fixtures.instances import CR_IMAGE_STORAGE, InstanceVariant, PatientStudy, build_instance
+
+    variant = InstanceVariant("plate", "CR", CR_IMAGE_STORAGE, "MONOCHROME2", 16, ExplicitVRLittleEndian,
+                              "window")
+    identity = PatientStudy("BULK^READ", "BULK1", "19700101", "O", generate_uid(), "20260101", "120000",
+                            "BR1", "1")
+    pixels = np.random.default_rng(3).random(shape, dtype=np.float32)
+    dataset = build_instance(pixels, variant, identity, 1, 1, ("bulk",))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        paths.append(folder / f"plate{index}.dcm")
+        dataset.save_as(paths[-1], enforce_file_format=True)
+    return paths
+
+
 def xiqa_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "xiqa.cli", *args]
 

@@ -9,14 +9,12 @@ import ssl
 import subprocess
 import threading
 import time
-import zlib
+from io import BytesIO
 from pathlib import Path
 
 import pytest
-from pydicom import Dataset, dcmread
+from pydicom import Dataset, FileMetaDataset, dcmread
 from pydicom.data import get_testdata_file
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -26,11 +24,16 @@ from pydicom.uid import (
 from pynetdicom import AE
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
-from serve_helpers import echo, send
-from xiqa.service.listener import OUT_OF_RESOURCES, SUCCESS, BulkReadSocket, study_uid_of
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
+from serve_helpers import echo, large_plates, send
+from waiting import wait_until
+from xiqa.service.listener import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, BulkReadSocket, study_uid_of
 from xiqa.service.metrics import NodeMetrics
 from xiqa.service.settings import Destination, ServeSettings, read_config, settings_from_mapping
-from xiqa.service.spool import INCOMING, NO_STUDY, PROCESSED, REJECTED, Spool, SpooledInstance
+from xiqa.service.spool import INCOMING, NO_STUDY, PROCESSED, RECEIVING, REJECTED, Spool, SpooledInstance
 
 # --------------------------------------------------------------------------- settings
 
@@ -104,8 +107,10 @@ def test_spool_keeps_instances_until_finished_and_ignores_resends(fixture_record
     assert stored == SpooledInstance(study, tmp_path / INCOMING / study / f"{uid}.dcm")
     assert stored.path.read_bytes() == encoded
     (stored.path.parent / f".{uid}.dcm.abc.part").write_bytes(b"half")  # a write killed half-way
-    assert Spool(tmp_path).waiting() == [stored]  # a restart finds it, and drops the partial file
-    assert not list(stored.path.parent.glob("*.part"))
+    arriving = spool.receiving_file()  # a data set half-way in when the node was killed
+    arriving.write(encoded[:1000])
+    assert Spool(tmp_path).waiting() == [stored]  # a restart finds it, and drops the partial files
+    assert not list(stored.path.parent.glob("*.part")) and not any((tmp_path / RECEIVING).iterdir())
     done = spool.finish(stored)
     assert done == tmp_path / PROCESSED / study / f"{uid}.dcm" and not stored.path.exists()
     assert spool.store([encoded], uid, study) is None  # sent again: acknowledged, never processed twice
@@ -358,40 +363,54 @@ def test_worker_waits_for_the_study_timeout_after_the_last_arrival(run_settings,
     assert not worker.wait_for_complete()
 
 
-def test_study_uid_is_read_in_every_uncompressed_transfer_syntax() -> None:
+def test_study_uid_is_read_from_received_files_in_every_uncompressed_transfer_syntax(tmp_path: Path) -> None:
     dataset = Dataset()
-    dataset.SOPInstanceUID, dataset.StudyInstanceUID, dataset.SeriesInstanceUID = "1.2.3", "1.2.3.4", "1.2.9"
+    dataset.SOPClassUID, dataset.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1", "1.2.3"
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = "1.2.3.4", "1.2.9"
     dataset.PatientName, dataset.BitsAllocated, dataset.PixelData = "Doe^Jane", 8, b"\0" * 64
     for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
                    DeflatedExplicitVRLittleEndian):
-        stream = DicomBytesIO()
-        stream.is_implicit_VR, stream.is_little_endian = syntax.is_implicit_VR, syntax.is_little_endian
-        write_dataset(stream, dataset)
-        encoded = stream.getvalue()
-        if syntax.is_deflated:
-            deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-            encoded = deflate.compress(encoded) + deflate.flush()
-        assert study_uid_of(encoded, syntax) == "1.2.3.4", syntax.name
-    assert study_uid_of(b"\x08\x00\x16", ExplicitVRLittleEndian) == ""  # cut short: no study, no crash
+        dataset.file_meta = FileMetaDataset()
+        dataset.file_meta.TransferSyntaxUID = syntax
+        path = tmp_path / f"{syntax.name}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        assert study_uid_of(path) == "1.2.3.4", syntax.name
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes((tmp_path / f"{ExplicitVRLittleEndian.name}.dcm").read_bytes()[:150])
+    assert study_uid_of(cut) == ""  # cut short: no study, no crash
+    del dataset.StudyInstanceUID
+    dataset.save_as(tmp_path / "none.dcm", enforce_file_format=True)
+    assert study_uid_of(tmp_path / "none.dcm") == ""
+    assert study_uid_of(tmp_path / "absent.dcm") == ""
 
 
-def test_bulk_read_socket_returns_exactly_what_was_asked_or_what_came_before_the_peer_closed() -> None:
+def test_bulk_read_socket_serves_each_read_whole_and_in_order_from_what_one_recv_took() -> None:
+    """PDU headers and bodies of several sizes, sent at once and in dribbles of odd sizes: each read
+    returns exactly the bytes asked for, in order, and what came before the peer closed."""
     ours, peer = socket.socketpair()
     try:
-        association = Association(AE(), MODE_ACCEPTOR)
-        reader = BulkReadSocket(association, client_socket=ours)
-        payload = bytes(range(256)) * 4096  # 1 MiB, sent in dribbles of odd sizes
+        reader = BulkReadSocket(Association(AE(), MODE_ACCEPTOR), client_socket=ours)
+        sizes = [6, 12, 6, 300_000, 6, 3 * 2**20, 6, 700_000, 6, 1]
+        payload = bytes(range(256)) * (sum(sizes) // 256 + 1)
+        pieces, start = [], 0
+        for size in sizes:
+            pieces.append(payload[start:start + size])
+            start += size
 
         def dribble() -> None:
-            for start in range(0, len(payload), 7001):
-                peer.sendall(payload[start:start + 7001])
+            sent = b"".join(pieces)
+            peer.sendall(sent[:500_000])  # several reads' worth in one go
+            for index in range(500_000, len(sent), 7001):
+                peer.sendall(sent[index:index + 7001])
             peer.sendall(b"tail")
             peer.shutdown(socket.SHUT_WR)
 
         sender = threading.Thread(target=dribble)
         sender.start()
-        assert reader.recv(len(payload)) == payload
+        for piece in pieces:
+            assert reader.recv(len(piece)) == piece
         assert reader.recv(100) == b"tail"  # the peer closed after 4 of the 100 bytes
+        assert not reader.ready or reader.recv(6) == b""
         sender.join(10)
     finally:
         ours.close()
@@ -399,22 +418,9 @@ def test_bulk_read_socket_returns_exactly_what_was_asked_or_what_came_before_the
 
 
 def test_large_plates_from_four_associations_at_once_are_all_stored_whole(listening, tmp_path: Path) -> None:
-    """Bulk reads and shared folder fsyncs under concurrency: every plate acknowledged is on disk, whole."""
-    import numpy as np
-    from pydicom.uid import generate_uid
-    from xiqa.dicom_fixtures.instances import CR_IMAGE_STORAGE, InstanceVariant, PatientStudy, build_instance
-
-    variant = InstanceVariant("plate", "CR", CR_IMAGE_STORAGE, "MONOCHROME2", 16, ExplicitVRLittleEndian,
-                              "window")
-    study = generate_uid()
-    identity = PatientStudy("BULK^READ", "BULK1", "19700101", "O", study, "20260101", "120000", "BR1", "1")
-    pixels = np.random.default_rng(3).random((1200, 1000), dtype=np.float32)
-    dataset = build_instance(pixels, variant, identity, 1, 1, ("bulk",))
-    paths = []
-    for index in range(12):
-        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        paths.append(tmp_path / f"plate{index}.dcm")
-        dataset.save_as(paths[-1], enforce_file_format=True)
+    """Read-ahead, data sets written as they arrive, shared folder fsyncs, under concurrency: every
+    plate acknowledged is on disk, whole, and nothing is left in ``receiving``."""
+    paths = large_plates(tmp_path / "plates", 12)
     listener, spool, metrics, stored = listening()
     statuses: list[list[int | None]] = [[] for _ in range(4)]
     senders = [threading.Thread(target=lambda i=i: statuses[i].extend(send(listener.port, paths[i::4])))
@@ -424,10 +430,72 @@ def test_large_plates_from_four_associations_at_once_are_all_stored_whole(listen
     for sender in senders:
         sender.join(120)
     assert [status for group in statuses for status in group] == [SUCCESS] * len(paths)
+    study = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
     folder = spool.root / INCOMING / study
     assert sorted(path.name for path in folder.iterdir()) == sorted(
         f"{dcmread(path, stop_before_pixels=True).SOPInstanceUID}.dcm" for path in paths)  # nothing partial
+    assert list((spool.root / RECEIVING).iterdir()) == []
     for path in paths:
         sent = dcmread(path)
         kept = dcmread(folder / f"{sent.SOPInstanceUID}.dcm")
         assert kept.PixelData == sent.PixelData
+        assert kept.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+def _associate_for(port: int, path: Path) -> tuple[Association, int]:
+    """An association offering ``path``'s SOP class in Explicit VR Little Endian, and its context ID."""
+    header = dcmread(path, stop_before_pixels=True)
+    ae = AE(ae_title="MODALITY")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(header.SOPClassUID, ExplicitVRLittleEndian)
+    association = ae.associate("127.0.0.1", port, ae_title="XIQA")
+    assert association.is_established
+    return association, association.accepted_contexts[0].context_id
+
+
+def _store_request(path: Path, with_data_set: bool = True) -> C_STORE:
+    sent = dcmread(path)
+    request = C_STORE()
+    request.MessageID, request.Priority = 1, 2
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = sent.SOPClassUID, sent.SOPInstanceUID
+    if with_data_set:
+        request.DataSet = BytesIO(encode(sent, False, True))
+    return request
+
+
+def test_a_connection_cut_half_way_through_a_plate_leaves_no_file_and_no_acknowledgement(
+        listening, tmp_path: Path) -> None:
+    listener, spool, metrics, stored = listening()
+    plate = large_plates(tmp_path / "plates", 1)[0]
+    association, context_id = _associate_for(listener.port, plate)
+    message = C_STORE_RQ()
+    message.primitive_to_message(_store_request(plate))
+    pdus = []
+    for primitive in message.encode_msg(context_id, association.acceptor.maximum_length):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        pdus.append(pdu.encode())
+    connection = association.dul.socket.socket
+    for pdu in pdus[:len(pdus) // 2]:  # the command and half the data set, then the cable is pulled
+        connection.sendall(pdu)
+    wait_until(lambda: any((spool.root / RECEIVING).iterdir()), 10, "the plate arriving in receiving/")
+    connection.shutdown(socket.SHUT_RDWR)
+    wait_until(lambda: not any((spool.root / RECEIVING).iterdir()), 10, "the half plate deleted")
+    association.abort()
+    assert stored == [] and not any((spool.root / INCOMING).iterdir())
+    assert metrics.registry.get_sample_value("xiqa_instances_received_total") == 0
+    assert send(listener.port, [plate]) == [SUCCESS]  # sent again whole: taken
+
+
+def test_a_store_request_without_a_data_set_is_refused_as_not_understood(listening, tmp_path: Path) -> None:
+    listener, spool, metrics, stored = listening()
+    plate = large_plates(tmp_path / "plates", 1, shape=(64, 64))[0]
+    association, context_id = _associate_for(listener.port, plate)
+    try:
+        association.dimse.send_msg(_store_request(plate, with_data_set=False), context_id)
+        _, response = association.dimse.get_msg(block=True)
+    finally:
+        association.release()
+    assert response.Status == CANNOT_UNDERSTAND
+    assert stored == [] and not any((spool.root / RECEIVING).iterdir())
+    assert metrics.registry.get_sample_value("xiqa_instances_refused_total", {"reason": "no data set"}) == 1

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from serve_helpers import echo, send
+from serve_helpers import echo, large_plates, send
 from support import copies
 from xiqa.service.listener import OUT_OF_RESOURCES, SUCCESS
 from xiqa.service.metrics import NodeMetrics
-from xiqa.service.spool import INCOMING, Spool, StorageFull
+from xiqa.service.spool import INCOMING, RECEIVING, Spool, StorageFull
 
 pytestmark = pytest.mark.reliability
 
@@ -71,9 +71,24 @@ def test_a_full_spool_answers_out_of_resources_keeps_nothing_half_written_and_re
     finally:
         _remount(small_filesystem, "rw")
     assert send(listener.port, instances[accepted + 3:accepted + 4]) == [SUCCESS]
-    assert not list(spool_root.rglob("*.part"))
+    assert not list(spool_root.rglob("*.part")) and not any((spool_root / RECEIVING).iterdir())
     figures["full disk"] = {"faults survived": 3, "acknowledged before full": accepted,
                             "refused while full": refused, "half-written acknowledged": 0}
+
+
+def test_a_plate_that_fills_the_disk_half_way_through_its_receive_is_refused_and_leaves_nothing(
+        listening, small_filesystem, tmp_path):
+    spool_root = small_filesystem / "spool"
+    listener, spool, metrics, stored = listening(storage=spool_root)
+    plate = large_plates(tmp_path / "plates", 1)[0]  # 2.4 MB
+    filler = small_filesystem / "filler"
+    filler.write_bytes(b"\0" * (SIZE - 2**20))  # 1 MiB stays free: the disk fills mid-plate
+    assert send(listener.port, [plate]) == [OUT_OF_RESOURCES]
+    assert stored == [] and not any((spool_root / RECEIVING).iterdir())
+    assert echo(listener.port)
+    filler.unlink()
+    assert send(listener.port, [plate]) == [SUCCESS]
+    assert dcmread(stored[0].path).PixelData == dcmread(plate).PixelData
 
 
 def test_the_free_space_reserve_refuses_before_the_disk_is_full(small_filesystem, canary_sources):
