@@ -353,11 +353,11 @@ def verify(kind: str, out: Path, inputs: InputSet) -> None:
 
 def _verify_spool(storage: Path, inputs: InputSet) -> None:
     from pydicom import dcmread
-    from xiqa.service.spool import INCOMING, safe_name
+    from xiqa.service.spool import INCOMING, RECEIVING, safe_name
 
     incoming = storage / INCOMING
     files = sorted(path for path in incoming.rglob("*") if path.is_file())
-    partial = [path for path in files if path.suffix != ".dcm"]
+    partial = [path for path in files if path.suffix != ".dcm"] + list((storage / RECEIVING).iterdir())
     if partial:
         raise BenchmarkFailed(f"ours: left files that are not instances in the spool: {partial[:5]}")
     studies = {safe_name(uid) for uid in inputs.study_uids}

@@ -492,8 +492,12 @@ def test_a_store_request_without_a_data_set_is_refused_as_not_understood(listeni
     plate = large_plates(tmp_path / "plates", 1, shape=(64, 64))[0]
     association, context_id = _associate_for(listener.port, plate)
     try:
+        # as pynetdicom's own send_c_* do: pause the association's reactor, or it takes the response
+        association._reactor_checkpoint.clear()
+        wait_until(lambda: association._is_paused, 10, "the association's reactor paused")
         association.dimse.send_msg(_store_request(plate, with_data_set=False), context_id)
         _, response = association.dimse.get_msg(block=True)
+        association._reactor_checkpoint.set()
     finally:
         association.release()
     assert response.Status == CANNOT_UNDERSTAND
