@@ -22,6 +22,7 @@ even when a modality sends it once more).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import logging
@@ -30,7 +31,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,19 @@ class StorageFull(Exception):
 def safe_name(uid: str) -> str:
     """A UID as a file name: anything but digits, letters, dots and dashes becomes ``_``."""
     return _UNSAFE.sub("_", uid.strip())[:128] or "unknown"
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range`` (Python's ``os`` has none); None where the C library lacks it."""
+    function = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+    if function is not None:
+        function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        function.restype = ctypes.c_int
+    return function
+
+
+SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = _libc_sync_file_range()
 
 
 class ReceivingFile:
@@ -106,9 +120,10 @@ class ReceivingFile:
         return len(data)
 
     def _start_writeback(self) -> None:
-        if self._written - self._handed_to_disk >= WRITEBACK_BYTES and hasattr(os, "sync_file_range"):
-            os.sync_file_range(self._handle, self._handed_to_disk, self._written - self._handed_to_disk,
-                               os.SYNC_FILE_RANGE_WRITE)  # starts the writeback, does not wait for it
+        if self._written - self._handed_to_disk >= WRITEBACK_BYTES and _sync_file_range is not None:
+            # starts the writeback of these pages and returns; a failure here is only a lost head start
+            _sync_file_range(self._handle, self._handed_to_disk, self._written - self._handed_to_disk,
+                             SYNC_FILE_RANGE_WRITE)
             self._handed_to_disk = self._written
 
     def flush(self) -> None:

@@ -12,6 +12,7 @@ import time
 from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import Dataset, FileMetaDataset, dcmread
 from pydicom.data import get_testdata_file
@@ -115,6 +116,19 @@ def test_spool_keeps_instances_until_finished_and_ignores_resends(fixture_record
     assert done == tmp_path / PROCESSED / study / f"{uid}.dcm" and not stored.path.exists()
     assert spool.store([encoded], uid, study) is None  # sent again: acknowledged, never processed twice
     assert Spool(tmp_path).waiting() == []
+
+
+def test_a_data_set_larger_than_the_writeback_step_is_kept_byte_for_byte(tmp_path: Path) -> None:
+    from xiqa.service.spool import WRITEBACK_BYTES
+
+    payload = np.random.default_rng(1).integers(0, 256, 3 * WRITEBACK_BYTES + 12345, dtype=np.uint8).tobytes()
+    spool = Spool(tmp_path)
+    received = spool.receiving_file()
+    for start in range(0, len(payload), 131066):  # as PDUs of 128 KiB bring it
+        received.write(memoryview(payload)[start:start + 131066])
+    assert 2 * WRITEBACK_BYTES <= received._handed_to_disk < len(payload)  # given to the disk on the way
+    stored = spool.adopt(received, "1.2.3", "1.2")
+    assert stored.path.read_bytes() == payload and not any((tmp_path / RECEIVING).iterdir())
 
 
 def test_spool_records_why_an_instance_was_rejected(fixture_records, tmp_path: Path) -> None:
