@@ -190,11 +190,9 @@ class BulkReadSocket(AssociationSocket):
             if nr_bytes - read >= READ_AHEAD_BYTES // 2:  # large: straight into the result
                 count = self.socket.recv_into(memoryview(result)[read:])
             else:
-                count = self._fill()
-                taken = min(count, nr_bytes - read)
-                result[read:read + taken] = self._ahead[:taken]
-                self._start = taken
-                count = taken
+                count = min(self._fill(), nr_bytes - read)
+                result[read:read + count] = self._ahead[:count]
+                self._start = count
             if not count:  # the peer closed: what came so far
                 return result[:read]
             read += count

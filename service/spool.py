@@ -241,13 +241,10 @@ class Spool:
             make_folders_durably(folder)
             received.publish(folder / name)
             self._folder_sync.sync(folder)
-        except OSError as error:
+        except (OSError, StorageFull) as error:
             received.discard()
-            if error.errno in DISK_FULL:
+            if isinstance(error, OSError) and error.errno in DISK_FULL:
                 raise StorageFull(os.strerror(error.errno)) from None
-            raise
-        except StorageFull:
-            received.discard()
             raise
         return SpooledInstance(study, folder / name)
 
@@ -263,8 +260,8 @@ class Spool:
         """Instances acknowledged but not processed (e.g. by a process that was killed).
 
         Call it before the listener starts: data sets still in ``receiving``, and temporary files
-        of writes that never finished, were never acknowledged and are removed, and so are
-        emptied study folders (not while a store may be creating one).
+        an earlier version left in ``incoming``, were never acknowledged and are removed, and so
+        are emptied study folders (not while a store may be creating one).
         """
         for path in (self.root / RECEIVING).iterdir():
             path.unlink(missing_ok=True)
@@ -273,7 +270,7 @@ class Spool:
             if not study_folder.is_dir():
                 continue
             for path in sorted(study_folder.iterdir()):
-                if path.name.endswith(".part"):
+                if path.name.endswith(".part"):  # versions before ``receiving`` wrote there
                     path.unlink(missing_ok=True)
                 elif path.suffix == ".dcm":
                     found.append(SpooledInstance(study_folder.name, path))

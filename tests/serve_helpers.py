@@ -18,8 +18,9 @@ from pynetdicom.sop_class import Verification
 from waiting import wait_until
 
 
-def _associate(port: int, contexts: set[tuple[str, ...]], calling: str, called: str,
-               ssl_context: ssl.SSLContext | None) -> Association:
+def associate(port: int, contexts: set[tuple[str, ...]], calling: str = "MODALITY", called: str = "XIQA",
+              ssl_context: ssl.SSLContext | None = None) -> Association:
+    """An association with the node on loopback offering ``contexts``; check ``is_established``."""
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     for context in contexts:
@@ -36,7 +37,7 @@ def send(port: int, paths: Sequence[Path], *, calling: str = "MODALITY", called:
     """
     metas = [dcmread(path, stop_before_pixels=True) for path in paths]
     contexts = {(str(m.SOPClassUID), str(m.file_meta.TransferSyntaxUID)) for m in metas}
-    association = _associate(port, contexts, calling, called, ssl_context)
+    association = associate(port, contexts, calling, called, ssl_context)
     if not association.is_established:
         raise ConnectionError(f"no association with {called} on port {port}")
     statuses = []
@@ -73,7 +74,7 @@ def send_raw(port: int, paths: Sequence[Path], *, calling: str = "MODALITY", cal
             metas.append(None)
     contexts = {(str(m.MediaStorageSOPClassUID), str(m.get("TransferSyntaxUID", "") or "1.2.840.10008.1.2"))
                 for m in metas if m is not None}
-    association = _associate(port, contexts, calling, called, ssl_context)
+    association = associate(port, contexts, calling, called, ssl_context)
     if not association.is_established:
         raise ConnectionError(f"no association with {called} on port {port}")
     statuses: list[int | None] = []
@@ -98,7 +99,7 @@ def send_raw(port: int, paths: Sequence[Path], *, calling: str = "MODALITY", cal
 
 def echo(port: int, *, calling: str = "MODALITY", called: str = "XIQA",
          ssl_context: ssl.SSLContext | None = None) -> bool:
-    association = _associate(port, {(Verification,)}, calling, called, ssl_context)
+    association = associate(port, {(Verification,)}, calling, called, ssl_context)
     if not association.is_established:
         return False
     status = association.send_c_echo()

@@ -29,7 +29,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
-from serve_helpers import echo, large_plates, send
+from serve_helpers import associate, echo, large_plates, send
 from waiting import wait_until
 from xiqa.service.listener import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, BulkReadSocket, study_uid_of
 from xiqa.service.metrics import NodeMetrics
@@ -459,10 +459,7 @@ def test_large_plates_from_four_associations_at_once_are_all_stored_whole(listen
 def _associate_for(port: int, path: Path) -> tuple[Association, int]:
     """An association offering ``path``'s SOP class in Explicit VR Little Endian, and its context ID."""
     header = dcmread(path, stop_before_pixels=True)
-    ae = AE(ae_title="MODALITY")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    ae.add_requested_context(header.SOPClassUID, ExplicitVRLittleEndian)
-    association = ae.associate("127.0.0.1", port, ae_title="XIQA")
+    association = associate(port, {(str(header.SOPClassUID), ExplicitVRLittleEndian)})
     assert association.is_established
     return association, association.accepted_contexts[0].context_id
 
