@@ -1,24 +1,27 @@
-"""How a segmentation bundle fares on real chest radiographs it never saw (issue "Real radiographs").
+"""How segmentation bundles fare on real chest radiographs, per source, on cross-source folds.
 
-    python benchmarks/real_radiographs.py --output /tmp/real [--before OLD_BUNDLE] [--model BUNDLE]
-           [--extra FOLDER]
+    python benchmarks/real_radiographs.py --corpus DIR --output OUT \\
+        --fold nih=BUNDLE_TRAINED_WITHOUT_NIH --fold hannover=BUNDLE_TRAINED_WITHOUT_HANNOVER \\
+        [--before OLD_BUNDLE] [--shipped BUNDLE] [--figures 2]
 
-Every figure comes from images outside training and validation (``data/real_cxr``, split by
-patient):
+DIR is the labelled corpus (``scripts/import_real_cxr.py --corpus``, labels in
+``data/real_labels``).  A figure is held out only when the bundle that made it was trained
+without the plate's source, so each source is measured with its own fold's bundle ("after").
+``--before`` (the previous shipped model) and ``--shipped`` (trained on every source, so not
+held out anywhere) are measured on the same plates in the same run, for comparison.
 
-1. held-out composites: the held-out clean backgrounds with synthetic objects inserted
-   (``training.composite``), scored at the network level: pooled Dice and recall, object-level
-   sensitivity and false objects per image (objects merged as scoring merges them);
-2. held-out clean plates through the whole graph (written as DX/CR DICOM, MONOCHROME1 and 2):
-   false objects per image (counted over the chest) and the share rated Good;
-3. held-out device plates through the whole graph: per marked device (``devices.json``) hit
-   (a predicted pixel on it) and counted (an object over the chest that touches it);
-4. fragment merging: the object-count error on validation composites for several radii;
-5. with ``--extra``, the input gate on other radiographs (a folder with ``manifest.json``,
-   ``images/*.png`` and a ``kind`` per image).
+Per source and bundle, every frontal plate goes through the graph's own functions (gate with the
+tags a modality sets, segmentation with the bundle's hysteresis, scoring over the chest region;
+Q_img does not depend on the saliency map, so it is left out here), and the run prints:
 
-Each model ``--before`` and ``--model`` is measured in the same run; report.png of two clean
-and two device plates are copied to ``--output/figures``.
+- the gate: frontal chests scored with tags (Body Part CHEST, View Position) and without tags;
+- image-level AUC of 1 - Q_img, plates with a labelled object over the chest vs clean plates;
+- plates with an object over the chest that get at least one counted object;
+- per category, labelled objects over the chest that a counted object touches (hit rate);
+- clean plates rated Good and counted (false) objects per clean plate.
+
+``--figures N`` runs N ICU and N clean plates per source through the whole graph (DICOM in,
+SEG/SC/SR/report.png out) with the fold's bundle and copies their report.png to OUT/figures.
 """
 
 from __future__ import annotations
@@ -28,17 +31,123 @@ import json
 import logging
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-REAL_CXR = ROOT / "data" / "real_cxr"
-HELD_OUT_SEED, VALIDATION_SEED = 3, 2
-MERGE_RADII = (0, 1, 2, 3, 4, 6)
 GRID = 256
 logger = logging.getLogger("real_radiographs")
+
+
+@dataclass(frozen=True)
+class PlateResult:
+    image_id: str
+    scored_with_tags: bool
+    scored_without_tags: bool
+    region_estimated: bool
+    gate_reason: str | None
+    q_img: float | None
+    verdict: str | None
+    counted_objects: int
+    labelled_over_chest: int
+    category_hits: tuple[tuple[str, bool], ...]  # per labelled object over the chest
+
+
+def tagged_dataset(projection: str):
+    from pydicom.dataset import Dataset
+
+    dataset = Dataset()
+    dataset.BodyPartExamined = "CHEST"
+    if projection in ("AP", "PA"):
+        dataset.ViewPosition = projection
+    return dataset
+
+
+def measure_plate(model, image, pixels: np.ndarray) -> PlateResult:
+    from xiqa.operators.gate import judge_frontal_chest
+    from xiqa.operators.preprocess import to_network_input
+    from xiqa.operators.scoring import ScoringConfig, score_mask
+    from xiqa.operators.segmentation import segment
+    from xiqa.training.real_objects import label_band
+
+    network_input = to_network_input(pixels)
+    tagged = judge_frontal_chest(tagged_dataset(image.projection), network_input[0])
+    untagged = judge_frontal_chest(None, network_input[0])
+    over_chest = image.objects_over_chest
+    if not tagged.frontal_chest:
+        return PlateResult(
+            image.id, False, untagged.frontal_chest, False, tagged.reason, None, None, 0, len(over_chest), ()
+        )
+    segmentation = segment(model, network_input)
+    config = ScoringConfig()
+    quality = score_mask(segmentation.mask, None, config, tagged.region.mask)
+    counted = quality.counted_mask
+    factor = GRID / max(pixels.shape)
+    grid_shape = (round(pixels.shape[0] * factor), round(pixels.shape[1] * factor))
+    hits = []
+    for obj in over_chest:
+        band = label_band(obj.scaled(factor), grid_shape)
+        band = cv2.resize(band.astype(np.uint8), (GRID, GRID), interpolation=cv2.INTER_NEAREST) > 0
+        # counted as scoring counts: one of the objects over the chest touches the label
+        hits.append((obj.category, bool((counted & band).any())))
+    return PlateResult(
+        image.id,
+        True,
+        untagged.frontal_chest,
+        bool(getattr(tagged.region, "estimated", False)),
+        None,
+        quality.q_img,
+        quality.verdict.value,
+        len(quality.objects),
+        len(over_chest),
+        tuple(hits),
+    )
+
+
+def auc(positives: list[float], negatives: list[float]) -> float | None:
+    """Mann-Whitney AUC (ties count half)."""
+    if not positives or not negatives:
+        return None
+    pos, neg = np.asarray(positives)[:, None], np.asarray(negatives)[None, :]
+    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
+
+
+def summarise(results: list[PlateResult], images: dict) -> dict:
+    scored = [r for r in results if r.scored_with_tags]
+    device_plates = [r for r in scored if r.labelled_over_chest]
+    clean = [r for r in scored if images[r.image_id].clean]
+    categories: dict[str, list[int]] = {}
+    for r in scored:
+        for category, hit in r.category_hits:
+            categories.setdefault(category, [0, 0])
+            categories[category][0] += hit
+            categories[category][1] += 1
+    return {
+        "frontal_plates": len(results),
+        "scored_with_tags": len(scored),
+        "scored_without_tags": sum(r.scored_without_tags for r in results),
+        "region_estimated": sum(r.region_estimated for r in scored),
+        "refused": [(r.image_id, r.gate_reason) for r in results if not r.scored_with_tags],
+        "auc": auc([1 - r.q_img for r in device_plates], [1 - r.q_img for r in clean]),
+        "device_plates": len(device_plates),
+        "device_plates_with_counted_object": sum(r.counted_objects > 0 for r in device_plates),
+        "clean_plates": len(clean),
+        "clean_good": sum(r.verdict == "Good" for r in clean),
+        "false_objects_per_clean_plate": float(np.mean([r.counted_objects for r in clean]))
+        if clean
+        else None,
+        "categories": {c: {"hit": h, "labelled": n} for c, (h, n) in sorted(categories.items())},
+    }
+
+
+def measure_bundle(bundle: Path, corpus: Path, images: list) -> list[PlateResult]:
+    from xiqa.operators.segmentation import load_segmentation_model
+    from xiqa.training.datasets import read_raster
+
+    model = load_segmentation_model(bundle, device="cpu")
+    return [measure_plate(model, image, read_raster(corpus / image.file)) for image in images]
 
 
 def dicom_from_png(png: Path, output: Path, index: int, projection: str, monochrome1: bool) -> Path:
@@ -59,243 +168,125 @@ def dicom_from_png(png: Path, output: Path, index: int, projection: str, monochr
         str(index),
     )
     dataset = build_instance(read_raster(png), variant, study, 1, 1 + index, uid_seed=("eval", png.name))
-    dataset.ViewPosition = projection
+    dataset.ViewPosition = projection if projection in ("AP", "PA") else "AP"
     path = output / f"{png.stem}.dcm"
     dataset.save_as(path, enforce_file_format=True)
     return path
 
 
-def run_graph_on(paths: list[Path], output: Path, bundle: Path):
+def report_figures(bundle: Path, corpus: Path, chosen: list, output: Path) -> list[str]:
+    """report.png of ``chosen`` plates through the whole graph, copied to ``output/figures``."""
     from xiqa.app import build_settings, run_graph
 
-    return run_graph(build_settings(paths, output, model=bundle))
-
-
-def _masks(model, probabilities: np.ndarray) -> np.ndarray:
-    """(N, 1, H, W) boolean masks as the graph's segmentation node makes them (with hysteresis)."""
-    from xiqa.operators.segmentation import hysteresis_masks
-
-    return hysteresis_masks(probabilities, model.threshold, model.seed_threshold, model.sure_area)
-
-
-def composite_figures(bundle: Path, backgrounds: list, seed: int, per_background: int) -> dict:
-    from xiqa.operators.segmentation import load_segmentation_model
-    from xiqa.training.composite import composite_samples
-    from xiqa.training.metrics import object_level_metrics, pooled_dice_recall
-    from xiqa.training.trainer import predict_probabilities
-
-    model = load_segmentation_model(bundle, device="cpu")
-    samples = composite_samples(backgrounds, seed, per_background)
-    probabilities, labels = predict_probabilities(model.networks[0], samples)
-    predicted = _masks(model, probabilities)
-    return {
-        "images": len(samples),
-        **pooled_dice_recall(predicted, labels),
-        **object_level_metrics(predicted, labels),
-    }
-
-
-def merge_sweep(bundle: Path, backgrounds: list, per_background: int) -> dict:
-    """Mean absolute error of the object count against the inserted objects, per merge radius."""
-    from xiqa.operators.scoring import find_objects
-    from xiqa.operators.segmentation import load_segmentation_model
-    from xiqa.training.composite import composite_samples
-    from xiqa.training.trainer import predict_probabilities
-
-    model = load_segmentation_model(bundle, device="cpu")
-    samples = composite_samples(backgrounds, VALIDATION_SEED, per_background)
-    probabilities, _ = predict_probabilities(model.networks[0], samples)
-    masks = _masks(model, probabilities)
-    errors = {}
-    for radius in MERGE_RADII:
-        errors[radius] = float(
-            np.mean(
-                [
-                    abs(len(find_objects(mask[0], radius)) - len(s["kinds"]))
-                    for mask, s in zip(masks, samples, strict=True)
-                ]
-            )
-        )
-    return errors
-
-
-def _polygon_mask(points: list, png_shape: tuple[int, int]) -> np.ndarray:
-    from xiqa.operators.preprocess import resize_mask
-
-    mask = np.zeros(png_shape, np.uint8)
-    cv2.fillPoly(mask, [np.array(points, np.int32)], 1)
-    grid = resize_mask(mask, GRID, GRID)
-    if not grid.any():  # a thin polygon: keep at least the pixels it touches
-        grid = cv2.resize(mask, (GRID, GRID), interpolation=cv2.INTER_NEAREST)
-    return grid > 0
-
-
-def device_rows(cases, entries: dict, annotations: dict) -> list[dict]:
-    from xiqa.operators.scoring import ScoringConfig, find_objects
-
-    min_inside = ScoringConfig().min_inside_fraction
-    rows = []
-    for case in cases:
-        image_id = case.path.stem
-        png_shape = cv2.imread(str(REAL_CXR / entries[image_id]["file"]), cv2.IMREAD_GRAYSCALE).shape
-        for device in annotations[image_id]:
-            region = _polygon_mask(device["polygon"], png_shape)
-            row = {
-                "image": image_id,
-                "device": device["device"],
-                "inside_chest": device["inside_chest"],
-                "marker": device.get("marker", False),
-                "gate": case.frontal_chest,
-            }
-            if case.frontal_chest and case.ok:
-                mask = case.segmentation.mask > 0
-                row["hit"] = bool((mask & region).any())
-                # counted as scoring counts: enough of the object over the chest region
-                chest = case.gate.region.mask
-                row["counted"] = any(
-                    (component & region).any() and chest[component].mean() >= min_inside
-                    for component, _ in find_objects(mask, case.quality.merge_radius)
-                )
-            rows.append(row)
-    return rows
-
-
-def clean_rows(cases) -> list[dict]:
-    rows = []
-    for case in cases:
-        row = {"image": case.path.stem, "gate": case.frontal_chest, "ok": case.ok}
-        if case.ok and case.frontal_chest:
-            row.update(
-                objects=len(case.quality.objects),
-                outside=len(case.quality.objects_outside),
-                raw=case.quality.raw_component_count,
-                q_img=round(case.quality.q_img, 3),
-                verdict=case.quality.verdict.value,
-            )
-        rows.append(row)
-    return rows
-
-
-def gate_rows(extra: Path) -> list[dict]:
-    from xiqa.operators.gate import judge_frontal_chest
-    from xiqa.operators.preprocess import resize_image
-    from xiqa.training.datasets import read_raster
-
-    rows = []
-    for entry in json.loads((extra / "manifest.json").read_text()):
-        pixels = read_raster(extra / "images" / Path(entry["file"]).name)
-        decision = judge_frontal_chest(None, np.clip(resize_image(pixels, GRID, GRID), 0, 1))
-        expected = entry["kind"].startswith("frontal_chest")
-        rows.append(
-            {
-                "image": Path(entry["file"]).stem[:60],
-                "kind": entry["kind"],
-                "passed": decision.frontal_chest,
-                "correct": decision.frontal_chest == expected,
-                "reason": decision.reason,
-            }
-        )
-    return rows
-
-
-def measure(
-    bundle: Path, label: str, output: Path, manifest: list[dict], annotations: dict, per_background: int
-) -> dict:
-    from xiqa.training.datasets import read_raster
-
-    entries = {entry["id"]: entry for entry in manifest}
-    held_out = [read_raster(REAL_CXR / e["file"]) for e in manifest if e["split"] == "held_out_clean"]
-    validation = [read_raster(REAL_CXR / e["file"]) for e in manifest if e["split"] == "validation"]
     dicoms = output / "dicom"
     dicoms.mkdir(parents=True, exist_ok=True)
-    clean_paths, device_paths = [], []
-    for index, entry in enumerate(manifest):
-        if entry["split"] in ("held_out_clean", "held_out_devices"):
-            path = dicom_from_png(
-                REAL_CXR / entry["file"], dicoms, index, entry["projection"], index % 2 == 0
-            )
-            (clean_paths if entry["split"] == "held_out_clean" else device_paths).append(path)
-    logger.info("%s: composites", label)
-    figures = {
-        "composites": composite_figures(bundle, held_out, HELD_OUT_SEED, per_background),
-        "merge_count_error": merge_sweep(bundle, validation, 24),
-    }
-    logger.info("%s: clean plates through the graph", label)
-    clean = clean_rows(run_graph_on(clean_paths, output / label / "clean", bundle))
-    scored = [row for row in clean if "objects" in row]
-    figures["clean"] = {
-        "images": len(clean),
-        "gate_passed": len(scored),
-        "false_objects_per_image": float(np.mean([r["objects"] for r in scored])) if scored else None,
-        "good_share": float(np.mean([r["verdict"] == "Good" for r in scored])) if scored else None,
-        # what the thesis' counting (raw components over the whole image) finds on the same masks
-        "raw_components_per_image": float(np.mean([r["raw"] for r in scored])) if scored else None,
-        "rows": clean,
-    }
-    logger.info("%s: device plates through the graph", label)
-    device_cases = run_graph_on(device_paths, output / label / "devices", bundle)
-    figures["devices"] = device_rows(
-        [c for c in device_cases if annotations.get(c.path.stem)], entries, annotations
-    )
-    figures["device_plates"] = clean_rows(device_cases)
-    return figures
-
-
-def _table(figures: dict, label: str) -> list[str]:
-    composites, clean = figures["composites"], figures["clean"]
-    devices = [row for row in figures["devices"] if not row["marker"]]
-    hits = sum(row.get("hit", False) for row in devices)
-    counted = sum(row.get("counted", False) for row in devices if row["inside_chest"])
-    inside = sum(row["inside_chest"] for row in devices)
-    return [
-        f"{label}: held-out composites ({composites['images']} images): Dice {composites['dice']:.3f} "
-        f"recall {composites['recall']:.3f} object sensitivity {composites['object_sensitivity']:.3f} "
-        f"false objects/image {composites['false_objects_per_image']:.2f}",
-        f"{label}: held-out clean plates: {clean['gate_passed']}/{clean['images']} passed the gate, "
-        f"false objects/image {clean['false_objects_per_image']:.2f} (raw components over the whole "
-        f"image {clean['raw_components_per_image']:.2f}), Good {clean['good_share']:.2f}",
-        f"{label}: devices: {hits}/{len(devices)} hit, {counted}/{inside} of those over the chest counted",
-        f"{label}: merge radius -> mean |count error| on validation composites: "
-        + ", ".join(f"{radius}: {error:.2f}" for radius, error in figures["merge_count_error"].items()),
+    paths = [
+        dicom_from_png(corpus / image.file, dicoms, index, image.projection, index % 2 == 0)
+        for index, image in enumerate(chosen)
     ]
+    run_graph(build_settings(paths, output / "graph", model=bundle))
+    figures = output / "figures"
+    figures.mkdir(exist_ok=True)
+    copied = []
+    for image, path in zip(chosen, paths, strict=True):
+        from pydicom import dcmread
+
+        uid = dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        report = output / "graph" / uid / "report.png"
+        if report.exists():
+            target = figures / f"{image.id}.png"
+            shutil.copy(report, target)
+            copied.append(str(target))
+    return copied
+
+
+def _line(label: str, figures: dict) -> str:
+    def share(part: int, whole: int) -> str:
+        return f"{part}/{whole} ({100 * part / whole:.0f} %)" if whole else "0/0"
+
+    auc_text = f"{figures['auc']:.3f}" if figures["auc"] is not None else "n/a"
+    false_text = (
+        f"{figures['false_objects_per_clean_plate']:.2f}"
+        if figures["false_objects_per_clean_plate"] is not None
+        else "n/a"
+    )
+    return (
+        f"  {label:<9} gate {share(figures['scored_with_tags'], figures['frontal_plates'])} "
+        f"(no tags {share(figures['scored_without_tags'], figures['frontal_plates'])}, "
+        f"region estimated {figures['region_estimated']}) | AUC {auc_text} | device plates counted "
+        f"{share(figures['device_plates_with_counted_object'], figures['device_plates'])} | clean Good "
+        f"{share(figures['clean_good'], figures['clean_plates'])}, false objects {false_text}/plate"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xiqa.operators.segmentation import DEFAULT_BUNDLE
+    from xiqa.training.corpus import load_corpus
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--corpus", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--model", type=Path, default=DEFAULT_BUNDLE, help="default: %(default)s")
     parser.add_argument(
-        "--before", type=Path, default=None, help="a bundle to compare with (e.g. the old one)"
+        "--fold",
+        action="append",
+        default=[],
+        metavar="SOURCE=BUNDLE",
+        help="the bundle trained without SOURCE (held-out figures for SOURCE)",
     )
-    parser.add_argument("--extra", type=Path, default=None, help="other radiographs for the gate")
-    parser.add_argument("--per-background", type=int, default=8, help="held-out composites per background")
+    parser.add_argument("--before", type=Path, default=None, help="the previous bundle, for comparison")
+    parser.add_argument("--shipped", type=Path, default=None, help="the bundle trained on every source")
+    parser.add_argument(
+        "--sources", default=None, help="comma-separated sources (default: all in the corpus)"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="at most this many plates per source")
+    parser.add_argument(
+        "--figures", type=int, default=0, help="ICU and clean plates per source for report.png"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logger.setLevel(logging.INFO)
-    manifest = json.loads((REAL_CXR / "manifest.json").read_text())["images"]
-    annotations = json.loads((REAL_CXR / "devices.json").read_text())["images"]
     args.output.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for label, bundle in (("before", args.before), ("after", args.model)):
-        if bundle is not None:
-            results[label] = measure(bundle, label, args.output, manifest, annotations, args.per_background)
-    if args.extra is not None:
-        results["gate"] = gate_rows(args.extra)
+    corpus = load_corpus(args.corpus)
+    by_id = {image.id: image for image in corpus}
+    folds = dict(item.split("=", 1) for item in args.fold)
+    sources = args.sources.split(",") if args.sources else sorted({i.source for i in corpus})
+    results: dict = {}
+    lines = []
+    for source in sources:
+        plates = [i for i in corpus if i.source == source and i.view == "frontal"][: args.limit]
+        bundles = {"before": args.before, "after": folds.get(source), "shipped": args.shipped}
+        results[source] = {}
+        with_objects = sum(bool(i.objects_over_chest) for i in plates)
+        lines.append(
+            f"{source}: {len(plates)} frontal plates, {with_objects} with objects over the chest "
+            f"({sum(i.icu for i in plates)} bedside/ICU), {sum(i.clean for i in plates)} clean"
+        )
+        for label, bundle in bundles.items():
+            if bundle is None:
+                continue
+            logger.info("%s: %s (%s)", source, label, bundle)
+            figures = summarise(measure_bundle(Path(bundle), args.corpus, plates), by_id)
+            figures["bundle"] = str(bundle)
+            results[source][label] = figures
+            lines.append(_line(label, figures))
+        for label in ("before", "after"):
+            if label in results[source]:
+                hits = results[source][label]["categories"]
+                lines.append(
+                    f"  {label} hit rate per category: "
+                    + ", ".join(f"{c} {v['hit']}/{v['labelled']}" for c, v in hits.items())
+                )
+        refused = results[source].get("after", results[source].get("before", {})).get("refused", [])
+        lines += [f"  refused: {image_id}: {reason}" for image_id, reason in refused]
+        if args.figures and folds.get(source):
+            chosen = [i for i in plates if i.icu and i.objects_over_chest][: args.figures]
+            chosen += [i for i in plates if i.clean][: args.figures]
+            results[source]["figures"] = report_figures(
+                Path(folds[source]), args.corpus, chosen, args.output / source
+            )
+            lines.append(f"  report.png: {', '.join(results[source]['figures'])}")
     (args.output / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    figures_folder = args.output / "figures"
-    figures_folder.mkdir(exist_ok=True)
-    for kind in ("clean", "devices"):
-        for report in sorted((args.output / "after" / kind).glob("*/report.png"))[:4]:
-            shutil.copy(report, figures_folder / f"{kind}_{report.parent.name[-12:]}.png")
-    lines = [line for label, figures in results.items() if label != "gate" for line in _table(figures, label)]
-    if "gate" in results:
-        rows = results["gate"]
-        lines.append(f"gate on --extra: {sum(r['correct'] for r in rows)}/{len(rows)} correct")
-        lines += [f"  {r['kind']:<28} passed={r['passed']!s:<5} {r['image']}: {r['reason']}" for r in rows]
     print("\n".join(lines))
     return 0
 

@@ -1,6 +1,8 @@
-"""Build data/real_cxr (backgrounds and evaluation radiographs) from the public sources it names.
+"""Build data/real_cxr (backgrounds and evaluation radiographs) from the public sources it names,
+or with ``--corpus`` the whole labelled corpus of every source (``xiqa.training.corpus``).
 
     python scripts/import_real_cxr.py --hannover MIRROR
+    python scripts/import_real_cxr.py --corpus DIR --hannover MIRROR --nih MIRROR
 
 MIRROR is a bare git directory of the public repository (any clone works): the
 files are read at the pinned commits below with ``git show``, resized so the
@@ -21,8 +23,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from xiqa.training.corpus import build_corpus, git_show, shrink
 
-MAX_SIDE = 512
 HANNOVER = {
     "repository": "https://github.com/ml-workgroup/covid-19-image-repository",
     "commit": "ad7ab099b425f16e06bba22322336b7d6a732965",
@@ -86,20 +88,6 @@ HANNOVER_DEVICES = ("20", "230", "233", "158", "24", "97", "125", "240")
 HELD_OUT_PATIENT_SHARE, VALIDATION_PATIENT_SHARE = 0.22, 0.12
 
 
-def git_show(mirror: Path, commit: str, path: str) -> bytes:
-    return subprocess.run(
-        ["git", "--git-dir", str(mirror), "show", f"{commit}:{path}"], check=True, capture_output=True
-    ).stdout
-
-
-def shrink(pixels: np.ndarray) -> np.ndarray:
-    scale = MAX_SIDE / max(pixels.shape)
-    if scale >= 1:
-        return pixels
-    size = (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale))
-    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-
-
 def patient_split(patient: str) -> str:
     """A stable split from a hash of the (pseudonymous) patient id of the source collection."""
     fraction = int(hashlib.sha256(patient.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -156,10 +144,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hannover", type=Path, required=True, help="git dir of ml-workgroup/covid-19-image-repository"
     )
+    parser.add_argument("--nih", type=Path, default=None, help="git dir of jrzech/reproduce-chexnet")
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="build the labelled corpus of every source given (data/real_labels) into DIR instead",
+    )
     parser.add_argument(
         "--output", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "real_cxr"
     )
     args = parser.parse_args(argv)
+    if args.corpus is not None:
+        mirrors = {key: path for key, path in (("nih", args.nih), ("hannover", args.hannover)) if path}
+        print(json.dumps(build_corpus(mirrors, args.corpus)))
+        return 0
     args.output.mkdir(parents=True, exist_ok=True)
     entries = import_hannover(args.hannover, args.output)
     manifest = {

@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from .corpus import MAX_SIDE as REAL_PLATE_SIDE
 from .datasets import read_raster
+from .real_objects import RealObject, paste_real_object
 
 SUPERSAMPLING = 4
 CANVAS = 512  # pixels of the square working canvas; about 0.8 mm per pixel on a 40 cm field
@@ -91,6 +93,9 @@ class CompositeConfig:
     washed_out_probability: float = 0.3
     calcification_probability: float = 0.3
     density_range: tuple[float, float] = (0.45, 1.0)  # opacity scale of the image's objects
+    # composites that also get real devices cut from labelled plates (when a library is given)
+    real_object_probability: float = 0.6
+    max_real_objects: int = 6
 
 
 # --------------------------------------------------------------------------- backgrounds
@@ -664,10 +669,12 @@ def make_composite(
     config: CompositeConfig = CompositeConfig(),
     kinds: list[str] | None = None,
     size: int = CANVAS,
+    real_objects: Sequence[RealObject] = (),
 ) -> Composite:
     """One composite radiograph from a real ``background`` (display domain, any size).
 
-    ``kinds`` fixes the inserted objects (random ones when None).
+    ``kinds`` fixes the inserted objects (random ones when None); ``real_objects`` is a library
+    of real devices (``real_objects``) of which some may be pasted too, kind ``real_<category>``.
     """
     if kinds is None:
         count = 0 if rng.random() < config.empty_fraction else int(rng.integers(1, config.max_objects + 1))
@@ -691,6 +698,13 @@ def make_composite(
         own = _insert_object(rng, image, kind, centre, blur_sigma, density)
         objects.append(InsertedObject(kind, int(own.sum())))
         mask |= own
+    if real_objects and rng.random() < config.real_object_probability:
+        for index in rng.integers(len(real_objects), size=int(rng.integers(1, config.max_real_objects + 1))):
+            real = real_objects[int(index)]
+            own = paste_real_object(rng, image, real, REAL_PLATE_SIDE, density)
+            if own.any():
+                objects.append(InsertedObject(f"real_{real.category}", int(own.sum())))
+                mask |= own
     if rng.random() < config.collimation_probability:
         mask &= _collimate(rng, image)  # metal under a shutter is not imaged
     image, bits = _acquire(rng, image, config)
@@ -705,12 +719,13 @@ def composite_sample(
     background: np.ndarray,
     config: CompositeConfig = CompositeConfig(),
     size: int = 256,
+    real_objects: Sequence[RealObject] = (),
 ) -> dict:
     """One {"image": (3, size, size), "label": (1, size, size), "kinds"} sample on the network grid,
     made with the app's own pre-processing."""
     from xiqa.operators.preprocess import PreprocessConfig, resize_mask, to_network_input
 
-    composite = make_composite(rng, background, config)
+    composite = make_composite(rng, background, config, real_objects=real_objects)
     return {
         "image": to_network_input(composite.image, PreprocessConfig(size=size)),
         "label": resize_mask(composite.mask, size, size)[None].astype(np.float32),
@@ -719,11 +734,17 @@ def composite_sample(
 
 
 def composite_samples(
-    backgrounds: list[np.ndarray], seed: int, per_background: int, config: CompositeConfig = CompositeConfig()
+    backgrounds: list[np.ndarray],
+    seed: int,
+    per_background: int,
+    config: CompositeConfig = CompositeConfig(),
+    real_objects: Sequence[RealObject] = (),
 ) -> list[dict]:
     """A fixed set (validation, held-out): ``per_background`` composites of each background."""
     return [
-        composite_sample(np.random.default_rng([seed, index, copy]), background, config)
+        composite_sample(
+            np.random.default_rng([seed, index, copy]), background, config, real_objects=real_objects
+        )
         for index, background in enumerate(backgrounds)
         for copy in range(per_background)
     ]
@@ -742,11 +763,13 @@ class CompositeStream:
         samples_per_epoch: int,
         phantom_share: float = 0.2,
         config: CompositeConfig = CompositeConfig(),
+        real_objects: Sequence[RealObject] = (),
     ) -> None:
         if not backgrounds:
             raise ValueError('Argument "backgrounds" must not be empty')
         self.backgrounds, self.samples_per_epoch = backgrounds, samples_per_epoch
         self.phantom_share, self.config = phantom_share, config
+        self.real_objects = real_objects
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -762,6 +785,9 @@ class CompositeStream:
             sample = render_phantom_sample(seed, index)
         else:
             sample = composite_sample(
-                rng, self.backgrounds[int(rng.integers(len(self.backgrounds)))], self.config
+                rng,
+                self.backgrounds[int(rng.integers(len(self.backgrounds)))],
+                self.config,
+                real_objects=self.real_objects,
             )
         return {"image": sample["image"], "label": sample["label"]}

@@ -31,8 +31,10 @@ from xiqa.operators.segmentation import (
 )
 
 from .composite import CompositeStream, backgrounds_for, composite_samples, load_manifest
-from .datasets import render_phantom_samples
+from .corpus import SOURCES, CorpusImage, load_corpus, training_sources_split
+from .datasets import read_raster, render_phantom_samples
 from .metrics import json_safe, object_level_metrics, pooled_dice_recall
+from .real_objects import RealObject, extract_real_objects
 from .trainer import (
     Calibration,
     TrainConfig,
@@ -61,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=REAL_CXR,
         help="folder with manifest.json and the real radiographs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        help="a labelled real-radiograph corpus (scripts/import_real_cxr.py --corpus): its clean frontal "
+        "plates of --train-sources are the backgrounds (split by patient into train/validation), their "
+        "labelled devices are pasted onto them, and the other sources' clean plates are held out",
+    )
+    parser.add_argument(
+        "--train-sources",
+        default="nih,hannover",
+        help="corpus sources that may give anything to training or calibration (default: %(default)s)",
     )
     parser.add_argument("--encoder", default="mobilenet_v2", help="default: %(default)s")
     parser.add_argument("--samples-per-epoch", type=int, default=800, help="default: %(default)s")
@@ -104,19 +119,65 @@ def calibrated_figures(network: torch.nn.Module, calibration: Calibration, sampl
     return pooled_dice_recall(masks, labels) | object_level_metrics(masks, labels)
 
 
+def corpus_backgrounds(args: argparse.Namespace) -> tuple[dict, dict[str, list[RealObject]]]:
+    """Backgrounds by split from a labelled corpus, and the real devices of its plates by split.
+
+    Only ``--train-sources`` give anything: clean plates of their training patients are
+    backgrounds, their validation patients' clean plates calibrate, and the devices labelled on
+    their training (validation) patients' plates are pasted onto training (validation)
+    composites, so calibration sees real devices too.  Held-out composites come from the clean
+    plates of the other sources.
+    """
+    images = load_corpus(args.corpus)
+    sources = set(args.train_sources.split(","))
+    train, validation = training_sources_split(images, sources)
+    held_out = [i for i in images if i.source not in sources and i.view == "frontal" and i.clean]
+
+    def pixels_of(chosen: list[CorpusImage]) -> list[tuple[str, object]]:
+        return [(image.id, read_raster(args.corpus / image.file)) for image in chosen]
+
+    def devices_of(chosen: list[CorpusImage]) -> list[RealObject]:
+        library = []
+        for image in chosen:
+            if image.objects:
+                library += extract_real_objects(image, read_raster(args.corpus / image.file))
+        return library
+
+    libraries = {"train": devices_of(train), "validation": devices_of(validation)}
+    logging.info(
+        "real devices to paste: %d from training plates, %d from validation plates",
+        len(libraries["train"]),
+        len(libraries["validation"]),
+    )
+    return {
+        "train": pixels_of([i for i in train if i.clean]),
+        "validation": pixels_of([i for i in validation if i.clean]),
+        "held_out_clean": pixels_of(held_out),
+    }, libraries
+
+
 def evaluation_sets(args: argparse.Namespace) -> dict:
     """Backgrounds by split and the fixed validation and held-out sets (composites and phantoms)."""
-    backgrounds = {
-        split: backgrounds_for(args.backgrounds, split) for split in ("train", "validation", "held_out_clean")
-    }
+    if args.corpus is not None:
+        backgrounds, libraries = corpus_backgrounds(args)
+    else:
+        libraries = {"train": [], "validation": []}
+        backgrounds = {
+            split: backgrounds_for(args.backgrounds, split)
+            for split in ("train", "validation", "held_out_clean")
+        }
     logging.info(
         "backgrounds: %d train, %d validation, %d held out",
         *(len(backgrounds[split]) for split in ("train", "validation", "held_out_clean")),
     )
     return {
         "backgrounds": backgrounds,
+        "real_objects": libraries["train"],
         "validation": composite_samples(
-            _pixels(backgrounds["validation"]), VALIDATION_SEED, args.validation_per_background
+            _pixels(backgrounds["validation"]),
+            VALIDATION_SEED,
+            args.validation_per_background,
+            real_objects=libraries["validation"],
         )
         + render_phantom_samples(PHANTOM_VALIDATION_SEED, 32),
         "held_out": composite_samples(
@@ -134,8 +195,12 @@ def calibration_metrics(network: torch.nn.Module, sets: dict) -> tuple[Calibrati
         calibration.seed_threshold,
         calibration.sure_area,
     )
-    return calibration, {
-        "held_out_composites": calibrated_figures(network, calibration, sets["held_out"]),
+    held_out = (
+        {"held_out_composites": calibrated_figures(network, calibration, sets["held_out"])}
+        if sets["held_out"]  # a model trained on every source has no held-out backgrounds
+        else {}
+    )
+    return calibration, held_out | {
         "held_out_composite_images": len(sets["held_out"]),
         "held_out_backgrounds": [name for name, _ in sets["backgrounds"]["held_out_clean"]],
         "held_out_phantoms": calibrated_figures(network, calibration, sets["held_out_phantoms"]),
@@ -160,7 +225,7 @@ def recalibrate(bundle: Path, sets: dict, command: str) -> None:
     xiqa["metrics"].update(json_safe(metrics))
     xiqa["training"]["calibrated_again"] = {"command": command, "date": time.strftime("%Y-%m-%d")}
     metadata_path.write_text(json.dumps(metadata, indent=2))
-    logging.info("held-out composites: %s", metrics["held_out_composites"])
+    logging.info("held-out composites: %s", metrics.get("held_out_composites"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         recalibrate(args.calibrate, sets, command)
         return 0
     backgrounds = sets["backgrounds"]
-    train = CompositeStream(_pixels(backgrounds["train"]), args.samples_per_epoch, args.phantom_share)
+    train = CompositeStream(
+        _pixels(backgrounds["train"]),
+        args.samples_per_epoch,
+        args.phantom_share,
+        real_objects=sets["real_objects"],
+    )
     spec = NetworkSpec(encoder=args.encoder)
     config = TrainConfig(
         spec=spec,
@@ -188,16 +258,24 @@ def main(argv: list[str] | None = None) -> int:
     network, history = train_network(train, sets["validation"], config)
     calibration, metrics = calibration_metrics(network, sets)
     metrics["validation_best"] = max(h["dice"] for h in history)
-    sources = sorted(
-        {
-            (entry["source"]["repository"], entry["source"]["commit"], entry["licence"])
-            for entry in load_manifest(args.backgrounds)
-        }
-    )
+    if args.corpus is not None:
+        sources = sorted(
+            (SOURCES[key].repository, SOURCES[key].commit, SOURCES[key].licence)
+            for key in args.train_sources.split(",")
+        )
+    else:
+        sources = sorted(
+            {
+                (entry["source"]["repository"], entry["source"]["commit"], entry["licence"])
+                for entry in load_manifest(args.backgrounds)
+            }
+        )
     training = {
         "command": command,
         "data": {
-            "backgrounds": str(Path(args.backgrounds).name),
+            "backgrounds": str(Path(args.corpus or args.backgrounds).name),
+            "train_sources": args.train_sources.split(",") if args.corpus is not None else None,
+            "real_objects_pasted": len(sets["real_objects"]),
             "sources": [{"repository": r, "commit": c, "licence": lic} for r, c, lic in sources],
             "train_backgrounds": [name for name, _ in backgrounds["train"]],
             "validation_backgrounds": [name for name, _ in backgrounds["validation"]],
@@ -226,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_threshold=calibration.seed_threshold,
         sure_area=calibration.sure_area,
     )
-    logging.info("held-out composites: %s", metrics["held_out_composites"])
+    logging.info("held-out composites: %s", metrics.get("held_out_composites"))
     return 0
 
 
