@@ -41,30 +41,6 @@ GRID = 256
 logger = logging.getLogger("real_radiographs")
 
 
-def dicom_from_png(png: Path, output: Path, index: int, projection: str, monochrome1: bool) -> Path:
-    """A DX (or CR) instance of a PNG radiograph, tagged as a frontal chest like a modality would."""
-    from xiqa.dicom_fixtures.instances import VARIANTS_BY_NAME, PatientStudy, build_instance, fixture_uid
-    from xiqa.training.datasets import read_raster
-
-    variant = VARIANTS_BY_NAME["cr_m1_12bit_explicit_window" if monochrome1 else "dx_m2_14bit_j2k_window"]
-    study = PatientStudy(
-        "EVAL^REAL",
-        f"EVAL{index:04d}",
-        "19700101",
-        "O",
-        fixture_uid("eval-study", png.name),
-        "20261201",
-        "120000",
-        f"ACC{index:04d}",
-        str(index),
-    )
-    dataset = build_instance(read_raster(png), variant, study, 1, 1 + index, uid_seed=("eval", png.name))
-    dataset.ViewPosition = projection
-    path = output / f"{png.stem}.dcm"
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
 def run_graph_on(paths: list[Path], output: Path, bundle: Path):
     from xiqa.app import build_settings, run_graph
 
@@ -201,6 +177,7 @@ def gate_rows(extra: Path) -> list[dict]:
 def measure(
     bundle: Path, label: str, output: Path, manifest: list[dict], annotations: dict, per_background: int
 ) -> dict:
+    from xiqa.dicom_fixtures.radiographs import dicom_from_png
     from xiqa.training.datasets import read_raster
 
     entries = {entry["id"]: entry for entry in manifest}
