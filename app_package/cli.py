@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comma-separated modalities to accept (default: %(default)s)")
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    demo = commands.add_parser("demo", help="write a bundled synthetic study and analyse it")
+    demo = commands.add_parser(
+        "demo", help="analyse the real plates shipped with xiqa and a synthetic study")
     demo.add_argument("--output", type=Path, default=Path("xiqa-demo"), metavar="DIR",
                       help="input/ and output/ go here (default: %(default)s)")
     demo.add_argument("--saliency", choices=SALIENCY_METHODS, default="gradcam",
@@ -173,20 +174,28 @@ DEMO_SEED, DEMO_COUNT = 2026, 4
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """The bundled default: a deterministic synthetic study through the whole graph."""
+    """The bundled default: real plates shipped with the package and a deterministic synthetic
+    study, through the whole graph."""
+    from xiqa.demo import read_demo_manifest, write_demo_plates
     from xiqa.dicom_fixtures.generate import write_fixture_set
 
+    plates = write_demo_plates(args.output / "input" / "real")
     write_fixture_set(args.output / "input", DEMO_COUNT, DEMO_SEED, (512, 1024))
-    # parsed like a typed command, so the demo gets exactly analyze's defaults
-    analyze = build_parser().parse_args(["analyze", str(args.output / "input" / "dicom"),
+    # parsed like a typed command, so the demo gets exactly analyze's defaults; the real plates
+    # first: they are what a new user should see
+    analyze = build_parser().parse_args(["analyze", *(str(plate.dicom_path) for plate in plates),
+                                         str(args.output / "input" / "dicom"),
                                          "--output", str(args.output / "output"),
                                          "--saliency", args.saliency])
-    status = run_analyze(analyze)
+    status = run_analyze(analyze, labels={plate.dicom_path: plate.label for plate in plates})
     print(f"outputs under {args.output / 'output'} (one folder per SOP Instance UID)")
+    print(f"real plates: {read_demo_manifest()['attribution']}")
     return status
 
 
-def run_analyze(args: argparse.Namespace) -> int:
+def run_analyze(args: argparse.Namespace, labels: dict[Path, str] | None = None) -> int:
+    """Analyse ``args.inputs``; an input in ``labels`` is printed by its label, with its report.png."""
+    labels = labels or {}
     from tqdm import tqdm
     from xiqa.app import build_settings, run_graph
     from xiqa.operators.loader import LoaderConfig, expand_inputs
@@ -206,18 +215,22 @@ def run_analyze(args: argparse.Namespace) -> int:
 
     def report(case) -> None:
         progress.update(1)
+        name = labels.get(case.path, case.path)
         outcomes["failed"] += not case.ok
         outcomes["not_chest"] += case.ok and not case.frontal_chest
         if case.rejected:
-            progress.write(f"rejected {case.path}: {case.error}", file=sys.stderr)
+            progress.write(f"rejected {name}: {case.error}", file=sys.stderr)
         elif not case.ok:
-            progress.write(f"failed {case.path}: {case.error}", file=sys.stderr)
+            progress.write(f"failed {name}: {case.error}", file=sys.stderr)
         elif not case.frontal_chest:
-            progress.write(f"not scored {case.path}: {case.gate.reason}", file=sys.stderr)
+            progress.write(f"not scored {name}: {case.gate.reason}", file=sys.stderr)
         else:
             quality = case.quality
-            progress.write(f"{case.path}: Q_img {quality.q_img:.3f} Q_filtered {quality.q_filtered:.3f} "
-                           f"verdict {quality.verdict.value} objects {len(quality.objects)}", file=sys.stdout)
+            # a labelled input is not named by its path, so say where its picture is
+            picture = f", {case.outputs['report_png']}" if case.path in labels else ""
+            progress.write(f"{name}: Q_img {quality.q_img:.3f} Q_filtered {quality.q_filtered:.3f} "
+                           f"verdict {quality.verdict.value} objects {len(quality.objects)}{picture}",
+                           file=sys.stdout)
 
     started = time.perf_counter()
     args.output.mkdir(parents=True, exist_ok=True)

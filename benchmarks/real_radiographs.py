@@ -150,38 +150,18 @@ def measure_bundle(bundle: Path, corpus: Path, images: list) -> list[PlateResult
     return [measure_plate(model, image, read_raster(corpus / image.file)) for image in images]
 
 
-def dicom_from_png(png: Path, output: Path, index: int, projection: str, monochrome1: bool) -> Path:
-    """A DX (or CR) instance of a PNG radiograph, tagged as a frontal chest like a modality would."""
-    from xiqa.dicom_fixtures.instances import VARIANTS_BY_NAME, PatientStudy, build_instance, fixture_uid
-    from xiqa.training.datasets import read_raster
-
-    variant = VARIANTS_BY_NAME["cr_m1_12bit_explicit_window" if monochrome1 else "dx_m2_14bit_j2k_window"]
-    study = PatientStudy(
-        "EVAL^REAL",
-        f"EVAL{index:04d}",
-        "19700101",
-        "O",
-        fixture_uid("eval-study", png.name),
-        "20261201",
-        "120000",
-        f"ACC{index:04d}",
-        str(index),
-    )
-    dataset = build_instance(read_raster(png), variant, study, 1, 1 + index, uid_seed=("eval", png.name))
-    dataset.ViewPosition = projection if projection in ("AP", "PA") else "AP"
-    path = output / f"{png.stem}.dcm"
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
 def report_figures(bundle: Path, corpus: Path, chosen: list, output: Path) -> list[str]:
     """report.png of ``chosen`` plates through the whole graph, copied to ``output/figures``."""
     from xiqa.app import build_settings, run_graph
+    from xiqa.dicom_fixtures.radiographs import dicom_from_png
 
     dicoms = output / "dicom"
     dicoms.mkdir(parents=True, exist_ok=True)
     paths = [
-        dicom_from_png(corpus / image.file, dicoms, index, image.projection, index % 2 == 0)
+        dicom_from_png(
+            corpus / image.file, dicoms, index, image.projection if image.projection != "unknown" else "AP",
+            index % 2 == 0,
+        )
         for index, image in enumerate(chosen)
     ]
     run_graph(build_settings(paths, output / "graph", model=bundle))

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import cv2
@@ -34,7 +35,8 @@ from .case import Case, CaseOperator
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "app_package" / "bundles" / "xiqa_cxr_seg"
+# package data of xiqa: app_package/bundles in a checkout, xiqa/bundles in an installed wheel
+DEFAULT_BUNDLE = Path(str(files("xiqa") / "bundles" / "xiqa_cxr_seg"))
 
 
 @dataclass(frozen=True)

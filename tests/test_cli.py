@@ -1,4 +1,4 @@
-"""`xiqa analyze` contract: outputs per source, rejection lines, exit codes, no patient identity."""
+"""`xiqa analyze` and `xiqa demo`: outputs per source, rejection lines, exit codes, no patient identity."""
 
 from __future__ import annotations
 
@@ -121,3 +121,49 @@ def test_images_that_are_not_frontal_chests_are_not_scored_and_exit_3(tmp_path, 
         assert "Q_img" not in rendered
     (scored,) = [report for report in reports.values() if report["frontal_chest"]]
     assert scored["verdict"] in {"Good", "Acceptable", "Poor"} and scored["gate"]["chest_region"]["found"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """``xiqa demo`` as README command 1 runs it: the shipped model, the shipped real plates."""
+    folder = tmp_path_factory.mktemp("demo")
+    return folder, _run("demo", "--output", str(folder))
+
+
+@pytest.mark.slow  # the whole graph with the shipped model over 7 plates: ~45 s on 2 cores
+def test_demo_prints_each_real_plate_by_its_label_and_the_attribution(demo_run):
+    from xiqa.demo import read_demo_manifest
+
+    folder, result = demo_run
+    assert result.returncode == EXIT_OK, result.stderr
+    manifest = read_demo_manifest()
+    lines = result.stdout.splitlines()
+    for plate in manifest["plates"]:
+        label = f"{plate['label']} ({plate['credit']})"
+        (line,) = [line for line in lines if line.startswith(f"{label}: ")]
+        assert " Q_img " in line and " verdict " in line and line.endswith("report.png"), line
+    assert len([line for line in lines if " Q_img " in line]) == len(manifest["plates"]) + 4  # 4 phantoms
+    assert "CC BY 3.0" in manifest["attribution"] and f"real plates: {manifest['attribution']}" in lines
+
+
+@pytest.mark.slow  # the whole graph with the shipped model over 7 plates: ~45 s on 2 cores
+def test_demo_writes_real_plates_as_tagged_dicom_of_a_synthetic_patient_and_outputs_per_plate(demo_run):
+    from pydicom import dcmread
+    from xiqa.demo import read_demo_manifest
+
+    folder, _ = demo_run
+    plates = {plate["file"].removesuffix(".png"): plate for plate in read_demo_manifest()["plates"]}
+    written = sorted((folder / "input" / "real").glob("*.dcm"))
+    assert {path.stem for path in written} == set(plates)
+    for path in written:
+        dataset = dcmread(path)
+        plate = plates[path.stem]
+        assert (dataset.Modality, dataset.BodyPartExamined) == (plate["modality"], "CHEST")
+        assert dataset.ViewPosition == plate["projection"]
+        assert str(dataset.PatientName).startswith("DEMO^") and dataset.PatientID.startswith("DEMO")
+        report = json.loads((folder / "output" / dataset.SOPInstanceUID / "report.json").read_text())
+        assert report["source_sop_instance_uid"] == dataset.SOPInstanceUID
+        assert report["frontal_chest"], report.get("not_scored_reason")
+        assert report["verdict"] in {"Good", "Acceptable", "Poor"}
+        for kind in ("seg", "sc", "sr"):
+            assert (folder / "output" / dataset.SOPInstanceUID / report["outputs"][kind]).is_file(), kind

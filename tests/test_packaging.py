@@ -122,3 +122,57 @@ def test_map_entry_point_processes_a_folder_of_studies_from_holoscan_variables(t
     assert f"rejected {tmp_path / 'input' / 'study_000' / 'torn.dcm'}: " in result.stderr
     good = len(list(fixture_dir.glob("dicom/*/*.dcm")))
     assert len(list((tmp_path / "output").glob("*/report.json"))) == good
+
+
+PERMISSIVE_LICENCES = {"CC0-1.0", "PDDL-1.0", "CC-BY-3.0", "CC-BY-4.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0"}
+
+
+def test_demo_plates_are_small_permissive_and_the_files_their_provenance_names():
+    """Each shipped demo plate is byte for byte the data/real_cxr plate whose record (source path,
+    commit, licence, attribution) the demo manifest repeats."""
+    demo = json.loads((ROOT / "app_package" / "demo_plates" / "manifest.json").read_text())
+    real_cxr = {entry["file"]: entry for entry in
+                json.loads((ROOT / "data" / "real_cxr" / "manifest.json").read_text())["images"]}
+    assert {plate["projection"] for plate in demo["plates"]} == {"PA", "AP"}
+    for plate in demo["plates"]:
+        png = ROOT / "app_package" / "demo_plates" / plate["file"]
+        assert png.stat().st_size <= 300_000
+        assert png.read_bytes() == (ROOT / "data" / "real_cxr" / plate["file"]).read_bytes()
+        original = real_cxr[plate["file"]]
+        assert original["split"].startswith("held_out")  # the model never saw it
+        for key in ("source", "licence", "attribution", "modality", "projection"):
+            assert plate[key] == original[key], key
+        assert plate["licence"] in PERMISSIVE_LICENCES and plate["licence_url"].startswith("https://")
+        assert plate["attribution"] in demo["attribution"] and plate["changes"]
+
+
+def test_an_installed_wheel_carries_the_demo_plates_and_the_default_model(tmp_path):
+    """Not editable: the package data must be found where pip puts the package, not in a checkout."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "--wheel-dir", str(tmp_path), str(ROOT)], check=True, timeout=600,
+                   cwd=tmp_path, capture_output=True)
+    (wheel,) = tmp_path.glob("xiqa-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    demo = json.loads((ROOT / "app_package" / "demo_plates" / "manifest.json").read_text())
+    assert "xiqa/demo.py" in names and "xiqa/demo_plates/manifest.json" in names
+    assert {f"xiqa/demo_plates/{plate['file']}" for plate in demo["plates"]} <= names
+    assert "xiqa/dicom_fixtures/radiographs.py" in names
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+                    str(wheel)], check=True, timeout=600, capture_output=True)
+    probe = ("import sys, xiqa\n"
+             "from pathlib import Path\n"
+             "from xiqa.demo import write_demo_plates\n"
+             "from xiqa.operators.segmentation import DEFAULT_BUNDLE\n"
+             "assert Path(xiqa.__file__).is_relative_to(sys.argv[1]), xiqa.__file__\n"
+             "assert (DEFAULT_BUNDLE / 'models' / 'model.pt').is_file(), DEFAULT_BUNDLE\n"
+             "print(len(write_demo_plates(Path(sys.argv[2]))))\n")
+    # the site folder first on the path, ahead of the editable checkout this venv also has
+    result = subprocess.run([sys.executable, "-c", probe, str(site), str(tmp_path / "plates")],
+                            env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True,
+                            timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(len(demo["plates"]))]
+    assert len(list((tmp_path / "plates").glob("*.dcm"))) == len(demo["plates"])
