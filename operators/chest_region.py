@@ -180,8 +180,10 @@ def estimate_chest_region(image: np.ndarray, found: ChestRegion,
                           config: ChestRegionConfig = ChestRegionConfig()) -> ChestRegion:
     """A stand-in chest region for a frontal chest whose lung fields ``found`` could not show.
 
-    The convex hull of the body outline's largest part, shrunk by the margin (the outline runs
-    along the skin; objects at the skin line, markers and text outside it still do not count).  A
+    The convex hull of the body outline's largest part and of its mirror image about the plate's
+    centre line, shrunk by the margin (the outline runs along the skin; objects at the skin line,
+    markers and text outside it still do not count).  The mirror image keeps a white-out
+    hemithorax inside, which can be as flat and bright as a collimator shutter.  A
     plate where the body fills the frame or cannot be told from the background gets a central
     template instead, which leaves out the border strip where markers and text sit.
     """
@@ -192,7 +194,8 @@ def estimate_chest_region(image: np.ndarray, found: ChestRegion,
     region = np.zeros((height, width), np.uint8)
     if count > 1:
         largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        hull = cv2.convexHull(cv2.findNonZero((labels == largest).astype(np.uint8)))
+        part = labels == largest
+        hull = cv2.convexHull(cv2.findNonZero((part | _mirrored(part, width / 2)).astype(np.uint8)))
         cv2.fillConvexPoly(region, hull, 1)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
         region = cv2.erode(region, kernel)
