@@ -95,11 +95,11 @@ def synthetic_images() -> dict[str, np.ndarray]:
         "checkerboard": ((np.floor(xx * 16) + np.floor(yy * 16)) % 2) * 1.0,
         "smpte-like steps": np.floor(xx * 11) / 10,
     }
-    for name, background in (("dark screenshot", 0.12), ("light screenshot", 0.94)):
-        screen = np.full((768, 1024), background, np.float32)
-        ink = 1.0 - background
-        cv2.rectangle(screen, (0, 0), (1023, 40), 0.5, -1)  # a title bar
-        cv2.rectangle(screen, (0, 40), (180, 767), 0.3 if background < 0.5 else 0.8, -1)  # a side panel
+    for name, background in (("dark screenshot", 30), ("light screenshot", 240)):
+        screen = np.full((768, 1024), background, np.uint8)  # OpenCV draws text on 8-bit images only
+        ink = 255 - background
+        cv2.rectangle(screen, (0, 0), (1023, 40), 128, -1)  # a title bar
+        cv2.rectangle(screen, (0, 40), (180, 767), 80 if background < 128 else 200, -1)  # a side panel
         for row in range(80, 740, 26):
             cv2.putText(
                 screen,
@@ -111,6 +111,7 @@ def synthetic_images() -> dict[str, np.ndarray]:
                 1,
                 cv2.LINE_AA,
             )
+        screen = screen / 255
         images[name] = screen
     return {name: np.clip(image, 0, 1).astype(np.float32) for name, image in images.items()}
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .chest_region import ChestRegionConfig, body_outline
+from .chest_region import ChestRegionConfig, _normalised, body_outline
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,7 @@ class ImageEvidenceConfig:
 
 def not_a_radiograph(image: np.ndarray, config: ImageEvidenceConfig = ImageEvidenceConfig()) -> str | None:
     """Why ``image`` (analysis grid, [0, 1]) is no exposure of a body, or None."""
-    height, width = image.shape
-    central = image[height // 6 : height - height // 6, width // 6 : width - width // 6]
+    _, central = _normalised(image, ChestRegionConfig())  # spread by the central percentiles
     if float(central.std()) < config.min_contrast:
         return "no anatomy: the image is nearly uniform"
     levels = np.bincount(np.round(image * 255).astype(np.uint8).ravel(), minlength=256)

@@ -190,16 +190,16 @@ def test_test_patterns_with_forged_chest_tags_are_refused(chest_cr, pattern):
 
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[0:512, 0:640] / 640
-    screenshot = np.full((512, 640), 0.94, np.float32)
+    screenshot = np.full((512, 640), 240, np.uint8)  # OpenCV draws text on 8-bit images only
     for row in range(40, 500, 24):
         cv2.putText(screenshot, "Patient 12345  CHEST PA  accepted", (20, row), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
-                    0.05, 1, cv2.LINE_AA)
+                    12, 1, cv2.LINE_AA)
     image = {
         "uniform": np.full((512, 640), 0.3),
         "bars": (np.floor(xx * 8) % 2) * 0.8 + 0.1,
         "noise": rng.uniform(0, 1, (512, 640)),
         "ramp": xx,
-        "screenshot": screenshot,
+        "screenshot": screenshot / 255,
     }[pattern].astype(np.float32)
     dataset = copy.deepcopy(chest_cr.dataset)
     decision = judge_frontal_chest(dataset, _grid(image), source_shape=image.shape)
