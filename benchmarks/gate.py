@@ -14,9 +14,12 @@ phantoms.  Every image is judged
   forged chest tags (CHEST, PA) and with no tags;
 
 by main's gate (``git show REF:operators/{gate,chest_region}.py``, loaded beside this checkout's)
-and by this checkout's.  Printed: scored/refused per source and scenario, the refused frontal
-chests with their reasons (and their by-eye features where ``--labels`` has them), and the
-non-chest results.  By-eye labels whose view is not frontal move a plate to the others.
+and by this checkout's.  Files the loader rejects (CT, MR, ultrasound: not a radiograph class) count
+as refused, with the loader's reason; the tags of such a file cannot change that.
+
+Printed: scored/refused per source and scenario, the refused frontal chests with their reasons
+(and their by-eye features where ``--labels`` has them), and the non-chest results.  By-eye labels
+whose view is not frontal move a plate to the others.
 """
 
 from __future__ import annotations
@@ -184,8 +187,25 @@ def main() -> None:
                 grid, shape, dataset = grid_of(path)
             else:
                 grid, shape, dataset = to_network_input(image)[0], image.shape, None
-        except Exception as error:  # noqa: BLE001 - an unreadable test file is listed, not fatal
-            print(f"skipped {source}/{name}: {error}", file=sys.stderr)
+        except Exception as error:  # noqa: BLE001 - the loader's refusal is the product's answer
+            reason = f"rejected by the loader: {str(error).split(': ', 1)[-1]}"
+            for scenario in ("chest tags", "no tags") + (("own body-part tag",) if group == "other" else ()):
+                results.append(
+                    {
+                        "group": group,
+                        "source": source,
+                        "name": name,
+                        "scenario": scenario,
+                        "before_scored": False,
+                        "before_reason": reason,
+                        "after_scored": False,
+                        "after_reason": reason,
+                        "estimated": False,
+                        "features": [],
+                        "projection": None,
+                        "icu": None,
+                    }
+                )
             continue
         own = str(dataset.get("BodyPartExamined", "") or "") if dataset is not None else ""
         scenarios = {"chest tags": tagged("CHEST", "PA"), "no tags": None}
@@ -256,7 +276,7 @@ def report(results: list[dict]) -> None:
             if goal == "refused":
                 was, now = len(rows) - was, len(rows) - now
             print(
-                f"real {group} radiographs {goal}, {scenario}: before {was}/{len(rows)} "
+                f"real {group} images {goal}, {scenario}: before {was}/{len(rows)} "
                 f"({was / len(rows):.1%}), after {now}/{len(rows)} ({now / len(rows):.1%})"
             )
     features = collections.defaultdict(lambda: [0, 0])
