@@ -16,11 +16,16 @@ collimation and the image border never count.
    edges and the costophrenic angles.  The mirror images stand in for lung that is not dark: a
    consolidated, nodular or effused part of one lung (or one hidden under a device) would
    otherwise fall outside a skewed hull, and objects over it would not count.
+
+Where the lung fields cannot be found on a plate that is a frontal chest (an ICU plate, a white-out
+hemithorax, black borders), :func:`estimate_chest_region` stands in: the body outline (what is
+neither outside air nor a collimator shutter) shrunk by the margin, or a central template where no
+outline can be told from the background.  Such a region says that it is estimated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -61,6 +66,12 @@ class ChestRegion:
     mediastinum_gap: float  # fraction of the width between the lung fields (0 when not two)
     mediastinum_contrast: float  # normalised brightness of the gap above the lungs
     problem: str | None  # why this is not two lung fields, or None
+    # where the lungs were not found and the region stands in for them: "body outline" or "template"
+    estimated_from: str | None = None
+
+    @property
+    def estimated(self) -> bool:
+        return self.estimated_from is not None
 
     @property
     def found(self) -> bool:
@@ -74,6 +85,8 @@ class ChestRegion:
         return {
             "found": self.found,
             "problem": self.problem,
+            "estimated": self.estimated,
+            "estimated_from": self.estimated_from,
             "area_fraction": round(self.area_fraction, 4),
             "mediastinum_gap": round(self.mediastinum_gap, 4),
             "mediastinum_contrast": round(self.mediastinum_contrast, 4),
@@ -136,13 +149,62 @@ def _outside_air(normalised: np.ndarray, threshold: float) -> np.ndarray:
     very_dark = (normalised < threshold * 0.55).astype(np.uint8)
     opened = cv2.morphologyEx(very_dark, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
                                                                                     (AIR_SEAM, AIR_SEAM)))
-    frame = np.zeros_like(very_dark)
-    frame[[0, -1], :] = 1
-    frame[:, [0, -1]] = 1
-    count, labels = cv2.connectedComponents(opened, connectivity=8)
-    touching = np.unique(labels[(frame > 0) & (opened > 0)])
-    air = np.isin(labels, touching[touching > 0])
+    air = _reached_from_frame(opened)
     return cv2.dilate(air.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+
+
+def _shutters(image: np.ndarray) -> np.ndarray:
+    """Collimator shutters: flat, nearly white areas reached from the image frame (un-exposed plate)."""
+    blurred = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 3)
+    texture = np.sqrt(np.maximum(cv2.GaussianBlur(image.astype(np.float32) ** 2, (0, 0), 3) - blurred**2, 0))
+    flat_bright = ((blurred > 0.85) & (texture < 0.02)).astype(np.uint8)
+    return _reached_from_frame(flat_bright)
+
+
+def _reached_from_frame(mask: np.ndarray) -> np.ndarray:
+    frame = np.zeros(mask.shape, bool)
+    frame[[0, -1], :] = True
+    frame[:, [0, -1]] = True
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    touching = np.unique(labels[frame & (mask > 0)])
+    return np.isin(labels, touching[touching > 0])
+
+
+def body_outline(image: np.ndarray, config: ChestRegionConfig = ChestRegionConfig()) -> np.ndarray:
+    """The imaged body on the analysis grid: neither the air around it nor a collimator shutter."""
+    normalised, central = _normalised(image, config)
+    return ~_outside_air(normalised, _otsu(central)) & ~_shutters(image)
+
+
+def estimate_chest_region(image: np.ndarray, found: ChestRegion,
+                          config: ChestRegionConfig = ChestRegionConfig()) -> ChestRegion:
+    """A stand-in chest region for a frontal chest whose lung fields ``found`` could not show.
+
+    The convex hull of the body outline's largest part and of its mirror image about the plate's
+    centre line, shrunk by the margin (the outline runs along the skin; objects at the skin line,
+    markers and text outside it still do not count).  The mirror image keeps a white-out
+    hemithorax inside, which can be as flat and bright as a collimator shutter.  A
+    plate where the body fills the frame or cannot be told from the background gets a central
+    template instead, which leaves out the border strip where markers and text sit.
+    """
+    height, width = image.shape
+    margin = max(1, int(round(config.margin_fraction * max(height, width))))
+    body = body_outline(image, config).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(body, connectivity=8)
+    region = np.zeros((height, width), np.uint8)
+    if count > 1:
+        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        part = labels == largest
+        hull = cv2.convexHull(cv2.findNonZero((part | _mirrored(part, width / 2)).astype(np.uint8)))
+        cv2.fillConvexPoly(region, hull, 1)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
+        region = cv2.erode(region, kernel)
+    # a hull over (nearly) the whole frame says nothing about where the body is
+    if not 0.2 <= region.mean() <= 0.9:
+        region[:] = 0
+        region[margin : height - margin, 2 * margin : width - 2 * margin] = 1
+        return replace(found, mask=region > 0, estimated_from="template")
+    return replace(found, mask=region > 0, estimated_from="body outline")
 
 
 def _candidates(dark: np.ndarray, config: ChestRegionConfig) -> list[np.ndarray]:

@@ -37,6 +37,8 @@ XQ-0032     Deterministic template                     the summary came from the
 XQ-0040     Input gate decision                        CODE, value XQ-0041 (image-level group)
 XQ-0041     Not a frontal chest radiograph             the gate stopped the image: no Q_img, no verdict
 XQ-0042     Reason not scored                          TEXT, the gate's reason (with XQ-0041)
+XQ-0043     Chest region estimated                     scored, lung fields not found (image-level group)
+XQ-0044     Why the chest region was estimated         TEXT, the lung finder's problem (with XQ-0043)
 ==========  =========================================  ==========================
 
 Mean saliency per object is standard: (130404, DCM, "Saliency") with the TID 300
@@ -97,13 +99,15 @@ SUMMARY_FROM_TEMPLATE = _private("XQ-0032", "Deterministic template")
 INPUT_GATE = _private("XQ-0040", "Input gate decision")
 NOT_FRONTAL_CHEST = _private("XQ-0041", "Not a frontal chest radiograph")
 NOT_SCORED_REASON = _private("XQ-0042", "Reason not scored")
+CHEST_REGION_ESTIMATED = _private("XQ-0043", "Chest region estimated")
+CHEST_REGION_ESTIMATION_REASON = _private("XQ-0044", "Why the chest region was estimated")
 
 PRIVATE_CODES: tuple[Code, ...] = (
     Q_IMG, Q_FILTERED, VERDICT, VERDICT_FILTERED, OBJECT_COUNT,
     VERDICT_GOOD, VERDICT_ACCEPTABLE, VERDICT_POOR,
     AREA_FRACTION, LOCATION_WEIGHT, SIZE_PENALTY, SEVERITY, TOTAL_AREA_FRACTION,
     SUMMARY_SOURCE, SUMMARY_FROM_LLM, SUMMARY_FROM_TEMPLATE, INPUT_GATE, NOT_FRONTAL_CHEST,
-    NOT_SCORED_REASON,
+    NOT_SCORED_REASON, CHEST_REGION_ESTIMATED, CHEST_REGION_ESTIMATION_REASON,
 )
 
 VERDICT_CODES: dict[Verdict, Code] = {

@@ -5,9 +5,15 @@ Two kinds of evidence, both recorded:
 - tags, where present: Body Part Examined, View Position and Image Laterality.  A tag
   that names another body part or a lateral view is the site's own statement and is
   followed;
-- the image itself (``chest_region``): a frontal chest shows two lung fields side by side
-  with a brighter mediastinum between them.  The image check always runs, so missing or
-  wrong tags (a lateral sent as "PA", an abdomen with no Body Part) are caught.
+- the image itself: a frontal chest shows two lung fields side by side with a brighter
+  mediastinum between them (``chest_region``).  That finder fails on many real frontal chests
+  (ICU supine plates, a white-out hemithorax, black borders), so its failure alone does not
+  overrule tags that say "chest, PA/AP": only strong evidence of something else does
+  (``image_evidence``: no radiograph at all, a limb).  With no such tags the image decides:
+  strong evidence refuses, and so does a plate where not even one lung field was found.
+
+A frontal chest whose lung fields were not found is scored with an estimated chest region
+(``estimate_chest_region``), and report.json, the SR and report.png say so.
 
 A case that fails the gate is not an error: it carries ``case.gate`` with the reason, the
 later analysis nodes pass it by, and report.json and the SR say "not a frontal chest
@@ -22,7 +28,8 @@ from dataclasses import dataclass
 from monai.deploy.core import Fragment
 
 from .case import Case, CaseOperator
-from .chest_region import ChestRegion, ChestRegionConfig, find_chest_region
+from .chest_region import ChestRegion, ChestRegionConfig, estimate_chest_region, find_chest_region
+from .image_evidence import ImageEvidenceConfig, strong_evidence_against_chest
 
 NOT_FRONTAL_CHEST = "not a frontal chest radiograph"
 
@@ -36,6 +43,7 @@ class GateConfig:
     use_tags: bool = True
     use_image: bool = True
     region: ChestRegionConfig = ChestRegionConfig()
+    evidence: ImageEvidenceConfig = ImageEvidenceConfig()
 
 
 @dataclass(frozen=True)
@@ -85,13 +93,40 @@ def tag_problem(tags: dict[str, str]) -> str | None:
     return None
 
 
-def judge_frontal_chest(dataset, image, config: GateConfig = GateConfig()) -> GateDecision:
-    """Whether ``image`` (2-D analysis grid, display domain) of ``dataset`` is a frontal chest."""
+def tags_say_frontal_chest(tags: dict[str, str]) -> bool:
+    """Body Part Examined names the chest and View Position is PA or AP: the site's own statement."""
+    return tags.get("BodyPartExamined") in CHEST_BODY_PARTS and tags.get("ViewPosition") in FRONTAL_VIEWS
+
+
+def image_problem(image, region: ChestRegion, trusted_tags: bool, aspect: float,
+                  config: GateConfig) -> str | None:
+    """Why the image check refuses a plate whose lung fields ``region`` could not show, or None."""
+    against = strong_evidence_against_chest(image, aspect, config.evidence, config.region)
+    if against is not None:
+        return against
+    if not trusted_tags and not region.lungs:
+        return f"{region.problem} and no tags say chest PA/AP"
+    return None
+
+
+def judge_frontal_chest(dataset, image, config: GateConfig = GateConfig(),
+                        source_shape: tuple[int, int] | None = None) -> GateDecision:
+    """Whether ``image`` (2-D analysis grid, display domain) of ``dataset`` is a frontal chest.
+
+    ``source_shape`` (rows, columns) of the source image tells a limb's real proportions; the
+    analysis grid is square.
+    """
     tags = read_gate_tags(dataset) if dataset is not None else {}
     region = find_chest_region(image, config.region)
     reason = tag_problem(tags) if config.use_tags else None
     if reason is None and config.use_image and not region.found:
-        reason = f"image check: {region.problem}"
+        aspect = source_shape[1] / source_shape[0] if source_shape else 1.0
+        trusted = config.use_tags and tags_say_frontal_chest(tags)
+        problem = image_problem(image, region, trusted, aspect, config)
+        if problem is None:
+            region = estimate_chest_region(image, region, config.region)
+        else:
+            reason = f"image check: {problem}"
     return GateDecision(reason is None, f"{NOT_FRONTAL_CHEST}: {reason}" if reason else None, tags, region)
 
 
@@ -105,4 +140,5 @@ class GateOperator(CaseOperator):
         super().__init__(fragment, *args, **kwargs)
 
     def step(self, case: Case) -> None:
-        case.gate = judge_frontal_chest(case.source.dataset, case.network_input[0], self.config)
+        case.gate = judge_frontal_chest(case.source.dataset, case.network_input[0], self.config,
+                                        case.source.shape)

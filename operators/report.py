@@ -1,10 +1,11 @@
 """Graph node "report": report.json and a report.png that a radiographer can read.
 
 Both are written to ``<output>/<SOP Instance UID>/`` (a UID, never a name).
-The PNG shows the source with the chest region and the object contours (objects
-outside the chest boxed apart), the saliency heatmap blended on it, Q_img,
-Q_filtered, the verdict and a per-object table; for an image that is not a
-frontal chest, the gate's reason instead of a score.
+The PNG shows the source with the chest region (dashed and captioned where the gate
+estimated it) and the object contours (objects outside the chest boxed apart),
+the saliency heatmap blended on it, Q_img, Q_filtered, the verdict and a
+per-object table; for an image that is not a frontal chest, the gate's reason
+instead of a score.
 """
 
 from __future__ import annotations
@@ -62,6 +63,18 @@ def _to_rgb8(gray: np.ndarray) -> np.ndarray:
 
 
 CHEST_COLOUR, OBJECT_COLOUR, OUTSIDE_COLOUR = (0, 200, 255), (255, 40, 40), (255, 200, 0)
+DASH = 6  # panel pixels drawn, then as many left out, along an estimated chest region
+REGION_ESTIMATED_CAPTION = "chest region estimated"
+
+
+def _draw_dashed(canvas: np.ndarray, contours, colour, thickness: int) -> np.ndarray:
+    """Contours (every pixel, CHAIN_APPROX_NONE) drawn in dashes: a region that was only estimated."""
+    import cv2
+
+    for contour in contours:
+        for start in range(0, len(contour), 2 * DASH):
+            cv2.polylines(canvas, [contour[start : start + DASH]], False, colour, thickness)
+    return canvas
 
 
 def _outlined(case: Case, image: np.ndarray) -> np.ndarray:
@@ -76,10 +89,13 @@ def _outlined(case: Case, image: np.ndarray) -> np.ndarray:
     thickness = 1  # drawn at the size report.png shows it: thin lines stay visible
     canvas = _to_rgb8(image)
     region = case.gate.region if case.gate is not None else None
-    if region is not None and region.found:
+    if region is not None and region.mask.any():
         contours, _ = cv2.findContours(resize_mask(region.mask, height, width), cv2.RETR_EXTERNAL,
                                        cv2.CHAIN_APPROX_NONE)
-        canvas = cv2.drawContours(canvas, contours, -1, CHEST_COLOUR, thickness)
+        if region.estimated:
+            canvas = _draw_dashed(canvas, contours, CHEST_COLOUR, thickness)
+        else:
+            canvas = cv2.drawContours(canvas, contours, -1, CHEST_COLOUR, thickness)
     if case.segmentation is None:
         return canvas
     network_mask = mask_at_source(case.segmentation.probability, (height, width), case.segmentation.threshold)
@@ -170,8 +186,14 @@ def render_report_png(case: Case, path: Path, max_side: int = PANEL_SIDE) -> Pat
     height, width = max(1, round(rows * scale)), max(1, round(cols * scale))
     image = resize_image(case.source.pixels, height, width)
     if case.frontal_chest:
+        region = case.gate.region if case.gate is not None else None
         panel_title = f"Objects counted: {len(case.quality.objects)} (red); chest region (cyan)"
         lines = _score_lines(case)
+        if region is not None and region.estimated:
+            panel_title = (f"Objects counted: {len(case.quality.objects)} (red); "
+                           f"{REGION_ESTIMATED_CAPTION} (dashed)")
+            lines = [f"Note: {REGION_ESTIMATED_CAPTION.capitalize()} from the {region.estimated_from},",
+                     *textwrap.wrap(f"lung fields not found: {region.problem}.", 52), "", *lines]
         verdict = case.quality.verdict.value
         colour, title = VERDICT_COLOURS[verdict], f"xiqa {__version__} - image quality {verdict}"
     else:

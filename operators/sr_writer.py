@@ -11,7 +11,9 @@ and more PACS know Comprehensive SR than Comprehensive 3D SR).  Content tree::
         Measurement Group (TID 1410) "xiqa image quality": the whole image
             (its outline as a closed SCOORD POLYLINE), algorithm (TID 4019),
             Q_img, Q_filtered, number of objects, total area fraction; verdict
-            and filtered verdict as qualitative evaluations
+            and filtered verdict as qualitative evaluations; where the gate had to
+            estimate the chest region, "Input gate decision: chest region estimated"
+            and why (TEXT)
         Measurement Group (TID 1410) "Object N", one per object: its outline as
             a closed SCOORD POLYLINE on the source image, area fraction,
             location weight, size penalty, severity, mean saliency
@@ -171,6 +173,7 @@ def build_report(
     algorithm: AlgorithmInfo,
     grid_mask: np.ndarray | None = None,
     uid_root: str | None = xc.DEFAULT_UID_ROOT,
+    region_estimated_because: str | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """The TID 1500 measurement report for one source image.
 
@@ -193,6 +196,9 @@ def build_report(
         gives exact object outlines (bounding boxes without it).
     uid_root: str | None, optional
         Root for the derived UIDs; ``None`` gives ``2.25.`` UIDs.
+    region_estimated_because: str | None, optional
+        Why the gate scored the image with an estimated chest region (its lung fields were not
+        found); recorded in the image group.
 
     Raises
     ------
@@ -215,7 +221,8 @@ def build_report(
     reference = _checked_reference(source)
     _check_seg_references(seg, reference)
     identity = output_identity(source.dataset, OutputKind.SR, algorithm, uid_root)
-    groups = quality_groups(reference, quality, algorithm, grid_mask, identity, uid_root)
+    groups = quality_groups(reference, quality, algorithm, grid_mask, identity, uid_root,
+                            region_estimated_because)
     return report_document(source, reference, identity, algorithm, groups,
                            summary_evaluations(text, summary_source), evidence=[seg],
                            uid_root=uid_root)
@@ -291,9 +298,14 @@ def _checked_reference(source: SourceImage) -> Dataset:
 
 
 def quality_groups(reference: Dataset, quality: QualityResult, algorithm: AlgorithmInfo,
-                   grid_mask: np.ndarray | None, identity: OutputIdentity, uid_root: str | None
+                   grid_mask: np.ndarray | None, identity: OutputIdentity, uid_root: str | None,
+                   region_estimated_because: str | None = None,
                    ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
-    """The TID 1410 groups of an analysed image: the whole image with the scores, then the objects."""
+    """The TID 1410 groups of an analysed image: the whole image with the scores, then the objects.
+
+    ``region_estimated_because``: the lung finder's problem where the gate scored the image with
+    an estimated chest region; the image group then says so (coded, and the reason as TEXT).
+    """
     source_class, source_uid = reference.SOPClassUID, reference.SOPInstanceUID
     rows, columns = int(reference.Rows), int(reference.Columns)
     groups = [hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -312,8 +324,14 @@ def quality_groups(reference: Dataset, quality: QualityResult, algorithm: Algori
             hd.sr.QualitativeEvaluation(xc.VERDICT, xc.VERDICT_CODES[quality.verdict]),
             hd.sr.QualitativeEvaluation(xc.VERDICT_FILTERED,
                                         xc.VERDICT_CODES[quality.verdict_filtered]),
+            *([hd.sr.QualitativeEvaluation(xc.INPUT_GATE, xc.CHEST_REGION_ESTIMATED)]
+              if region_estimated_because else []),
         ],
     )]
+    if region_estimated_because:
+        groups[0][0].ContentSequence.append(hd.sr.TextContentItem(
+            name=xc.CHEST_REGION_ESTIMATION_REASON, value=_check_summary(region_estimated_because),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     shape = (rows, columns)
     for number, (finding, outline) in enumerate(
             zip(quality.objects, object_outlines(quality, grid_mask, shape), strict=True), start=1):
@@ -482,6 +500,8 @@ class SrWriterOperator(DicomWriterOperator):
                                            algorithm_for_case(case), uid_root=self.uid_root)
         # the SR references the SEG as written, so it is read back rather than rebuilt
         seg = dcmread(case.outputs["seg"])
+        region = case.gate.region if case.gate is not None else None
         return build_report(case.source, case.quality, seg, case.summary.text, case.summary.source,
                             algorithm_for_case(case), grid_mask=case.segmentation.mask,
-                            uid_root=self.uid_root)
+                            uid_root=self.uid_root,
+                            region_estimated_because=region.problem if region and region.estimated else None)

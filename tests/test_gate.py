@@ -134,3 +134,86 @@ def test_region_covers_a_lung_that_is_not_dark_by_mirroring_the_other():
     assert region.mask[int(0.75 * 256), int(0.2 * 256)] and region.mask[int(0.75 * 256), int(0.8 * 256)]
     columns = np.nonzero(region.mask.any(axis=0))[0]
     assert abs((columns.min() + columns.max()) / 2 - 128) < 20  # about symmetric on this centred plate
+
+
+def _whited_out(chest_cr) -> np.ndarray:
+    """RG1 with the patient's left hemithorax (image right) turned white, as a large effusion or a
+    collapsed lung does: the lung finder then sees one lung field."""
+    grid = _grid(chest_cr.pixels).copy()
+    grid[:, 128:] = np.clip(grid[:, 128:] + 0.45, 0, 1)
+    return grid
+
+
+def test_frontal_chest_whose_lungs_are_not_found_is_scored_with_an_estimated_region(chest_cr):
+    grid = _whited_out(chest_cr)
+    assert not find_chest_region(grid).found
+    decision = judge_frontal_chest(chest_cr.dataset, grid, source_shape=chest_cr.pixels.shape)
+    assert decision.frontal_chest and decision.reason is None
+    region = decision.region
+    assert region.estimated and not region.found
+    assert region.problem.startswith("found 1 lung field(s)")
+    # both hemithoraces count, the white one too; the corners (markers, collimation) do not
+    assert region.mask[128, 64] and region.mask[128, 192]
+    assert not region.mask[:8, :8].any() and not region.mask[-8:, -8:].any()
+    described = decision.to_dict()["chest_region"]
+    assert described["estimated"] is True and described["estimated_from"] in ("body outline", "template")
+    assert described["problem"] == region.problem
+    # with no tags one lung field is enough for the image check
+    assert judge_frontal_chest(None, grid).frontal_chest
+
+
+def test_found_lung_fields_give_a_region_that_is_not_estimated(chest_cr):
+    region = judge_frontal_chest(chest_cr.dataset, _grid(chest_cr.pixels)).region
+    assert region.found and not region.estimated
+    assert region.to_dict()["estimated"] is False
+
+
+def test_chest_pixels_with_a_tag_naming_another_body_part_are_refused(chest_cr):
+    dataset = copy.deepcopy(chest_cr.dataset)
+    dataset.BodyPartExamined = "SKULL"
+    decision = judge_frontal_chest(dataset, _grid(chest_cr.pixels))
+    assert decision.reason == f"{NOT_FRONTAL_CHEST}: Body Part Examined is SKULL"
+
+
+def test_extremity_with_forged_chest_tags_is_refused_as_a_limb(extremity_cr):
+    dataset = copy.deepcopy(extremity_cr.dataset)
+    dataset.BodyPartExamined, dataset.ViewPosition = "CHEST", "AP"
+    decision = judge_frontal_chest(dataset, _grid(extremity_cr.pixels),
+                                   source_shape=extremity_cr.pixels.shape)
+    assert not decision.frontal_chest
+    assert "a limb" in decision.reason
+
+
+@pytest.mark.parametrize("pattern", ["uniform", "bars", "noise", "ramp", "screenshot"])
+def test_test_patterns_with_forged_chest_tags_are_refused(chest_cr, pattern):
+    import cv2
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:512, 0:640] / 640
+    screenshot = np.full((512, 640), 240, np.uint8)  # OpenCV draws text on 8-bit images only
+    for row in range(40, 500, 24):
+        cv2.putText(screenshot, "Patient 12345  CHEST PA  accepted", (20, row), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                    12, 1, cv2.LINE_AA)
+    image = {
+        "uniform": np.full((512, 640), 0.3),
+        "bars": (np.floor(xx * 8) % 2) * 0.8 + 0.1,
+        "noise": rng.uniform(0, 1, (512, 640)),
+        "ramp": xx,
+        "screenshot": screenshot / 255,
+    }[pattern].astype(np.float32)
+    dataset = copy.deepcopy(chest_cr.dataset)
+    decision = judge_frontal_chest(dataset, _grid(image), source_shape=image.shape)
+    assert not decision.frontal_chest, pattern
+    assert decision.reason.startswith(f"{NOT_FRONTAL_CHEST}: image check:")
+
+
+def test_strong_evidence_never_fires_on_the_real_plates():
+    """No real chest of data/real_cxr looks like a limb or like no radiograph at all: where its lung
+    fields were not found, tags saying chest PA would keep it scored."""
+    from xiqa.operators.image_evidence import strong_evidence_against_chest
+
+    manifest = json.loads((REAL_CXR / "manifest.json").read_text())["images"]
+    for entry in manifest:
+        pixels = read_raster(REAL_CXR / entry["file"])
+        grid = np.clip(resize_image(pixels, 256, 256), 0, 1)
+        assert strong_evidence_against_chest(grid, pixels.shape[1] / pixels.shape[0]) is None, entry["id"]

@@ -54,7 +54,7 @@ def test_report_png_shows_title_outlines_saliency_scale_and_scores(plate_case, t
     verdict = plate_case.quality.verdict.value
     assert _has(picture[:TITLE_HEIGHT], VERDICT_COLOURS[verdict])  # the title in the verdict's colour
     left = picture[TITLE_HEIGHT:, 20:20 + PANEL_SIDE]
-    assert _has(left, CHEST_COLOUR) == bool(plate_case.gate.region.found)
+    assert _has(left, CHEST_COLOUR) == bool(plate_case.gate.region.mask.any())
     assert _has(left, OBJECT_COLOUR) == bool(plate_case.quality.objects)
     middle = picture[TITLE_HEIGHT:, 20 + PANEL_SIDE + 30:20 + 2 * PANEL_SIDE + 30]
     blueness = middle[..., 2].astype(int) - middle[..., 0]
@@ -75,3 +75,31 @@ def test_report_png_grows_to_hold_a_long_text_block(plate_case, tmp_path):
     assert picture.width == CANVAS_WIDTH and picture.height > CANVAS_HEIGHT
     bottom = np.asarray(picture.convert("L"))[-40:, 2 * PANEL_SIDE + 125:]
     assert bottom.min() < 80 and bottom[-6:].min() == 255  # the last lines are drawn, not cut off
+
+
+def test_an_estimated_chest_region_is_dashed_captioned_and_in_report_json(plate_case, tmp_path):
+    """A frontal chest whose lung fields were not found is scored with an estimated region: the
+    same cyan outline drawn in dashes, a note in the text block, and report.json says why."""
+    from dataclasses import replace
+
+    from xiqa.operators.report import report_dict
+
+    region = plate_case.gate.region
+    square = np.zeros_like(region.mask)
+    square[40:216, 40:216] = True
+    solid = replace(region, mask=square)
+    estimated = replace(solid, problem="found 0 lung field(s), a frontal chest shows 2",
+                        estimated_from="body outline")
+    cyan = {}
+    for name, shown in (("solid", solid), ("estimated", estimated)):
+        case = replace(plate_case, gate=replace(plate_case.gate, region=shown), outputs={})
+        picture = np.asarray(Image.open(render_report_png(case, tmp_path / f"{name}.png")).convert("RGB"))
+        left = picture[TITLE_HEIGHT + PANEL_TITLE_HEIGHT:, 20:20 + PANEL_SIDE]
+        cyan[name] = int(np.all(np.abs(left.astype(int) - CHEST_COLOUR) <= 8, axis=-1).sum())
+        text = picture[TITLE_HEIGHT:, 2 * PANEL_SIDE + 125:]
+        cyan[f"{name} text"] = int((text.min(axis=-1) < 80).sum())
+    assert 0.3 * cyan["solid"] < cyan["estimated"] < 0.75 * cyan["solid"]  # dashes: about half drawn
+    assert cyan["estimated text"] > cyan["solid text"]  # the note on the estimated region
+    described = report_dict(case)["gate"]["chest_region"]
+    assert described["estimated"] is True and described["estimated_from"] == "body outline"
+    assert described["problem"] == "found 0 lung field(s), a frontal chest shows 2"

@@ -196,6 +196,27 @@ def test_llm_summary_and_bytes_round_trip(cases: dict[str, WriterCase]) -> None:
     assert SummarySource("llm").code == xc.SUMMARY_FROM_LLM
 
 
+def test_estimated_chest_region_is_coded_with_its_reason_in_the_image_group(
+        cases: dict[str, WriterCase]) -> None:
+    case = cases["cr_m1_15bit_jpegls_window_rescaled"]
+    seg = build_segmentation(case.source, case.mask, ALGORITHM)
+    reason = "found 1 lung field(s), a frontal chest shows 2"
+    sr = build_report(case.source, case.quality, seg, "Keine Objekte.", "template", ALGORITHM,
+                      grid_mask=case.grid_mask, region_estimated_because=reason)
+    buffer = BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    content = hd.sr.srread(BytesIO(buffer.getvalue())).content
+    image_group = content.get_planar_roi_measurement_groups()[0]
+    (gate,) = image_group.get_qualitative_evaluations(name=xc.INPUT_GATE)
+    assert gate.value.value == xc.CHEST_REGION_ESTIMATED.value
+    reasons = [item.TextValue for item in image_group[0].ContentSequence
+               if item.ConceptNameCodeSequence[0].CodeValue == xc.CHEST_REGION_ESTIMATION_REASON.value]
+    assert reasons == [reason]
+    # a region that was found is not mentioned
+    found = _report(case).get_planar_roi_measurement_groups()[0]
+    assert found.get_qualitative_evaluations(name=xc.INPUT_GATE) == []
+
+
 def test_rejects_bad_arguments(cases: dict[str, WriterCase]) -> None:
     case, other = cases["cr_m2_10bit_implicit_none"], cases["sc_m2_8bit_explicit_none"]
     seg = dcmread(case.paths["seg"])
