@@ -96,7 +96,7 @@ def measure_plate(model, image, pixels: np.ndarray) -> PlateResult:
         image.id,
         True,
         untagged.frontal_chest,
-        bool(getattr(tagged.region, "estimated", False)),
+        tagged.region.estimated,
         None,
         quality.q_img,
         quality.verdict.value,

@@ -100,7 +100,7 @@ class ChestRegion:
         }
 
 
-def _normalised(image: np.ndarray, config: ChestRegionConfig) -> tuple[np.ndarray, np.ndarray]:
+def normalised_image(image: np.ndarray, config: ChestRegionConfig) -> tuple[np.ndarray, np.ndarray]:
     blurred = cv2.GaussianBlur(image.astype(np.float32), (0, 0), config.blur_sigma)
     height, width = image.shape
     margin_y = int(height * (1 - config.central_fraction) / 2)
@@ -172,7 +172,7 @@ def _reached_from_frame(mask: np.ndarray) -> np.ndarray:
 
 def body_outline(image: np.ndarray, config: ChestRegionConfig = ChestRegionConfig()) -> np.ndarray:
     """The imaged body on the analysis grid: neither the air around it nor a collimator shutter."""
-    normalised, central = _normalised(image, config)
+    normalised, central = normalised_image(image, config)
     return ~_outside_air(normalised, _otsu(central)) & ~_shutters(image)
 
 
@@ -241,7 +241,7 @@ def find_chest_region(image: np.ndarray, config: ChestRegionConfig = ChestRegion
         raise ValueError(f'Argument "image" must be 2-D, got shape {image.shape}')
     height, width = image.shape
     empty = np.zeros((height, width), bool)
-    normalised, central = _normalised(image, config)
+    normalised, central = normalised_image(image, config)
     if float(central.std()) < 0.05:
         return ChestRegion(empty, (), 0.0, 0.0, "no anatomy: the image is nearly uniform")
     threshold = _otsu(central)

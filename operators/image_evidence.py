@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .chest_region import ChestRegionConfig, _normalised, body_outline
+from .chest_region import ChestRegionConfig, body_outline, normalised_image
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class ImageEvidenceConfig:
 
 def not_a_radiograph(image: np.ndarray, config: ImageEvidenceConfig = ImageEvidenceConfig()) -> str | None:
     """Why ``image`` (analysis grid, [0, 1]) is no exposure of a body, or None."""
-    _, central = _normalised(image, ChestRegionConfig())  # spread by the central percentiles
+    _, central = normalised_image(image, ChestRegionConfig())  # spread by the central percentiles
     if float(central.std()) < config.min_contrast:
         return "no anatomy: the image is nearly uniform"
     levels = np.bincount(np.round(image * 255).astype(np.uint8).ravel(), minlength=256)
