@@ -54,7 +54,7 @@ def test_dciodvfy_finds_no_error(cases: dict[str, WriterCase], name: str) -> Non
 #: meaning of (121233, DCM) capitalised ("Source Image for Segmentation").
 SR_PIXELMED_WARNINGS = (
     r'(TEXT \(11100[123],DCM,"Algorithm (Name|Version|Parameters)"\)|CODE \(276214006,SCT,'
-    r'"Finding category"\)|CODE \(XQ-\d{4},99XIQA,"[^"]+"\)): Content Item not in template$',
+    r'"Finding category"\)|(CODE|TEXT) \(XQ-\d{4},99XIQA,"[^"]+"\)): Content Item not in template$',
     r'IMAGE \(121233,DCM,"Source Image for Segmentation"\): Code \(121233,DCM,"Source Image for '
     r'Segmentation"\) has different code meaning',
     r"SpecificCharacterSet/value\[1\]: Unrecognized defined term :ISO_IR 192:$",
