@@ -65,16 +65,13 @@ def tagged_dataset(projection: str):
     return dataset
 
 
-def measure_plate(model, image, pixels: np.ndarray) -> PlateResult:
-    from xiqa.operators.gate import judge_frontal_chest
-    from xiqa.operators.preprocess import to_network_input
+def measure_plate(model, image, network_input: np.ndarray, tagged, untagged, pixels_shape) -> PlateResult:
+    """One bundle on one plate, given the gate's decisions with and without tags (the same for every
+    bundle, so they are made once per plate)."""
     from xiqa.operators.scoring import ScoringConfig, score_mask
     from xiqa.operators.segmentation import segment
     from xiqa.training.real_objects import label_band
 
-    network_input = to_network_input(pixels)
-    tagged = judge_frontal_chest(tagged_dataset(image.projection), network_input[0])
-    untagged = judge_frontal_chest(None, network_input[0])
     over_chest = image.objects_over_chest
     if not tagged.frontal_chest:
         return PlateResult(
@@ -84,8 +81,8 @@ def measure_plate(model, image, pixels: np.ndarray) -> PlateResult:
     config = ScoringConfig()
     quality = score_mask(segmentation.mask, None, config, tagged.region.mask)
     counted = quality.counted_mask
-    factor = GRID / max(pixels.shape)
-    grid_shape = (round(pixels.shape[0] * factor), round(pixels.shape[1] * factor))
+    factor = GRID / max(pixels_shape)
+    grid_shape = (round(pixels_shape[0] * factor), round(pixels_shape[1] * factor))
     hits = []
     for obj in over_chest:
         band = label_band(obj.scaled(factor), grid_shape)
@@ -142,12 +139,23 @@ def summarise(results: list[PlateResult], images: dict) -> dict:
     }
 
 
-def measure_bundle(bundle: Path, corpus: Path, images: list) -> list[PlateResult]:
+def measure_bundles(bundles: dict[str, Path], corpus: Path, images: list) -> dict[str, list[PlateResult]]:
+    """Every bundle on every plate; each plate is read and gated once."""
+    from xiqa.operators.gate import judge_frontal_chest
+    from xiqa.operators.preprocess import to_network_input
     from xiqa.operators.segmentation import load_segmentation_model
     from xiqa.training.datasets import read_raster
 
-    model = load_segmentation_model(bundle, device="cpu")
-    return [measure_plate(model, image, read_raster(corpus / image.file)) for image in images]
+    models = {label: load_segmentation_model(bundle, device="cpu") for label, bundle in bundles.items()}
+    results: dict[str, list[PlateResult]] = {label: [] for label in bundles}
+    for image in images:
+        pixels = read_raster(corpus / image.file)
+        network_input = to_network_input(pixels)
+        tagged = judge_frontal_chest(tagged_dataset(image.projection), network_input[0])
+        untagged = judge_frontal_chest(None, network_input[0])
+        for label, model in models.items():
+            results[label].append(measure_plate(model, image, network_input, tagged, untagged, pixels.shape))
+    return results
 
 
 def report_figures(bundle: Path, corpus: Path, chosen: list, output: Path) -> list[str]:
@@ -159,7 +167,10 @@ def report_figures(bundle: Path, corpus: Path, chosen: list, output: Path) -> li
     dicoms.mkdir(parents=True, exist_ok=True)
     paths = [
         dicom_from_png(
-            corpus / image.file, dicoms, index, image.projection if image.projection != "unknown" else "AP",
+            corpus / image.file,
+            dicoms,
+            index,
+            image.projection if image.projection != "unknown" else "AP",
             index % 2 == 0,
         )
         for index, image in enumerate(chosen)
@@ -242,12 +253,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{source}: {len(plates)} frontal plates, {with_objects} with objects over the chest "
             f"({sum(i.icu for i in plates)} bedside/ICU), {sum(i.clean for i in plates)} clean"
         )
-        for label, bundle in bundles.items():
-            if bundle is None:
-                continue
-            logger.info("%s: %s (%s)", source, label, bundle)
-            figures = summarise(measure_bundle(Path(bundle), args.corpus, plates), by_id)
-            figures["bundle"] = str(bundle)
+        bundles = {label: Path(bundle) for label, bundle in bundles.items() if bundle is not None}
+        logger.info("%s: %s", source, ", ".join(f"{label} {bundle}" for label, bundle in bundles.items()))
+        for label, plate_results in measure_bundles(bundles, args.corpus, plates).items():
+            figures = summarise(plate_results, by_id)
+            figures["bundle"] = str(bundles[label])
             results[source][label] = figures
             lines.append(_line(label, figures))
         for label in ("before", "after"):
