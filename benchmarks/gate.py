@@ -1,7 +1,7 @@
 """The input gate on real frontal chests and on everything else, before (main's gate) and after.
 
     python benchmarks/gate.py --chest nih=FOLDER --chest hannover=FOLDER --chest openist=FOLDER \\
-        [--other NAME=FOLDER ...] [--labels '/work/labels/*.jsonl'] [--before-ref main]
+        [--other NAME=FOLDER ...] [--before-ref main]
 
 Each ``--chest`` folder holds real frontal chest radiographs (PNG, JPEG or DICOM), each ``--other``
 folder radiographs of anything else.  Built in: the NEMA WG04 plates and the other images of
@@ -18,7 +18,7 @@ and by this checkout's.  Files the loader rejects (CT, MR, ultrasound: not a rad
 as refused, with the loader's reason; the tags of such a file cannot change that.
 
 Printed: scored/refused per source and scenario, the refused frontal chests with their reasons
-(and their by-eye features where ``--labels`` has them), and the non-chest results.  By-eye labels
+(and their by-eye features from data/real_labels), and the non-chest results.  By-eye labels
 whose view is not frontal move a plate to the others.
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import importlib
 import json
 import subprocess
@@ -127,14 +126,16 @@ def collect(pairs: list[str]) -> dict[str, list[Path]]:
     return sources
 
 
-def read_labels(pattern: str | None) -> dict[str, dict]:
-    labels = {}
-    for file in sorted(glob.glob(pattern)) if pattern else []:
-        for line in Path(file).read_text().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                labels[entry["id"]] = entry
-    return labels
+def read_labels() -> dict[str, dict]:
+    """The by-eye labels of the corpus sources (data/real_labels), by ``<source>_<file stem>``."""
+    from xiqa.training.corpus import SOURCES
+    from xiqa.training.corpus import read_labels as read_source_labels
+
+    return {
+        f"{source}_{Path(name).stem}": record
+        for source in SOURCES
+        for name, record in read_source_labels(source).items()
+    }
 
 
 def label_for(labels: dict[str, dict], source: str, path: Path) -> dict | None:
@@ -145,7 +146,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chest", action="append", default=[], metavar="NAME=FOLDER")
     parser.add_argument("--other", action="append", default=[], metavar="NAME=FOLDER")
-    parser.add_argument("--labels", default=None, help="glob of by-eye label files (JSON Lines)")
     parser.add_argument("--before-ref", default="main", help="git ref of the gate to compare with")
     parser.add_argument("--json", type=Path, default=None, help="write every decision here")
     args = parser.parse_args()
@@ -156,7 +156,7 @@ def main() -> None:
     from xiqa.operators.preprocess import to_network_input
 
     before = load_before(args.before_ref)
-    labels = read_labels(args.labels)
+    labels = read_labels()
     chests = collect(args.chest)
     others = collect(args.other)
     # images: (group, source, name, grid, shape, dataset, own body part)

@@ -151,8 +151,11 @@ def measure_bundles(bundles: dict[str, Path], corpus: Path, images: list) -> dic
     for image in images:
         pixels = read_raster(corpus / image.file)
         network_input = to_network_input(pixels)
-        tagged = judge_frontal_chest(tagged_dataset(image.projection), network_input[0])
-        untagged = judge_frontal_chest(None, network_input[0])
+        # the stored plate keeps the source's proportions, which the gate's limb check reads
+        tagged = judge_frontal_chest(
+            tagged_dataset(image.projection), network_input[0], source_shape=pixels.shape
+        )
+        untagged = judge_frontal_chest(None, network_input[0], source_shape=pixels.shape)
         for label, model in models.items():
             results[label].append(measure_plate(model, image, network_input, tagged, untagged, pixels.shape))
     return results
