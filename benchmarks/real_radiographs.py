@@ -194,6 +194,19 @@ def report_figures(bundle: Path, corpus: Path, chosen: list, output: Path) -> li
     return copied
 
 
+def record_held_out(bundle: Path, results: dict, command: str) -> None:
+    """Add the folds' figures per source to ``bundle``'s metadata, keeping what the bundle had."""
+    path = bundle / "configs" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    held_out = metadata["xiqa"]["metrics"].setdefault("held_out_by_source", {})
+    for source, figures in results.items():
+        if "after" in figures:
+            held_out[source] = {
+                key: value for key, value in figures["after"].items() if key not in ("refused", "bundle")
+            } | {"fold_bundle": Path(figures["after"]["bundle"]).name, "command": command}
+    path.write_text(json.dumps(metadata, indent=2))
+
+
 def _line(label: str, figures: dict) -> str:
     def share(part: int, whole: int) -> str:
         return f"{part}/{whole} ({100 * part / whole:.0f} %)" if whole else "0/0"
@@ -280,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             lines.append(f"  report.png: {', '.join(results[source]['figures'])}")
     (args.output / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    if args.record is not None:
+        record_held_out(args.record, results, " ".join(sys.argv))
     print("\n".join(lines))
     return 0
 

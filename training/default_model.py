@@ -106,6 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def lineage_of(initial_weights: Path | None) -> list[dict]:
+    """The training records of the bundle ``initial_weights`` came from, and of its ancestors."""
+    if initial_weights is None:
+        return []
+    bundle = Path(initial_weights).resolve().parent.parent
+    if not (bundle / "configs" / "metadata.json").exists():
+        return [{"weights": str(initial_weights), "record": "no bundle metadata beside the weights"}]
+    metadata = read_metadata(bundle)
+    training = metadata.get("xiqa", {}).get("training", {})
+    ancestor = {key: value for key, value in training.items() if key not in ("history", "lineage")}
+    return [{"name": metadata.get("name"), "version": metadata.get("version"), **ancestor}] + training.get(
+        "lineage", []
+    )
+
+
 def _pixels(backgrounds: list[tuple[str, object]]) -> list:
     return [pixels for _, pixels in backgrounds]
 
@@ -292,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "learning_rate": args.learning_rate,
         "loss": "FocalTversky(0.7, 0.3, 0.75, 1)",
         "initial_weights": str(args.initial_weights) if args.initial_weights else None,
+        "lineage": lineage_of(args.initial_weights),
         "seconds": round(time.perf_counter() - started, 1),
         "history": history,
         "threads": torch.get_num_threads(),
