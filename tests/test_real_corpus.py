@@ -95,3 +95,35 @@ def test_label_file_lines_are_one_json_object_each():
     for source in SOURCES:
         for line in (LABELS / f"{source}.jsonl").read_text().splitlines():
             assert isinstance(json.loads(line), dict)
+
+
+def test_composites_with_a_real_device_library_mask_exactly_what_was_pasted():
+    from xiqa.training.composite import CompositeConfig, make_composite
+
+    plate, _, label = _plate_with_line()
+    image = CorpusImage("test_1", "test_1.png", "test", "g", "frontal", "AP", True, (), (label,))
+    library = extract_real_objects(image, plate)
+    background = np.full((300, 300), 0.35, np.float32)
+    always = CompositeConfig(
+        real_object_probability=1.0, marker_probability=0, text_probability=0, collimation_probability=0
+    )
+    composite = make_composite(np.random.default_rng(4), background, always, kinds=[], real_objects=library)
+    kinds = [inserted.kind for inserted in composite.objects]
+    assert kinds and set(kinds) == {"real_ecg_lead_wire"}
+    assert composite.mask.sum() == pytest.approx(sum(o.pixels for o in composite.objects), rel=0.5)
+
+
+def test_lineage_lists_the_initial_bundle_then_its_ancestors(tmp_path):
+    from xiqa.training.default_model import lineage_of
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "models").mkdir()
+    grandparent = {"command": "first run", "epochs": 12}
+    training = {"command": "second run", "epochs": 6, "history": [{"dice": 0.5}], "lineage": [grandparent]}
+    (tmp_path / "configs" / "metadata.json").write_text(
+        json.dumps({"name": "xiqa_cxr_seg", "version": "0.2.0", "xiqa": {"training": training}})
+    )
+    lineage = lineage_of(tmp_path / "models" / "model.pt")
+    assert [entry["command"] for entry in lineage] == ["second run", "first run"]
+    assert "history" not in lineage[0] and lineage[0]["name"] == "xiqa_cxr_seg"
+    assert lineage_of(None) == []
