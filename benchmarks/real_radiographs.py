@@ -250,6 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--figures", type=int, default=0, help="ICU and clean plates per source for report.png"
     )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        metavar="BUNDLE",
+        help="write each source's held-out figures (its fold's) into BUNDLE's metadata "
+        "(xiqa.metrics.held_out_by_source)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logger.setLevel(logging.INFO)
