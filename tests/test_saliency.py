@@ -146,10 +146,18 @@ def test_equal_to_reference_trained_weights(trained_resnet18, image, method):
 
 
 def test_normgrad1_step_changes_the_maps(trained_resnet18, image):
-    """The comparison above would be empty if order 1 equalled order 0 within the tolerance."""
-    config = SaliencyConfig(layer_patterns=patterns(RESNET18_SUBSET))
+    """The comparison above would be empty if order 1 equalled order 0 within the tolerance.
+
+    Checked per layer, as the comparison is: how far the combined map moves depends on the CPU
+    the few training steps ran on (over 1e-3 where this was written, 1.9e-4 on an AMD EPYC),
+    while some layer's map moves by more than 1e-3 on both (2.1e-3 on the EPYC).
+    """
+    config = SaliencyConfig(layer_patterns=patterns(RESNET18_SUBSET), keep_layer_maps=True)
     both = compute_saliencies(trained_resnet18, image, config, methods=("normgrad0", "normgrad1"))
-    assert np.abs(both["normgrad0"].combined - both["normgrad1"].combined).max() > 1e-3
+    moved = [np.abs(zero - one).max()
+             for zero, one in zip(both["normgrad0"].layer_maps, both["normgrad1"].layer_maps, strict=True)]
+    assert max(moved) > 1e-3
+    assert np.abs(both["normgrad0"].combined - both["normgrad1"].combined).max() > 5 * TOLERANCE
 
 
 def test_normgrad1_large_step_equal_to_reference(trained_resnet18, image):
