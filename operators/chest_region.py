@@ -176,9 +176,10 @@ def body_outline(image: np.ndarray, config: ChestRegionConfig = ChestRegionConfi
     return ~_outside_air(normalised, _otsu(central)) & ~_shutters(image)
 
 
-def estimate_chest_region(image: np.ndarray, found: ChestRegion,
+def estimate_chest_region(image: np.ndarray, found: ChestRegion, body: np.ndarray,
                           config: ChestRegionConfig = ChestRegionConfig()) -> ChestRegion:
-    """A stand-in chest region for a frontal chest whose lung fields ``found`` could not show.
+    """A stand-in chest region for a frontal chest whose lung fields ``found`` could not show;
+    ``body`` is the image's :func:`body_outline`.
 
     The convex hull of the body outline's largest part and of its mirror image about the plate's
     centre line, shrunk by the margin (the outline runs along the skin; objects at the skin line,
@@ -189,8 +190,7 @@ def estimate_chest_region(image: np.ndarray, found: ChestRegion,
     """
     height, width = image.shape
     margin = max(1, int(round(config.margin_fraction * max(height, width))))
-    body = body_outline(image, config).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(body, connectivity=8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(body.astype(np.uint8), connectivity=8)
     region = np.zeros((height, width), np.uint8)
     if count > 1:
         largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from monai.deploy.core import Fragment
 
 from .case import Case, CaseOperator
-from .chest_region import ChestRegion, ChestRegionConfig, estimate_chest_region, find_chest_region
+from .chest_region import (
+    ChestRegion,
+    ChestRegionConfig,
+    body_outline,
+    estimate_chest_region,
+    find_chest_region,
+)
 from .image_evidence import ImageEvidenceConfig, strong_evidence_against_chest
 
 NOT_FRONTAL_CHEST = "not a frontal chest radiograph"
@@ -98,10 +104,11 @@ def tags_say_frontal_chest(tags: dict[str, str]) -> bool:
     return tags.get("BodyPartExamined") in CHEST_BODY_PARTS and tags.get("ViewPosition") in FRONTAL_VIEWS
 
 
-def image_problem(image, region: ChestRegion, trusted_tags: bool, aspect: float,
+def image_problem(image, body, region: ChestRegion, trusted_tags: bool, aspect: float,
                   config: GateConfig) -> str | None:
-    """Why the image check refuses a plate whose lung fields ``region`` could not show, or None."""
-    against = strong_evidence_against_chest(image, aspect, config.evidence, config.region)
+    """Why the image check refuses a plate whose lung fields ``region`` could not show, or None;
+    ``body`` is the image's body outline."""
+    against = strong_evidence_against_chest(image, body, aspect, config.evidence)
     if against is not None:
         return against
     if not trusted_tags and not region.lungs:
@@ -122,9 +129,10 @@ def judge_frontal_chest(dataset, image, config: GateConfig = GateConfig(),
     if reason is None and config.use_image and not region.found:
         aspect = source_shape[1] / source_shape[0] if source_shape else 1.0
         trusted = config.use_tags and tags_say_frontal_chest(tags)
-        problem = image_problem(image, region, trusted, aspect, config)
+        body = body_outline(image, config.region)
+        problem = image_problem(image, body, region, trusted, aspect, config)
         if problem is None:
-            region = estimate_chest_region(image, region, config.region)
+            region = estimate_chest_region(image, region, body, config.region)
         else:
             reason = f"image check: {problem}"
     return GateDecision(reason is None, f"{NOT_FRONTAL_CHEST}: {reason}" if reason else None, tags, region)

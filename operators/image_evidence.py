@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .chest_region import ChestRegionConfig, body_outline, normalised_image
+from .chest_region import ChestRegionConfig, normalised_image
 
 
 @dataclass(frozen=True)
@@ -59,20 +59,20 @@ def not_a_radiograph(image: np.ndarray, config: ImageEvidenceConfig = ImageEvide
 
 def strong_evidence_against_chest(
     image: np.ndarray,
+    body: np.ndarray,
     aspect: float = 1.0,
     config: ImageEvidenceConfig = ImageEvidenceConfig(),
-    region: ChestRegionConfig = ChestRegionConfig(),
 ) -> str | None:
     """Why ``image`` cannot be a frontal chest whatever its tags say, or None.
 
-    ``aspect`` is the source image's width over its height: the analysis grid is square, and a
-    limb is told by its width against the plate's real height.
+    ``body`` is its ``chest_region.body_outline`` (the gate estimates the chest region from the
+    same outline).  ``aspect`` is the source image's width over its height: the analysis grid is
+    square, and a limb is told by its width against the plate's real height.
     """
     problem = not_a_radiograph(image, config)
     if problem is not None:
         return problem
     height = image.shape[0]
-    body = body_outline(image, region)
     width = float(np.median(body[int(0.2 * height) : int(0.8 * height)].mean(axis=1))) * aspect
     if width < config.min_body_width:
         return (

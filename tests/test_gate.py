@@ -210,10 +210,12 @@ def test_test_patterns_with_forged_chest_tags_are_refused(chest_cr, pattern):
 def test_strong_evidence_never_fires_on_the_real_plates():
     """No real chest of data/real_cxr looks like a limb or like no radiograph at all: where its lung
     fields were not found, tags saying chest PA would keep it scored."""
+    from xiqa.operators.chest_region import body_outline
     from xiqa.operators.image_evidence import strong_evidence_against_chest
 
     manifest = json.loads((REAL_CXR / "manifest.json").read_text())["images"]
     for entry in manifest:
         pixels = read_raster(REAL_CXR / entry["file"])
         grid = np.clip(resize_image(pixels, 256, 256), 0, 1)
-        assert strong_evidence_against_chest(grid, pixels.shape[1] / pixels.shape[0]) is None, entry["id"]
+        aspect = pixels.shape[1] / pixels.shape[0]
+        assert strong_evidence_against_chest(grid, body_outline(grid), aspect) is None, entry["id"]
