@@ -187,11 +187,11 @@ def render_report_png(case: Case, path: Path, max_side: int = PANEL_SIDE) -> Pat
     image = resize_image(case.source.pixels, height, width)
     if case.frontal_chest:
         region = case.gate.region if case.gate is not None else None
-        panel_title = f"Objects counted: {len(case.quality.objects)} (red); chest region (cyan)"
+        estimated = region is not None and region.estimated
+        region_key = f"{REGION_ESTIMATED_CAPTION} (dashed)" if estimated else "chest region (cyan)"
+        panel_title = f"Objects counted: {len(case.quality.objects)} (red); {region_key}"
         lines = _score_lines(case)
-        if region is not None and region.estimated:
-            panel_title = (f"Objects counted: {len(case.quality.objects)} (red); "
-                           f"{REGION_ESTIMATED_CAPTION} (dashed)")
+        if estimated:
             lines = [f"Note: {REGION_ESTIMATED_CAPTION.capitalize()} from the {region.estimated_from},",
                      *textwrap.wrap(f"lung fields not found: {region.problem}.", 52), "", *lines]
         verdict = case.quality.verdict.value
