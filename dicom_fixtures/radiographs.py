@@ -1,7 +1,7 @@
 """Real radiographs stored as PNG, written as DICOM instances tagged as a modality would tag them.
 
 Used by ``xiqa demo`` (the plates shipped in ``xiqa/demo_plates``) and by
-``benchmarks/real_radiographs.py`` (``data/real_cxr``).  The patient and study
+``benchmarks/real_radiographs.py`` (corpus plates through the whole graph).  The patient and study
 are synthetic and derived from the file name alone, so the same PNG always
 gives the same UIDs and no real identity ever enters a data set.
 """

@@ -674,7 +674,8 @@ def make_composite(
     """One composite radiograph from a real ``background`` (display domain, any size).
 
     ``kinds`` fixes the inserted objects (random ones when None); ``real_objects`` is a library
-    of real devices (``real_objects``) of which some may be pasted too, kind ``real_<category>``.
+    of real devices cut from labelled plates (``training.real_objects``), of which some may be
+    pasted too, each of kind ``real_<category>``.
     """
     if kinds is None:
         count = 0 if rng.random() < config.empty_fraction else int(rng.integers(1, config.max_objects + 1))

@@ -20,7 +20,9 @@ without a source is measured on all of that source's plates.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import subprocess
 from dataclasses import dataclass, field
@@ -173,9 +175,6 @@ def build_corpus(mirrors: dict[str, Path], output: Path, labels: Path = LABELS) 
         source = SOURCES[key]
         metadata = {}
         if key == "hannover":
-            import csv
-            import io
-
             text = git_show(mirror, source.commit, "data.csv").decode()
             metadata = {row["image_id"]: row for row in csv.DictReader(io.StringIO(text))}
         for name, record in sorted(read_labels(key, labels).items()):
