@@ -127,3 +127,33 @@ def test_lineage_lists_the_initial_bundle_then_its_ancestors(tmp_path):
     assert [entry["command"] for entry in lineage] == ["second run", "first run"]
     assert "history" not in lineage[0] and lineage[0]["name"] == "xiqa_cxr_seg"
     assert lineage_of(None) == []
+
+
+def test_plate_mask_puts_each_cut_object_back_where_it_lay():
+    from xiqa.training.real_objects import plate_mask
+
+    plate, truth, label = _plate_with_line()
+    image = CorpusImage("test_1", "test_1.png", "test", "g", "frontal", "AP", True, (), (label,))
+    found = extract_real_objects(image, plate)
+    mask = plate_mask(found, plate.shape)
+    assert mask.sum() == sum(int(real.mask.sum()) for real in found)
+    assert (mask & truth).sum() >= 0.8 * truth.sum()
+    assert not (mask & (cv2.dilate(truth.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0)).any()
+
+
+def test_a_real_plate_sample_moves_its_label_with_the_plate():
+    from xiqa.training.composite import CompositeConfig, plate_as_is_sample, real_plate_sample
+
+    plate, truth, _ = _plate_with_line()
+    plain = CompositeConfig(marker_probability=0, collimation_probability=0, washed_out_probability=0)
+    for seed in range(4):
+        sample = real_plate_sample(np.random.default_rng(seed), plate, truth, plain)
+        image, label = sample["image"][0], sample["label"][0] > 0
+        assert sample["image"].shape == (3, 256, 256) and label.sum() > 60
+        # the lead is brighter than its surroundings wherever the label says it is, after the crop,
+        # flip, rotation and processing that moved both
+        around = cv2.dilate(label.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & ~label
+        assert image[label].mean() > image[around].mean() + 0.05, seed
+    as_is = plate_as_is_sample(plate, truth)
+    assert as_is["kinds"] == ["real_plate"] and as_is["label"][0].sum() > 60
+    assert plate_as_is_sample(plate, np.zeros_like(truth))["kinds"] == []

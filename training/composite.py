@@ -115,26 +115,33 @@ def backgrounds_for(folder: Path | str, split: str) -> list[tuple[str, np.ndarra
     ]
 
 
-def _place_background(rng: np.random.Generator, pixels: np.ndarray, size: int) -> np.ndarray:
-    """Random crop (keeping most of the thorax), scale and small rotation onto a size x size canvas."""
+def _place_background(
+    rng: np.random.Generator, pixels: np.ndarray, size: int, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Random crop (keeping most of the thorax), scale and small rotation onto a size x size canvas;
+    ``mask`` (the plate's own objects) moves with the pixels."""
     height, width = pixels.shape
     keep = rng.uniform(0.82, 1.0)
     crop_h, crop_w = int(height * keep), int(width * keep)
     y0 = int(rng.integers(0, height - crop_h + 1))
     x0 = int(rng.integers(0, width - crop_w + 1))
-    crop = pixels[y0 : y0 + crop_h, x0 : x0 + crop_w]
-    canvas = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
-    if rng.random() < 0.5:
-        canvas = canvas[:, ::-1]
+    flip = rng.random() < 0.5
     angle, zoom = rng.uniform(-7, 7), rng.uniform(0.92, 1.1)
     matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, zoom)
-    return cv2.warpAffine(
-        np.ascontiguousarray(canvas),
-        matrix,
-        (size, size),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REFLECT,
-    )
+
+    def place(plane: np.ndarray, border: int) -> np.ndarray:
+        crop = plane[y0 : y0 + crop_h, x0 : x0 + crop_w]
+        canvas = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+        if flip:
+            canvas = canvas[:, ::-1]
+        return cv2.warpAffine(np.ascontiguousarray(canvas), matrix, (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=border)
+
+    image = place(pixels, cv2.BORDER_REFLECT)
+    if mask is None:
+        return image, None
+    # the mask as coverage, cut at a half like every other label
+    return image, place(mask.astype(np.float32), cv2.BORDER_CONSTANT) >= 0.5
 
 
 # --------------------------------------------------------------------------- hard negatives
@@ -685,7 +692,7 @@ def make_composite(
     unknown = set(kinds) - set(OBJECT_KINDS)
     if unknown:
         raise ValueError(f'Argument "kinds" has unknown kinds {sorted(unknown)}; allowed: {OBJECT_KINDS}')
-    image = _place_background(rng, background, size).astype(np.float32)
+    image = _place_background(rng, background, size)[0].astype(np.float32)
     _draw_soft_tissue(rng, image, config)
     _draw_markers(rng, image, config)
     if rng.random() < config.calcification_probability:
@@ -734,6 +741,42 @@ def composite_sample(
     }
 
 
+def real_plate_sample(
+    rng: np.random.Generator,
+    pixels: np.ndarray,
+    mask: np.ndarray,
+    config: CompositeConfig = CompositeConfig(),
+    size: int = 256,
+) -> dict:
+    """A training sample from a labelled real plate itself, its own devices (``mask``, from
+    ``real_objects.plate_mask``) the label: moved, marked, collimated and processed like a
+    composite, so the network sees real devices where they really lie, among real clutter."""
+    from xiqa.operators.preprocess import PreprocessConfig, resize_mask, to_network_input
+
+    image, placed = _place_background(rng, pixels, CANVAS, mask)
+    image = image.astype(np.float32)
+    _draw_markers(rng, image, config)
+    if rng.random() < config.collimation_probability:
+        placed &= _collimate(rng, image)
+    image, _ = _acquire(rng, image, config)
+    return {
+        "image": to_network_input(image, PreprocessConfig(size=size)),
+        "label": resize_mask(placed, size, size)[None].astype(np.float32),
+        "kinds": ["real_plate"],
+    }
+
+
+def plate_as_is_sample(pixels: np.ndarray, mask: np.ndarray, size: int = 256) -> dict:
+    """A labelled real plate as the app sees it (validation: nothing moved or processed)."""
+    from xiqa.operators.preprocess import PreprocessConfig, resize_mask, to_network_input
+
+    return {
+        "image": to_network_input(pixels, PreprocessConfig(size=size)),
+        "label": resize_mask(mask, size, size)[None].astype(np.float32),
+        "kinds": ["real_plate"] if mask.any() else [],
+    }
+
+
 def composite_samples(
     backgrounds: list[np.ndarray],
     seed: int,
@@ -755,7 +798,8 @@ class CompositeStream:
     """A map-style dataset that draws a new composite at every access (a fresh set each epoch).
 
     The random stream comes from torch's generator, so ``monai.utils.set_determinism`` makes a
-    run repeatable; a share of the samples are phantoms, so the phantom fixtures keep working.
+    run repeatable; a share of the samples are phantoms, so the phantom fixtures keep working,
+    and a share are labelled real plates (``real_plates``: (pixels, mask) pairs) when given.
     """
 
     def __init__(
@@ -765,12 +809,17 @@ class CompositeStream:
         phantom_share: float = 0.2,
         config: CompositeConfig = CompositeConfig(),
         real_objects: Sequence[RealObject] = (),
+        real_plates: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+        real_plate_share: float = 0.0,
     ) -> None:
         if not backgrounds:
             raise ValueError('Argument "backgrounds" must not be empty')
+        if real_plate_share and not real_plates:
+            raise ValueError('Argument "real_plate_share" needs "real_plates"')
         self.backgrounds, self.samples_per_epoch = backgrounds, samples_per_epoch
         self.phantom_share, self.config = phantom_share, config
         self.real_objects = real_objects
+        self.real_plates, self.real_plate_share = real_plates, real_plate_share
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -782,8 +831,12 @@ class CompositeStream:
 
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
         rng = np.random.default_rng([seed, index])
-        if rng.random() < self.phantom_share:
+        draw = rng.random()
+        if draw < self.phantom_share:
             sample = render_phantom_sample(seed, index)
+        elif draw < self.phantom_share + self.real_plate_share:
+            pixels, mask = self.real_plates[int(rng.integers(len(self.real_plates)))]
+            sample = real_plate_sample(rng, pixels, mask, self.config)
         else:
             sample = composite_sample(
                 rng,

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from xiqa.operators.segmentation import (
     DEFAULT_BUNDLE,
@@ -30,11 +31,17 @@ from xiqa.operators.segmentation import (
     read_metadata,
 )
 
-from .composite import CompositeStream, backgrounds_for, composite_samples, load_manifest
+from .composite import (
+    CompositeStream,
+    backgrounds_for,
+    composite_samples,
+    load_manifest,
+    plate_as_is_sample,
+)
 from .corpus import SOURCES, CorpusImage, load_corpus, training_sources_split
 from .datasets import read_raster, render_phantom_samples
 from .metrics import json_safe, object_level_metrics, pooled_dice_recall
-from .real_objects import RealObject, extract_real_objects
+from .real_objects import RealObject, extract_real_objects, plate_mask
 from .trainer import (
     Calibration,
     TrainConfig,
@@ -76,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-sources",
         default="nih,hannover",
         help="corpus sources that may give anything to training or calibration (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--real-plate-share",
+        type=float,
+        default=0.0,
+        help="with --corpus: share of training samples that are the labelled training plates "
+        "themselves, their own devices the label (default: %(default)s)",
     )
     parser.add_argument("--encoder", default="mobilenet_v2", help="default: %(default)s")
     parser.add_argument("--samples-per-epoch", type=int, default=800, help="default: %(default)s")
@@ -134,14 +148,15 @@ def calibrated_figures(network: torch.nn.Module, calibration: Calibration, sampl
     return pooled_dice_recall(masks, labels) | object_level_metrics(masks, labels)
 
 
-def corpus_backgrounds(args: argparse.Namespace) -> tuple[dict, dict[str, list[RealObject]]]:
-    """Backgrounds by split from a labelled corpus, and the real devices of its plates by split.
+def corpus_backgrounds(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Backgrounds by split from a labelled corpus, and its labelled plates' devices by split.
 
     Only ``--train-sources`` give anything: clean plates of their training patients are
-    backgrounds, their validation patients' clean plates calibrate, and the devices labelled on
+    backgrounds, and their validation patients' clean plates calibrate.  The devices labelled on
     their training (validation) patients' plates are pasted onto training (validation)
-    composites, so calibration sees real devices too.  Held-out composites come from the clean
-    plates of the other sources.
+    composites, and the plates themselves with their devices' masks are real training samples
+    (validation samples, as the app sees them), so calibration sees real devices in their real
+    context.  Held-out composites come from the clean plates of the other sources.
     """
     # the patients of data/real_cxr's held-out splits stay unseen by every model, so the shipped
     # model's tests and xiqa demo's plates are never training plates
@@ -156,18 +171,25 @@ def corpus_backgrounds(args: argparse.Namespace) -> tuple[dict, dict[str, list[R
     def pixels_of(chosen: list[CorpusImage]) -> list[tuple[str, object]]:
         return [(image.id, read_raster(args.corpus / image.file)) for image in chosen]
 
-    def devices_of(chosen: list[CorpusImage]) -> list[RealObject]:
-        library = []
+    def devices_of(chosen: list[CorpusImage]) -> tuple[list[RealObject], list[tuple]]:
+        """The devices of ``chosen`` plates, and (pixels, mask) of each plate with any."""
+        library, plates = [], []
         for image in chosen:
             if image.objects:
-                library += extract_real_objects(image, read_raster(args.corpus / image.file))
-        return library
+                pixels = read_raster(args.corpus / image.file)
+                found = extract_real_objects(image, pixels)
+                library += found
+                if found:
+                    plates.append((pixels, plate_mask(found, pixels.shape)))
+        return library, plates
 
     libraries = {"train": devices_of(train), "validation": devices_of(validation)}
     logging.info(
-        "real devices to paste: %d from training plates, %d from validation plates",
-        len(libraries["train"]),
-        len(libraries["validation"]),
+        "real devices to paste: %d from %d training plates, %d from %d validation plates",
+        len(libraries["train"][0]),
+        len(libraries["train"][1]),
+        len(libraries["validation"][0]),
+        len(libraries["validation"][1]),
     )
     return {
         "train": pixels_of([i for i in train if i.clean]),
@@ -181,7 +203,7 @@ def evaluation_sets(args: argparse.Namespace) -> dict:
     if args.corpus is not None:
         backgrounds, libraries = corpus_backgrounds(args)
     else:
-        libraries = {"train": [], "validation": []}
+        libraries = {"train": ([], []), "validation": ([], [])}
         backgrounds = {
             split: backgrounds_for(args.backgrounds, split)
             for split in ("train", "validation", "held_out_clean")
@@ -190,15 +212,25 @@ def evaluation_sets(args: argparse.Namespace) -> dict:
         "backgrounds: %d train, %d validation, %d held out",
         *(len(backgrounds[split]) for split in ("train", "validation", "held_out_clean")),
     )
+    # the validation patients' real plates as the app sees them: devices in context, and the
+    # clean plates' own clutter as false objects
+    real_validation = [plate_as_is_sample(pixels, mask) for pixels, mask in libraries["validation"][1]]
+    if args.corpus is not None:
+        real_validation += [
+            plate_as_is_sample(pixels, np.zeros(pixels.shape, bool))
+            for pixels in _pixels(backgrounds["validation"])
+        ]
     return {
         "backgrounds": backgrounds,
-        "real_objects": libraries["train"],
+        "real_objects": libraries["train"][0],
+        "real_plates": libraries["train"][1],
         "validation": composite_samples(
             _pixels(backgrounds["validation"]),
             VALIDATION_SEED,
             args.validation_per_background,
-            real_objects=libraries["validation"],
+            real_objects=libraries["validation"][0],
         )
+        + real_validation
         + render_phantom_samples(PHANTOM_VALIDATION_SEED, 32),
         "held_out": composite_samples(
             _pixels(backgrounds["held_out_clean"]), HELD_OUT_SEED, args.held_out_per_background
@@ -264,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         args.samples_per_epoch,
         args.phantom_share,
         real_objects=sets["real_objects"],
+        real_plates=sets["real_plates"],
+        real_plate_share=args.real_plate_share,
     )
     spec = NetworkSpec(encoder=args.encoder)
     config = TrainConfig(
@@ -296,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             "backgrounds": str(Path(args.corpus or args.backgrounds).name),
             "train_sources": args.train_sources.split(",") if args.corpus is not None else None,
             "real_objects_pasted": len(sets["real_objects"]),
+            "real_plates": len(sets["real_plates"]),
+            "real_plate_share": args.real_plate_share,
             "sources": [{"repository": r, "commit": c, "licence": lic} for r, c, lic in sources],
             "train_backgrounds": [name for name, _ in backgrounds["train"]],
             "validation_backgrounds": [name for name, _ in backgrounds["validation"]],

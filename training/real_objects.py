@@ -105,6 +105,17 @@ def extract_real_objects(image: CorpusImage, pixels: np.ndarray) -> list[RealObj
     return objects
 
 
+def plate_mask(objects: list[RealObject], shape: tuple[int, int]) -> np.ndarray:
+    """Where ``objects`` (all cut from one plate of ``shape``) lie on that plate: the training
+    label of the real plate itself."""
+    mask = np.zeros(shape, bool)
+    for real in objects:
+        y0, x0 = round(real.top_left[0] * shape[0]), round(real.top_left[1] * shape[1])
+        height, width = real.mask.shape
+        mask[y0 : y0 + height, x0 : x0 + width] |= real.mask
+    return mask
+
+
 def paste_real_object(
     rng: np.random.Generator, image: np.ndarray, real: RealObject, source_side: int, density: float
 ) -> np.ndarray:
