@@ -31,6 +31,7 @@ import json
 import logging
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,11 +66,31 @@ def tagged_dataset(projection: str):
     return dataset
 
 
-def measure_plate(model, image, network_input: np.ndarray, tagged, untagged, pixels_shape) -> PlateResult:
+def segmentation_mask(model, segmentation_input: np.ndarray) -> np.ndarray:
+    """The bundle's mask on the analysis grid; a finer ``segmentation_input`` (``--grid``) is
+    segmented at its own size, its sure area scaled to keep its physical size, and brought back
+    to the grid by "any pixel", so a thin line found on the finer grid stays found."""
+    from xiqa.operators.segmentation import hysteresis_mask, segment
+
+    size = segmentation_input.shape[-1]
+    if size == GRID:
+        return segment(model, segmentation_input).mask
+    import torch
+
+    batch = torch.from_numpy(np.ascontiguousarray(segmentation_input))[None]
+    probability = model.probability(batch)[0, 0].cpu().numpy()
+    sure_area = None if model.sure_area is None else round(model.sure_area * (size / GRID) ** 2)
+    fine, _ = hysteresis_mask(probability, model.threshold, model.seed_threshold, sure_area)
+    coarse = cv2.resize(fine.astype(np.float32), (GRID, GRID), interpolation=cv2.INTER_AREA)
+    return (coarse > 0).astype(np.uint8)
+
+
+def measure_plate(
+    model, image, segmentation_input: np.ndarray, tagged, untagged, pixels_shape
+) -> PlateResult:
     """One bundle on one plate, given the gate's decisions with and without tags (the same for every
     bundle, so they are made once per plate)."""
     from xiqa.operators.scoring import ScoringConfig, score_mask
-    from xiqa.operators.segmentation import segment
     from xiqa.training.real_objects import label_band
 
     over_chest = image.objects_over_chest
@@ -77,9 +98,8 @@ def measure_plate(model, image, network_input: np.ndarray, tagged, untagged, pix
         return PlateResult(
             image.id, False, untagged.frontal_chest, False, tagged.reason, None, None, 0, len(over_chest), ()
         )
-    segmentation = segment(model, network_input)
     config = ScoringConfig()
-    quality = score_mask(segmentation.mask, None, config, tagged.region.mask)
+    quality = score_mask(segmentation_mask(model, segmentation_input), None, config, tagged.region.mask)
     counted = quality.counted_mask
     factor = GRID / max(pixels_shape)
     grid_shape = (round(pixels_shape[0] * factor), round(pixels_shape[1] * factor))
@@ -139,26 +159,37 @@ def summarise(results: list[PlateResult], images: dict) -> dict:
     }
 
 
-def measure_bundles(bundles: dict[str, Path], corpus: Path, images: list) -> dict[str, list[PlateResult]]:
-    """Every bundle on every plate; each plate is read and gated once."""
+def measure_bundles(
+    bundles: dict[str, Path], corpus: Path, images: list, grid: int = GRID
+) -> tuple[dict[str, list[PlateResult]], dict[str, float]]:
+    """Every bundle on every plate (each plate read and gated once), and each bundle's mean
+    seconds per plate for segmentation and scoring."""
     from xiqa.operators.gate import judge_frontal_chest
-    from xiqa.operators.preprocess import to_network_input
+    from xiqa.operators.preprocess import PreprocessConfig, to_network_input
     from xiqa.operators.segmentation import load_segmentation_model
     from xiqa.training.datasets import read_raster
 
     models = {label: load_segmentation_model(bundle, device="cpu") for label, bundle in bundles.items()}
     results: dict[str, list[PlateResult]] = {label: [] for label in bundles}
+    seconds = dict.fromkeys(bundles, 0.0)
     for image in images:
         pixels = read_raster(corpus / image.file)
         network_input = to_network_input(pixels)
+        segmentation_input = (
+            network_input if grid == GRID else to_network_input(pixels, PreprocessConfig(size=grid))
+        )
         # the stored plate keeps the source's proportions, which the gate's limb check reads
         tagged = judge_frontal_chest(
             tagged_dataset(image.projection), network_input[0], source_shape=pixels.shape
         )
         untagged = judge_frontal_chest(None, network_input[0], source_shape=pixels.shape)
         for label, model in models.items():
-            results[label].append(measure_plate(model, image, network_input, tagged, untagged, pixels.shape))
-    return results
+            started = time.perf_counter()
+            results[label].append(
+                measure_plate(model, image, segmentation_input, tagged, untagged, pixels.shape)
+            )
+            seconds[label] += time.perf_counter() - started
+    return results, {label: total / max(1, len(images)) for label, total in seconds.items()}
 
 
 def report_figures(bundle: Path, corpus: Path, chosen: list, output: Path) -> list[str]:
@@ -223,6 +254,7 @@ def _line(label: str, figures: dict) -> str:
         f"region estimated {figures['region_estimated']}) | AUC {auc_text} | device plates counted "
         f"{share(figures['device_plates_with_counted_object'], figures['device_plates'])} | clean Good "
         f"{share(figures['clean_good'], figures['clean_plates'])}, false objects {false_text}/plate"
+        f" | grid {figures['grid']}, {1000 * figures['segment_and_score_seconds_per_plate']:.0f} ms/plate"
     )
 
 
@@ -247,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
         "--sources", default=None, help="comma-separated sources (default: all in the corpus)"
     )
     parser.add_argument("--limit", type=int, default=None, help="at most this many plates per source")
+    parser.add_argument(
+        "--grid",
+        type=int,
+        default=GRID,
+        help="segment on this grid (scoring stays on the 256 grid; default: %(default)s)",
+    )
     parser.add_argument(
         "--figures", type=int, default=0, help="ICU and clean plates per source for report.png"
     )
@@ -279,9 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         bundles = {label: Path(bundle) for label, bundle in bundles.items() if bundle is not None}
         logger.info("%s: %s", source, ", ".join(f"{label} {bundle}" for label, bundle in bundles.items()))
-        for label, plate_results in measure_bundles(bundles, args.corpus, plates).items():
+        measured, seconds = measure_bundles(bundles, args.corpus, plates, args.grid)
+        for label, plate_results in measured.items():
             figures = summarise(plate_results, by_id)
             figures["bundle"] = str(bundles[label])
+            figures["grid"] = args.grid
+            figures["segment_and_score_seconds_per_plate"] = round(seconds[label], 4)
             results[source][label] = figures
             lines.append(_line(label, figures))
         for label in ("before", "after"):
