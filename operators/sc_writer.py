@@ -14,10 +14,10 @@ The legend carries no patient identity, so Burned In Annotation is ``NO``.
 Compression (:class:`ScCompression`): the default is lossless JPEG-LS, because it is the
 fastest lossless encoder at hand and a 2,000 px plate has 1.0 s on 2 cores for the whole graph
 (``benchmarks/pipeline.py``).  On the heatmap of such a plate (12.0 MB as RGB) CharLS needs
-0.25 s of one core; lossless JPEG 2000 needs 0.63 s of one core with Pillow's OpenJPEG and 0.55 s
-with pylibjpeg-openjpeg (CPU seconds, medians of 7; fewer resolution levels or smaller
-code-blocks move that by a few per cent), and even with two OpenJPEG threads it took 0.55-0.65 s
-of the 1.1-1.5 s that a plate took through the graph.
+0.25-0.29 s of one core; lossless JPEG 2000 needs 0.63-0.77 s with Pillow's OpenJPEG and
+0.55-0.64 s with pylibjpeg-openjpeg (fewer resolution levels or other code-blocks gain a few per
+cent at best; ``benchmarks/results/sc_compression.md``), and even with two OpenJPEG threads it
+took 0.55-0.65 s of the 1.1-1.5 s that a plate took through the graph.
 The price is size: JPEG-LS has no colour transform in DICOM, so it codes three near-grey planes
 where JPEG 2000's reversible colour transform codes one plus small chroma: 4.4 MB against 2.5 MB
 on that plate, 7.3 MB against 2.6 MB of 15.0 MB on the 2,500 x 2,000 phantom of
