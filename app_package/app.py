@@ -31,7 +31,7 @@ from xiqa.operators.loader import LoaderConfig, LoaderOperator, PathFeed
 from xiqa.operators.preprocess import PreprocessConfig, PreprocessOperator
 from xiqa.operators.report import ReportOperator
 from xiqa.operators.saliency import SaliencyConfig, SaliencyOperator
-from xiqa.operators.sc_writer import ScWriterOperator
+from xiqa.operators.sc_writer import DEFAULT_COMPRESSION, ScCompression, ScWriterOperator
 from xiqa.operators.scoring import ScoringConfig, ScoringOperator
 from xiqa.operators.seg_writer import SegWriterOperator
 from xiqa.operators.segmentation import SegmentationModel, SegmentationOperator
@@ -54,6 +54,7 @@ class RunSettings:
     gate: GateConfig = field(default_factory=GateConfig)
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    sc_compression: ScCompression = DEFAULT_COMPRESSION
 
 
 def build_settings(paths: list[Path], output: Path, *, model: Path | SegmentationModel | None = None,
@@ -108,7 +109,8 @@ class XiqaApp(Application):
         scoring = ScoringOperator(self, config=settings.scoring, name="scoring")
         summary = SummaryOperator(self, summarizer=settings.summarizer, name="summary")
         seg_writer = SegWriterOperator(self, output=settings.output, name="seg_writer")
-        sc_writer = ScWriterOperator(self, output=settings.output, name="sc_writer")
+        sc_writer = ScWriterOperator(self, output=settings.output, compression=settings.sc_compression,
+                                     name="sc_writer")
         sr_writer = SrWriterOperator(self, output=settings.output, name="sr_writer")
         report = ReportOperator(self, output=settings.output, name="report")
         collect = CollectOperator(self, on_case=self._collect, name="collect")

@@ -1,6 +1,7 @@
 """Per-stage timings of the whole graph on large CR plates, and the framework's overhead.
 
     .venv/bin/python benchmarks/pipeline.py [--images 3] [--size 2000] [--saliency gradcam]
+        [--sc-compression jpeg-ls]
 
 Writes N synthetic 15-bit MONOCHROME1 CR plates (size x size, uncompressed, like
 a real CR chest plate), then in one process:
@@ -71,10 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--saliency", default="gradcam", choices=("gradcam", "normgrad0", "normgrad1"))
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--sc-compression", default=None,
+                        help="the heatmap SC's transfer syntax (default: the node's, JPEG-LS); "
+                             "jpeg2000 gives the graph as it was before JPEG-LS")
     args = parser.parse_args(argv)
 
     import torch
     from xiqa.app import XiqaApp, build_settings, run_graph
+    from xiqa.operators.sc_writer import DEFAULT_COMPRESSION, ScCompression
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -83,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = build_settings(paths, folder / "graph", model=args.model, device=args.device,
                                   saliency=args.saliency)
         load_seconds = time.perf_counter() - started
-        direct_app = XiqaApp(build_settings(paths, folder / "direct", model=settings.model,
-                                            summarizer=settings.summarizer, device=args.device,
-                                            saliency=args.saliency))
+        settings.sc_compression = ScCompression(args.sc_compression or DEFAULT_COMPRESSION)
+        direct_settings = build_settings(paths, folder / "direct", model=settings.model,
+                                         summarizer=settings.summarizer, device=args.device,
+                                         saliency=args.saliency)
+        direct_settings.sc_compression = settings.sc_compression
+        direct_app = XiqaApp(direct_settings)
         # the reference first, in a thread of its own that ends before the graph starts: torch's
         # OpenMP team ends with it, and a second team alive on 2 cores would slow whichever runs
         # later (see segmentation.one_torch_thread)
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"cases failed: {failed}")
     stages = list(graph_cases[0].timings)
     print(f"xiqa pipeline benchmark: {args.images} x {args.size}x{args.size} 15-bit MONOCHROME1 CR, "
-          f"saliency {args.saliency}, device {settings.model.device}, "
+          f"saliency {args.saliency}, SC {settings.sc_compression.value}, device {settings.model.device}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"model + summarizer set-up (once): {load_seconds:.2f} s   model {settings.model.model_id}")
     print(f"{'stage':<16}{'graph median s':>16}{'direct median s':>17}")

@@ -11,19 +11,24 @@ What the radiographer sees, at the source's rows x columns:
 
 The legend carries no patient identity, so Burned In Annotation is ``NO``.
 
-Compression (:class:`ScCompression`): an uncompressed RGB picture of a
-2,000 x 2,500 DX is 15 MB; the default, lossless JPEG 2000 (reversible colour
-transform), stores the same pixels in about a sixth of that, JPEG-LS in half,
-RLE barely shrinks it (``benchmarks/sc_compression.py``).  JPEG baseline is
-smaller still and looks the same (PSNR about 40 dB), but it changes pixel
-values, most at the thin cyan outlines (chroma subsampling): such an SC says so
-(Lossy Image Compression ``01``, with ratio and method).  A source that was
-lossy compressed makes the SC lossy as well.
+Compression (:class:`ScCompression`): the default is lossless JPEG-LS, because it is the
+fastest lossless encoder at hand and a 2,000 px plate has 1.0 s on 2 cores for the whole graph
+(``benchmarks/pipeline.py``).  On the heatmap of such a plate (12.0 MB as RGB) CharLS needs
+0.25-0.29 s of one core; lossless JPEG 2000 needs 0.63-0.77 s with Pillow's OpenJPEG and
+0.55-0.64 s with pylibjpeg-openjpeg (fewer resolution levels or other code-blocks gain a few per
+cent at best; ``benchmarks/results/sc_compression.md``), and even with two OpenJPEG threads it
+took 0.55-0.65 s of the 1.1-1.5 s that a plate took through the graph.
+The price is size: JPEG-LS has no colour transform in DICOM, so it codes three near-grey planes
+where JPEG 2000's reversible colour transform codes one plus small chroma: 4.4 MB against 2.5 MB
+on that plate, 7.3 MB against 2.6 MB of 15.0 MB on the 2,500 x 2,000 phantom of
+``benchmarks/sc_compression.py``.  RLE barely shrinks the picture.  JPEG baseline is smaller
+still and looks the same (PSNR about 40 dB), but it changes pixel values, most at the thin cyan
+outlines (chroma subsampling): such an SC says so (Lossy Image Compression ``01``, with ratio
+and method).  A source that was lossy compressed makes the SC lossy as well.
 
-JPEG 2000 is encoded with Pillow's OpenJPEG rather than highdicom's (pylibjpeg-openjpeg): the
-same lossless codestream, but OpenJPEG then uses ``OPJ_NUM_THREADS`` threads (default here: every
-core), so the encoding of a 2,500 x 2,000 SC takes 0.31 s instead of 0.46 s on 2 cores
-(``benchmarks/sc_compression.py``).
+JPEG 2000, where chosen, is encoded with Pillow's OpenJPEG rather than highdicom's
+(pylibjpeg-openjpeg): the same lossless codestream, but OpenJPEG then uses ``OPJ_NUM_THREADS``
+threads (default here: every core).
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ class ScCompression(str, Enum):
     RLE = "rle"
     """RLE Lossless: every decoder has it, but it shrinks the picture least."""
     JPEG_LS = "jpeg-ls"
-    """JPEG-LS Lossless, per colour plane (no colour transform)."""
+    """JPEG-LS Lossless (no colour transform): the default, the fastest lossless encoder."""
     JPEG_2000 = "jpeg2000"
     """JPEG 2000 Lossless with the reversible colour transform: the smallest lossless file."""
     JPEG = "jpeg"
@@ -109,7 +114,7 @@ class ScCompression(str, Enum):
         return self is ScCompression.JPEG
 
 
-DEFAULT_COMPRESSION = ScCompression.JPEG_2000
+DEFAULT_COMPRESSION = ScCompression.JPEG_LS
 #: Lossy Image Compression Method (0028,2114) of JPEG baseline.
 JPEG_BASELINE_METHOD = "ISO_10918_1"
 
@@ -123,7 +128,7 @@ def _check_map(name: str, values: object) -> np.ndarray:
         raise TypeError(f'Argument "{name}" must be numeric, got dtype {values.dtype}')
     if not np.all(np.isfinite(values)):
         raise ValueError(f'Argument "{name}" must be finite (no NaN or inf)')
-    return values.astype(np.float32)
+    return values.astype(np.float32, copy=False)  # read only by the callers: no copy of float32
 
 
 def display_saliency(saliency: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -132,12 +137,16 @@ def display_saliency(saliency: np.ndarray, shape: tuple[int, int]) -> np.ndarray
     low, high = float(resized.min()), float(resized.max())
     if high - low < 1e-6:
         return np.zeros(shape, np.float32)
-    return ((resized - low) / (high - low)).astype(np.float32)
+    resized -= low
+    resized /= high - low
+    return resized
 
 
 def _jet(values: np.ndarray) -> np.ndarray:
     """RGB uint8 JET colours of values in [0, 1]."""
-    indices = np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
+    scaled = np.clip(values, 0, 1)
+    scaled *= 255
+    indices = np.round(scaled, out=scaled).astype(np.uint8)
     return cv2.cvtColor(cv2.applyColorMap(indices, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
 
 
@@ -221,16 +230,19 @@ def render_heatmap(
     binary = check_source_mask(mask, shape)
     heat_level = display_saliency(_check_map("saliency", saliency), shape)
     # grey * (1 - alpha) + jet * alpha, in float32 as before, but the grey part is computed once
-    # (2-D, not repeated to 3 channels) and the rest in place: same values to the bit, a third
-    # of the temporaries of a 2,000 x 2,500 picture
-    grey = np.round(display * 255)
+    # (2-D, not repeated to 3 channels) and every step in place: same values to the bit, and
+    # each array of a 2,000 x 2,500 picture is allocated (and page-faulted) once
+    display *= 255
+    grey = np.round(display, out=display)
     alpha = HEATMAP_MAX_ALPHA * heat_level
     image = _jet(heat_level).astype(np.float32)
     image *= alpha[..., None]
-    image += (grey * (1 - alpha))[..., None]
-    np.round(image, out=image)
-    np.clip(image, 0, 255, out=image)
-    image = image.astype(np.uint8)
+    weighted_grey = np.subtract(1, alpha, out=alpha)  # alpha's last use was the line above
+    weighted_grey *= grey
+    image += weighted_grey[..., None]
+    # no clip: a blend of values in [0, 255] with weights that sum to 1 stays within
+    # [0, 255 + 1e-4] in float32, which rounds into [0, 255]
+    image = np.round(image, out=image).astype(np.uint8)
     _draw_legend(image, _legend_lines(quality, algorithm))
     if binary.any():  # after the legend, so an object under the legend stays visible
         contours, _ = cv2.findContours(binary.astype(np.uint8), cv2.RETR_EXTERNAL,
@@ -266,7 +278,7 @@ def build_heatmap_capture(
     uid_root: str | None, optional
         Root for the derived UIDs; ``None`` gives ``2.25.`` UIDs.
     compression: ScCompression | str, optional
-        Transfer syntax of the pixels (default lossless JPEG 2000).
+        Transfer syntax of the pixels (default lossless JPEG-LS).
 
     Raises
     ------

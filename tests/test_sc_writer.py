@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import JPEGLSLossless
 from writer_cases import (
     ALGORITHM,
     CASE_NAMES,
@@ -45,9 +45,9 @@ def test_rgb_at_source_resolution_in_the_source_study(cases: dict[str, WriterCas
     case = cases[name]
     sc, source = dcmread(case.paths["sc"]), case.source.dataset
     assert (sc.SamplesPerPixel, sc.BitsAllocated) == (3, 8)
-    # lossless JPEG 2000 by default: the decoded pixels are exactly the rendered picture
-    assert sc.file_meta.TransferSyntaxUID == JPEG2000Lossless == DEFAULT_COMPRESSION.transfer_syntax
-    assert sc.PhotometricInterpretation == "YBR_RCT"
+    # lossless JPEG-LS by default: the decoded pixels are exactly the rendered picture
+    assert sc.file_meta.TransferSyntaxUID == JPEGLSLossless == DEFAULT_COMPRESSION.transfer_syntax
+    assert sc.PhotometricInterpretation == "RGB"
     picture = render_heatmap(case.source.pixels, case.saliency, case.mask, case.quality, ALGORITHM)
     np.testing.assert_array_equal(sc.pixel_array, picture)
     assert sc.LossyImageCompression == "00"
