@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Build xiqa's two images from the Dockerfile: xiqa:TAG (target map) and xiqa-serve:TAG (target serve).
+# `scripts/build-image.sh base` makes only the plain Debian image local/debian:bookworm.
 #
 # Where python:3.11-slim-bookworm cannot be pulled (no registry reachable, only the Debian and
 # Python package registries), it first makes a stand-in locally: Debian bookworm from debootstrap
@@ -61,6 +62,11 @@ RUN apt-get update \\
 CMD ["python3"]
 EOF
 }
+
+if [ "${1:-}" = base ]; then  # only local/debian:bookworm (scripts/fresh-machine.sh runs in it)
+    debian_base
+    exit 0
+fi
 
 if [ -z "${PYTHON_IMAGE:-}" ]; then
     if docker image inspect python:3.11-slim-bookworm >/dev/null 2>&1 \
