@@ -57,7 +57,10 @@ COPY operators ./operators
 COPY training ./training
 COPY dicom_fixtures ./dicom_fixtures
 COPY service ./service
-RUN pip install --no-cache-dir --progress-bar off --no-deps . && rm -rf build ./*.egg-info
+# the import runs, as root, holoscan's wheel-axle step (its library links, made on the first start
+# after the install; a read-only container could not) and checks holoscan finds its CUDA runtime
+RUN pip install --no-cache-dir --progress-bar off --no-deps . && rm -rf build ./*.egg-info \
+    && python3 -W ignore -c "import xiqa, holoscan.core, llama_cpp"
 
 COPY app_package/bundles/xiqa_cxr_seg /opt/holoscan/models/xiqa_cxr_seg
 COPY app_package/app.yaml /var/holoscan/app.yaml

@@ -45,23 +45,35 @@ debian_base() {
     rm -rf "$rootfs"
 }
 
-# local/python:3.11-slim-bookworm: what the Dockerfile needs of python:3.11-slim-bookworm
-# (python3 and pip on PATH, pip allowed to install system-wide as in the official image)
+# local/python:3.11-slim-bookworm: what the Dockerfile needs of python:3.11-slim-bookworm: python3,
+# its headers, and pip on PATH, allowed to install system-wide and importable from the folder it
+# installs into, as in the official image.  Debian's own pip lives in /usr/lib/python3/dist-packages,
+# which site adds after /usr/local/lib/python3.11/dist-packages: there holoscan's wheel-axle .pth,
+# which imports pip on the first start after the install to make holoscan's library links, fails
+# ("No module named 'pip'") and holoscan then lacks libholoscan_core.so.4.  So pip is installed
+# again, into /usr/local.
 python_base() {
     if docker image inspect local/python:3.11-slim-bookworm >/dev/null 2>&1; then
         return
     fi
     debian_base
-    log "stand-in local/python:3.11-slim-bookworm (Debian python3 3.11, pip)"
-    docker build --progress plain -t local/python:3.11-slim-bookworm - <<EOF
+    log "stand-in local/python:3.11-slim-bookworm (Debian python3 3.11, pip in /usr/local)"
+    docker build --progress plain "${ca_secret[@]}" -t local/python:3.11-slim-bookworm - <<EOF
 FROM local/debian:bookworm
 RUN apt-get update \\
     && apt-get install -y --no-install-recommends ca-certificates python3 python3-pip python3-venv python3-dev \\
     && rm -rf /var/lib/apt/lists/* /usr/lib/python3.11/EXTERNALLY-MANAGED \\
     && ln -s /usr/bin/python3 /usr/local/bin/python
+RUN --mount=type=secret,id=pip_ca \\
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \\
+    && python3 -m pip install --no-cache-dir --progress-bar off --upgrade pip \\
+    && test -d /usr/local/lib/python3.11/dist-packages/pip
 CMD ["python3"]
 EOF
 }
+
+ca_secret=()
+[ ! -s "$PIP_CA_BUNDLE" ] || ca_secret=(--secret "id=pip_ca,src=$PIP_CA_BUNDLE")
 
 if [ "${1:-}" = base ]; then  # only local/debian:bookworm (scripts/fresh-machine.sh runs in it)
     debian_base
@@ -79,9 +91,8 @@ if [ -z "${PYTHON_IMAGE:-}" ]; then
     fi
 fi
 
-args=(--progress plain --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE")
+args=(--progress plain --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" "${ca_secret[@]}")
 [ -z "$TORCH_INDEX_URL" ] || args+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
-[ ! -s "$PIP_CA_BUNDLE" ] || args+=(--secret "id=pip_ca,src=$PIP_CA_BUNDLE")
 
 for target in map serve; do
     image=xiqa:$TAG
