@@ -10,9 +10,7 @@ so the exit code follows the same contract.
 
 from __future__ import annotations
 
-import logging
 import sys
-from pathlib import Path
 
 MAP_DEFAULTS = {
     "input": ("HOLOSCAN_INPUT_PATH", "/var/holoscan/input"),
@@ -24,15 +22,10 @@ MAP_DEFAULTS = {
 def main(argv: list[str] | None = None) -> int:
     from monai.deploy.core import RuntimeEnv
     from xiqa import cli
-    from xiqa.operators.segmentation import DEFAULT_BUNDLE, bundle_folders
+    from xiqa.operators.segmentation import default_model
 
     env = RuntimeEnv(MAP_DEFAULTS)
-    model = Path(env.model)
-    try:
-        bundle_folders(model)
-    except FileNotFoundError:
-        logging.getLogger("xiqa").warning("no bundle under HOLOSCAN_MODEL_PATH; using the shipped model")
-        model = DEFAULT_BUNDLE
+    model = default_model(env.model)
     extra = list(sys.argv[1:] if argv is None else argv)
     return cli.main(["analyze", env.input, "--output", env.output, "--model", str(model), "--no-progress",
                      *extra])

@@ -60,15 +60,16 @@ class RunSettings:
 def build_settings(paths: list[Path], output: Path, *, model: Path | SegmentationModel | None = None,
                    summarizer: Summarizer | None = None, device: str = "auto", saliency: str = "gradcam",
                    loader: LoaderConfig | None = None, summary_model: Path | None = None) -> RunSettings:
-    """Settings with the segmentation model (a bundle path, default: shipped) and the summarizer loaded.
+    """Settings with the segmentation model (a bundle path, default: ``default_model()``) and the
+    summarizer loaded.
 
     The summary is the template unless ``summary_model`` names a GGUF, which then phrases it
     (its text is used only when it passes ``validate_summary``).
     """
-    from xiqa.operators.segmentation import DEFAULT_BUNDLE, load_segmentation_model
+    from xiqa.operators.segmentation import default_model, load_segmentation_model
 
     if not isinstance(model, SegmentationModel):
-        model = load_segmentation_model(model or DEFAULT_BUNDLE, device=device)
+        model = load_segmentation_model(model or default_model(), device=device)
     if summarizer is None:
         summarizer = Summarizer(SummaryConfig(model_path=summary_model, use_llm=summary_model is not None))
     if summarizer.config.use_llm:

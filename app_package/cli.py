@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--saliency", choices=SALIENCY_METHODS, default="gradcam",
                          help="saliency method (default: %(default)s)")
     analyze.add_argument("--model", type=Path, default=None,
-                         help="MONAI bundle folder, or a folder of fold bundles (default: shipped model)")
+                         help="MONAI bundle folder, or a folder of fold bundles (default: "
+                              "HOLOSCAN_MODEL_PATH when it holds one, else the shipped model)")
     analyze.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     analyze.add_argument("--summary-model", type=Path, default=None, metavar="PATH.gguf",
                          help="a GGUF language model phrases the summary (default: the template)")
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="delete finished instances (processed/, rejected/) older than D days")
     serve.add_argument("--retention-bytes", type=int, metavar="N",
                        help="delete the oldest finished instances while processed/ and rejected/ hold more")
-    serve.add_argument("--model", type=Path, help="MONAI bundle folder (default: shipped model)")
+    serve.add_argument("--model", type=Path, help="MONAI bundle folder (default: HOLOSCAN_MODEL_PATH when it "
+                       "holds one, else the shipped model)")
     serve.add_argument("--device", help="auto, cpu or cuda (default: auto)")
     serve.add_argument("--saliency", choices=SALIENCY_METHODS, help="default: gradcam")
     serve.add_argument("--modalities", help="comma-separated modalities to accept (default: CR,DX,OT)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -101,6 +102,19 @@ def bundle_folders(path: Path) -> list[Path]:
     if not folders:
         raise FileNotFoundError(f"no MONAI bundle (configs/metadata.json) at or under {path}")
     return folders
+
+
+def default_model(holoscan_model_path: str | None = None) -> Path:
+    """The model a run uses when none is named: ``HOLOSCAN_MODEL_PATH`` (the MAP's model folder;
+    the argument, else the variable) when it holds a bundle or fold bundles, else the shipped one."""
+    path = holoscan_model_path if holoscan_model_path is not None else os.environ.get("HOLOSCAN_MODEL_PATH")
+    if path:
+        try:
+            bundle_folders(Path(path))
+            return Path(path)
+        except FileNotFoundError:
+            logger.warning("no bundle under HOLOSCAN_MODEL_PATH %s; using the shipped model", path)
+    return DEFAULT_BUNDLE
 
 
 def read_metadata(bundle: Path) -> dict:

@@ -5,13 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # PixelMed (validators, run through the JDK's source launcher) judges SR templates and SEG IODs;
-# Orthanc's DICOMweb plugin, Chromium and npm (for the OHIF build) serve the viewer tests
+# Orthanc's DICOMweb plugin, Chromium and npm (for the OHIF build) serve the viewer tests;
+# a compiler and cmake build llama-cpp-python, python3-venv makes .venv (a fresh Debian has neither)
 APT_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb libgdcm-tools libpixelmed-java
-              default-jdk-headless chromium)
+              default-jdk-headless chromium build-essential cmake python3-venv)
 # Debian's npm conflicts with a nodejs from elsewhere (e.g. NodeSource, which bundles npm)
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
 missing=()
-for tool in dciodvfy dsrdump storescu Orthanc gdcminfo javac chromium npm; do
+"${PYTHON:-python3}" -c "import ensurepip" >/dev/null 2>&1 || missing+=(ensurepip)
+for tool in dciodvfy dsrdump storescu Orthanc gdcminfo javac chromium npm cc cmake; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 for file in /usr/share/java/pixelmed.jar /usr/share/orthanc/plugins/libOrthancDicomWeb.so; do

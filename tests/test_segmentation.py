@@ -98,3 +98,18 @@ def test_loading_runs_torch_on_one_thread_and_gives_the_caller_its_thread_count_
         assert model.networks[0].training is False
     finally:
         torch.set_num_threads(before)
+
+
+def test_default_model_is_the_bundle_at_holoscan_model_path_else_the_shipped_one(tmp_path, monkeypatch):
+    from xiqa.operators.segmentation import DEFAULT_BUNDLE, default_model
+
+    spec = NetworkSpec(encoder="mobilenet_v2")
+    write_bundle(tmp_path / "models" / "fold_0", build_network(spec), spec, name="random",
+                 description="untrained", metrics={}, training={})
+    monkeypatch.setenv("HOLOSCAN_MODEL_PATH", str(tmp_path / "models"))
+    assert default_model() == tmp_path / "models"
+    assert default_model(str(tmp_path / "models" / "fold_0")) == tmp_path / "models" / "fold_0"
+    (tmp_path / "empty").mkdir()
+    assert default_model(str(tmp_path / "empty")) == DEFAULT_BUNDLE
+    monkeypatch.delenv("HOLOSCAN_MODEL_PATH")
+    assert default_model() == DEFAULT_BUNDLE
