@@ -204,7 +204,8 @@ def run_analyze(args: argparse.Namespace, labels: dict[Path, str] | None = None)
     paths = [path for path in expand_inputs(args.inputs) if path.exists()]
     for path in missing:
         print(f"rejected {path}: no such file or folder", file=sys.stderr)
-    loader = LoaderConfig(allowed_modalities=frozenset(m.strip().upper() for m in args.modalities.split(",")))
+    loader = LoaderConfig(allowed_modalities=frozenset(m.strip().upper() for m in args.modalities.split(",")),
+                          refuse_repeated_uids=True)
     settings = build_settings(paths, args.output, model=args.model, device=args.device,
                               saliency=args.saliency, loader=loader, summary_model=args.summary_model)
     # a bar (and its carriage returns) only on a terminal: log lines must start at column 0
