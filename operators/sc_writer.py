@@ -145,8 +145,10 @@ def _legend_lines(quality: QualityResult, algorithm: AlgorithmInfo) -> list[str]
     return [
         f"{algorithm.name} {algorithm.version}",
         f"Q_img {quality.q_img:.2f}  {quality.verdict.value}",
+        *([f"Q_removable {quality.q_removable:.2f}  {quality.verdict_removable.value}"]
+          if quality.classified else []),
         f"Q_filtered {quality.q_filtered:.2f}  {quality.verdict_filtered.value}",
-        f"objects {len(quality.objects)}",
+        f"objects {len(quality.objects)}" + (f" ({len(quality.devices)} devices)" if quality.devices else ""),
         "saliency  low -> high",
     ]
 
