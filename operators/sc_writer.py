@@ -73,7 +73,7 @@ from .writer_common import (
 #: Opacity of the heatmap where saliency is 1 (it falls linearly to 0 at saliency 0).
 HEATMAP_MAX_ALPHA = 0.55
 #: Object outline colour (RGB): cyan stands out against both grey and JET; the SEG's colour too.
-CONTOUR_RGB = DISPLAY_RGB
+CONTOUR_RGB = DISPLAY_RGB["removable"]
 LEGEND_TEXT_RGB = (255, 255, 255)
 LEGEND_BACKGROUND_ALPHA = 0.65
 
