@@ -255,12 +255,15 @@ class ClassConfig:
     #: the finer category is named only at or above this probability (held out by source, the names
     #: given at 0.9 were right for 88 % of Hannover's objects and 67 % of NIH's; at 0.6, 78 % / 62 %)
     category_confidence: float = 0.9
+    #: ECG electrodes and leads are named from this probability: the ECG rule needs them, and
+    #: (held out by source) a lower bar keeps more leads on bedside plates out of the verdict
+    ecg_confidence: float = 0.5
     ecg_rule: EcgRule = EcgRule.BY_VIEW
 
     def __post_init__(self) -> None:
-        if not 0 <= self.category_confidence <= 1:
-            raise ValueError('Argument "category_confidence" must be in [0, 1], got '
-                             f"{self.category_confidence}")
+        for name in ("category_confidence", "ecg_confidence"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f'Argument "{name}" must be in [0, 1], got {getattr(self, name)}')
         try:
             object.__setattr__(self, "ecg_rule", EcgRule(self.ecg_rule))
         except ValueError:
@@ -321,8 +324,9 @@ def classify_quality(quality: QualityResult, image: np.ndarray, region: np.ndarr
 def _with_class(finding: ObjectFinding, mask: np.ndarray, image: np.ndarray, region: np.ndarray | None,
                 classifier: ObjectClassifier, config: ClassConfig) -> ObjectFinding:
     prediction = classifier.predict(object_features(image, mask, region))[0]
-    # a category is named only when it is sure and agrees with the class
-    named = (prediction.category_confidence >= config.category_confidence
+    # a category is named only when it is sure (ECG leads from a lower bar) and agrees with the class
+    bar = config.ecg_confidence if prediction.category in ECG_CATEGORIES else config.category_confidence
+    named = (prediction.category_confidence >= bar
              and CATEGORY_CLASS[prediction.category] == prediction.object_class)
     return replace(finding, object_class=prediction.object_class.value,
                    class_confidence=round(prediction.confidence, 4),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import cv2
@@ -172,3 +173,14 @@ def test_classes_follow_the_objects_of_scoring_with_merged_fragments():
     classified = classify_quality(quality, image, None, _sided_classifier(),
                                   ClassConfig(ecg_rule="removable"))
     assert classified.objects[0].object_class == "removable"
+
+
+def test_ecg_leads_are_named_from_a_lower_probability_than_other_categories():
+    sure = _sided_classifier()
+    unsure = dataclasses.replace(sure, category_weight=sure.category_weight * 0.02)  # p about 0.7
+    image, mask = _plate(), _two_objects()
+    classified = classify_quality(score_mask(mask), image, None, unsure, ClassConfig(), view_position="AP")
+    by_side = {f.centroid_x < 0.5: f for f in classified.objects}
+    assert 0.6 < by_side[True].category_confidence < 0.9 and by_side[True].category == "ecg_lead_wire"
+    assert by_side[True].expected  # so the ECG rule can keep it out of the verdict
+    assert by_side[False].category is None and by_side[False].object_class == "device"  # below 0.9
