@@ -1,6 +1,6 @@
 """The xiqa MONAI Deploy application: the graph every entry point runs.
 
-    loader -> preprocess -> gate -> segmentation -> saliency -> scoring -> summary
+    loader -> preprocess -> gate -> segmentation -> saliency -> scoring -> object_classes -> summary
            -> seg_writer -> sc_writer -> sr_writer -> report -> collect
 
 The gate lets only frontal chest radiographs through to the analysis nodes; the others go on
@@ -28,6 +28,7 @@ from monai.deploy.core import Application
 from xiqa.operators.case import CASE_PORT, Case, CollectOperator
 from xiqa.operators.gate import GateConfig, GateOperator
 from xiqa.operators.loader import LoaderConfig, LoaderOperator, PathFeed
+from xiqa.operators.object_classes import ClassConfig, ObjectClassifier, ObjectClassOperator
 from xiqa.operators.preprocess import PreprocessConfig, PreprocessOperator
 from xiqa.operators.report import ReportOperator
 from xiqa.operators.saliency import SaliencyConfig, SaliencyOperator
@@ -49,23 +50,28 @@ class RunSettings:
     output: Path
     model: SegmentationModel
     summarizer: Summarizer
+    classifier: ObjectClassifier
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     sc_compression: ScCompression = DEFAULT_COMPRESSION
+    classes: ClassConfig = field(default_factory=ClassConfig)
 
 
 def build_settings(paths: list[Path], output: Path, *, model: Path | SegmentationModel | None = None,
                    summarizer: Summarizer | None = None, device: str = "auto", saliency: str = "gradcam",
-                   loader: LoaderConfig | None = None, summary_model: Path | None = None) -> RunSettings:
+                   loader: LoaderConfig | None = None, summary_model: Path | None = None,
+                   count_devices: bool = False) -> RunSettings:
     """Settings with the segmentation model (a bundle path, default: ``default_model()``) and the
     summarizer loaded.
 
     The summary is the template unless ``summary_model`` names a GGUF, which then phrases it
-    (its text is used only when it passes ``validate_summary``).
+    (its text is used only when it passes ``validate_summary``).  ``count_devices``: medical
+    devices lower the default verdict too (by default it follows the removable objects only).
     """
+    from xiqa.operators.object_classes import load_classifier
     from xiqa.operators.segmentation import default_model, load_segmentation_model
 
     if not isinstance(model, SegmentationModel):
@@ -75,7 +81,9 @@ def build_settings(paths: list[Path], output: Path, *, model: Path | Segmentatio
     if summarizer.config.use_llm:
         summarizer.load()  # once, before the graph starts; a failure falls back to the template
     return RunSettings(paths=list(paths), output=Path(output), model=model, summarizer=summarizer,
-                       loader=loader or LoaderConfig(), saliency=SaliencyConfig(method=saliency))
+                       classifier=load_classifier(), loader=loader or LoaderConfig(),
+                       saliency=SaliencyConfig(method=saliency),
+                       classes=ClassConfig(count_devices=count_devices))
 
 
 class XiqaApp(Application):
@@ -108,6 +116,8 @@ class XiqaApp(Application):
         segmentation = SegmentationOperator(self, model=settings.model, name="segmentation")
         saliency = SaliencyOperator(self, model=settings.model, config=settings.saliency, name="saliency")
         scoring = ScoringOperator(self, config=settings.scoring, name="scoring")
+        object_classes = ObjectClassOperator(self, classifier=settings.classifier, config=settings.classes,
+                                             scoring=settings.scoring, name="object_classes")
         summary = SummaryOperator(self, summarizer=settings.summarizer, name="summary")
         seg_writer = SegWriterOperator(self, output=settings.output, name="seg_writer")
         sc_writer = ScWriterOperator(self, output=settings.output, compression=settings.sc_compression,
@@ -121,7 +131,8 @@ class XiqaApp(Application):
         self.add_flow(gate, segmentation, {(CASE_PORT, CASE_PORT)})
         self.add_flow(segmentation, saliency, {(CASE_PORT, CASE_PORT)})
         self.add_flow(saliency, scoring, {(CASE_PORT, CASE_PORT)})
-        self.add_flow(scoring, summary, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(scoring, object_classes, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(object_classes, summary, {(CASE_PORT, CASE_PORT)})
         self.add_flow(summary, seg_writer, {(CASE_PORT, CASE_PORT)})
         self.add_flow(seg_writer, sc_writer, {(CASE_PORT, CASE_PORT)})
         self.add_flow(sc_writer, sr_writer, {(CASE_PORT, CASE_PORT)})

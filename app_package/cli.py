@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a GGUF language model phrases the summary (default: the template)")
     analyze.add_argument("--modalities", default="CR,DX,OT",
                          help="comma-separated modalities to accept (default: %(default)s)")
+    analyze.add_argument("--count-devices", action="store_true",
+                         help="medical devices lower the default verdict too "
+                            "(default: removable objects only)")
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     demo = commands.add_parser(
@@ -104,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--modalities", help="comma-separated modalities to accept (default: CR,DX,OT)")
     serve.add_argument("--summary-model", type=Path, metavar="PATH.gguf",
                        help="a GGUF language model phrases the summary (default: the template)")
+    serve.add_argument("--count-devices", action="store_true", default=None,
+                       help="medical devices lower the default verdict too "
+                              "(default: removable objects only)")
 
     health = commands.add_parser("health", help="C-ECHO a node; exit 0 when it answers (health checks)")
     health.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
@@ -206,9 +212,11 @@ def run_analyze(args: argparse.Namespace, labels: dict[Path, str] | None = None)
     paths = [path for path in expand_inputs(args.inputs) if path.exists()]
     for path in missing:
         print(f"rejected {path}: no such file or folder", file=sys.stderr)
-    loader = LoaderConfig(allowed_modalities=frozenset(m.strip().upper() for m in args.modalities.split(",")))
+    loader = LoaderConfig(allowed_modalities=frozenset(m.strip().upper() for m in args.modalities.split(",")),
+                          refuse_repeated_uids=True)
     settings = build_settings(paths, args.output, model=args.model, device=args.device,
-                              saliency=args.saliency, loader=loader, summary_model=args.summary_model)
+                              saliency=args.saliency, loader=loader, summary_model=args.summary_model,
+                              count_devices=args.count_devices)
     # a bar (and its carriage returns) only on a terminal: log lines must start at column 0
     progress = tqdm(total=len(paths), unit="image", file=sys.stderr,
                     disable=args.no_progress or len(paths) < 2 or not sys.stderr.isatty())
@@ -231,7 +239,9 @@ def run_analyze(args: argparse.Namespace, labels: dict[Path, str] | None = None)
             # a labelled input is not named by its path, so say where its picture is
             picture = f", {case.outputs['report_png']}" if case.path in labels else ""
             progress.write(f"{name}: Q_img {quality.q_img:.3f} Q_filtered {quality.q_filtered:.3f} "
-                           f"verdict {quality.verdict.value} objects {len(quality.objects)}{picture}",
+                           f"verdict {quality.default_verdict.value} ({quality.verdict_basis}) "
+                           f"objects {len(quality.objects)} removable {len(quality.removable_objects)} "
+                           f"devices {len(quality.devices)}{picture}",
                            file=sys.stdout)
 
     started = time.perf_counter()
@@ -249,7 +259,7 @@ SERVE_KEYS = ("ae_title", "port", "bind", "storage", "output", "forward", "metri
               "model", "device", "saliency", "modalities",
               "metrics_bind", "max_associations", "acse_timeout", "dimse_timeout", "network_timeout",
               "forward_tls", "forward_tls_ca", "forward_tls_certificate", "forward_tls_key", "retention_days",
-              "retention_bytes", "review_port", "review_bind", "summary_model")
+              "retention_bytes", "review_port", "review_bind", "summary_model", "count_devices")
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:

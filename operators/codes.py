@@ -39,7 +39,22 @@ XQ-0041     Not a frontal chest radiograph             the gate stopped the imag
 XQ-0042     Reason not scored                          TEXT, the gate's reason (with XQ-0041)
 XQ-0043     Chest region estimated                     scored, lung fields not found (image-level group)
 XQ-0044     Why the chest region was estimated         TEXT, the lung finder's problem (with XQ-0043)
+XQ-0006     Image quality score over removable objects NUM, unit 1 (Q_removable)
+XQ-0007     Removable-object image quality verdict     CODE, value XQ-0010..12
+XQ-0008     Basis of the default verdict               CODE, value XQ-0052 or XQ-0053
+XQ-0050     Medical device                             SEG segment type; object class value
+XQ-0051     Object class                               CODE, value XQ-0050 or XQ-0052
+XQ-0052     Removable object                           object class value
+XQ-0053     All objects                                default verdict basis (site counts devices)
+XQ-0054     Object class confidence                    NUM, unit 1, the classifier's probability
+XQ-0055     Expected on this plate                     CODE qualifier: an ECG lead the view rule expects
 ==========  =========================================  ==========================
+
+Object classes (DESIGN "Beyond the thesis"): the SEG has one segment per class, both of
+category CID 7150 "Physical object" (SCT 260787004).  Removable objects are CID 7193 "Foreign
+body" (SCT 19227008).  CID 7193 names single devices (Endotracheal tube, Catheter, Cardiac
+pacemaker, ...) but no term for medical devices as a class, and pydicom's dictionaries hold
+none, so the device segment's type is XQ-0050.
 
 Mean saliency per object is standard: (130404, DCM, "Saliency") with the TID 300
 derivation (373098007, SCT, "Mean").  All fractions are relative to the
@@ -101,6 +116,15 @@ NOT_FRONTAL_CHEST = _private("XQ-0041", "Not a frontal chest radiograph")
 NOT_SCORED_REASON = _private("XQ-0042", "Reason not scored")
 CHEST_REGION_ESTIMATED = _private("XQ-0043", "Chest region estimated")
 CHEST_REGION_ESTIMATION_REASON = _private("XQ-0044", "Why the chest region was estimated")
+Q_REMOVABLE = _private("XQ-0006", "Image quality score over removable objects")
+VERDICT_REMOVABLE = _private("XQ-0007", "Removable-object image quality verdict")
+VERDICT_BASIS = _private("XQ-0008", "Basis of the default verdict")
+MEDICAL_DEVICE = _private("XQ-0050", "Medical device")
+OBJECT_CLASS = _private("XQ-0051", "Object class")
+REMOVABLE_OBJECT = _private("XQ-0052", "Removable object")
+ALL_OBJECTS = _private("XQ-0053", "All objects")
+CLASS_CONFIDENCE = _private("XQ-0054", "Object class confidence")
+EXPECTED_ON_PLATE = _private("XQ-0055", "Expected on this plate")
 
 PRIVATE_CODES: tuple[Code, ...] = (
     Q_IMG, Q_FILTERED, VERDICT, VERDICT_FILTERED, OBJECT_COUNT,
@@ -108,7 +132,12 @@ PRIVATE_CODES: tuple[Code, ...] = (
     AREA_FRACTION, LOCATION_WEIGHT, SIZE_PENALTY, SEVERITY, TOTAL_AREA_FRACTION,
     SUMMARY_SOURCE, SUMMARY_FROM_LLM, SUMMARY_FROM_TEMPLATE, INPUT_GATE, NOT_FRONTAL_CHEST,
     NOT_SCORED_REASON, CHEST_REGION_ESTIMATED, CHEST_REGION_ESTIMATION_REASON,
+    Q_REMOVABLE, VERDICT_REMOVABLE, VERDICT_BASIS, MEDICAL_DEVICE, OBJECT_CLASS, REMOVABLE_OBJECT,
+    ALL_OBJECTS, CLASS_CONFIDENCE, EXPECTED_ON_PLATE,
 )
+
+#: the coded value of each object class (report.json's "object_class")
+OBJECT_CLASS_CODES: dict[str, Code] = {"removable": REMOVABLE_OBJECT, "device": MEDICAL_DEVICE}
 
 VERDICT_CODES: dict[Verdict, Code] = {
     Verdict.GOOD: VERDICT_GOOD,
@@ -118,7 +147,7 @@ VERDICT_CODES: dict[Verdict, Code] = {
 
 
 def private_coding_scheme() -> CodingSchemeIdentificationItem:
-    """The Coding Scheme Identification item that documents ``99XIQA`` inside an SR."""
+    """The Coding Scheme Identification item that documents ``99XIQA`` inside an SR or a SEG."""
     return CodingSchemeIdentificationItem(
         designator=PRIVATE_SCHEME_DESIGNATOR,
         name=PRIVATE_SCHEME_NAME,
@@ -136,6 +165,12 @@ SEGMENT_CATEGORY = codes.SCT.PhysicalObject
 SEGMENT_TYPE = codes.SCT.ForeignBody
 SEGMENT_LABEL = "Foreign body"
 
+#: One SEG segment per object class: (number, class, label, category, type); see the scheme notes.
+CLASS_SEGMENTS: tuple[tuple[int, str, str, Code, Code], ...] = (
+    (1, "removable", "Removable object", codes.SCT.PhysicalObject, codes.SCT.ForeignBody),
+    (2, "device", "Medical device", codes.SCT.PhysicalObject, MEDICAL_DEVICE),
+)
+
 #: Algorithm family (CID 7162) of the SEG's algorithm identification.
 ALGORITHM_FAMILY = codes.DCM.ArtificialIntelligence
 
@@ -151,6 +186,9 @@ FINDING_CATEGORY = codes.SCT.PhysicalObject
 #: Per-object mean saliency: TID 300 measurement "Saliency", derivation "Mean".
 SALIENCY = codes.DCM.Saliency
 MEAN = codes.SCT.Mean
+
+#: The value of a yes/no qualitative evaluation (the ECG rule's "expected on this plate").
+YES = codes.SCT.Yes
 
 #: UCUM unit of every dimensionless number we report (scores, fractions, counts).
 UNITLESS = codes.UCUM.NoUnits

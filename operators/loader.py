@@ -76,6 +76,9 @@ class LoaderConfig:
     allowed_sop_classes: frozenset[str] = frozenset(SUPPORTED_SOP_CLASSES)
     #: Rows x Columns above this are rejected before decoding (a 2-byte image of 2**26 pixels is 128 MiB)
     max_pixels: int = 2**26
+    #: refuse an input whose SOP Instance UID an earlier input of the same run had (``xiqa analyze``:
+    #: a resend or an edited copy would write into the first one's output folder and replace it)
+    refuse_repeated_uids: bool = False
 
 
 @dataclass
@@ -311,6 +314,24 @@ def load_case(path: Path | str, config: LoaderConfig = LoaderConfig()) -> Case:
     return case
 
 
+def refuse_repeated_uid(case: Case, first_with_uid: dict[str, Path]) -> None:
+    """Reject ``case`` when an earlier input in ``first_with_uid`` had its SOP Instance UID.
+
+    Outputs go to one folder per SOP Instance UID, so a second input with the same UID (a resend,
+    or a copy of one file with edits) would silently replace the first one's results; the first
+    input's results are kept and the second is refused, naming the first.  ``first_with_uid`` is
+    updated with the case's UID when it is new.
+    """
+    if not case.ok:
+        return
+    uid = case.source.sop_instance_uid
+    first = first_with_uid.setdefault(uid, case.path)
+    if first != case.path:
+        case.error = (f"duplicate SOP Instance UID: {first} in this batch has the same one "
+                      "(its results are kept, this input is not analysed)")
+        case.rejected = True
+
+
 class PathFeed:
     """The paths the loader reads, given before or while the graph runs (thread-safe).
 
@@ -378,6 +399,7 @@ class LoaderOperator(Operator):
     def __init__(self, fragment: Fragment, condition, *args, feed: PathFeed,
                  config: LoaderConfig = LoaderConfig(), **kwargs) -> None:
         self.feed, self.config, self._condition = feed, config, condition
+        self._first_with_uid: dict[str, Path] = {}  # SOP Instance UID -> the input that had it first
         super().__init__(fragment, condition, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -389,4 +411,7 @@ class LoaderOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         path = self.feed.take()
         if path is not None:
-            op_output.emit(load_case(path, self.config), CASE_PORT)
+            case = load_case(path, self.config)
+            if self.config.refuse_repeated_uids:
+                refuse_repeated_uid(case, self._first_with_uid)
+            op_output.emit(case, CASE_PORT)

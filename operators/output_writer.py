@@ -74,7 +74,7 @@ def build_outputs(
         An argument has a wrong shape or value (see the three builders).
     """
     from .sc_writer import build_heatmap_capture
-    from .seg_writer import build_segmentation
+    from .seg_writer import build_segmentation, class_masks_at_source
     from .sr_writer import build_report
 
     if not isinstance(probability, np.ndarray) or probability.ndim != 2:
@@ -83,7 +83,9 @@ def build_outputs(
         raise ValueError(f'Argument "threshold" must be in (0, 1), got {threshold}')
     mask = mask_at_source(probability, source.shape, threshold)
     grid_mask = (probability > threshold).astype(np.uint8)
-    seg = build_segmentation(source, mask, algorithm, uid_root)
+    # objects not classed: the whole mask is segment 1, as before classes
+    removable, devices = class_masks_at_source(mask, quality) if quality.classified else (mask, None)
+    seg = build_segmentation(source, removable, algorithm, uid_root, devices)
     sc = build_heatmap_capture(source, saliency, mask, quality, algorithm, uid_root)
     sr = build_report(source, quality, seg, summary, summary_source, algorithm,
                       grid_mask=grid_mask if grid_mask.shape == tuple(quality.grid_shape) else None,

@@ -33,6 +33,7 @@ def report_dict(case: Case) -> dict:
         "not_scored_reason": None if case.frontal_chest else case.gate.reason,
         "gate": case.gate.to_dict() if case.gate is not None else None,
         "q_img": None, "q_filtered": None, "verdict": None, "verdict_filtered": None, "objects": [],
+        "verdict_basis": None, "verdict_all_objects": None, "q_removable": None, "verdict_removable": None,
         "source_shape": list(case.source.shape),
         "saliency_method": getattr(case.saliency, "method", None),
         "model_id": getattr(case.segmentation, "model_id", None),
@@ -53,7 +54,9 @@ def report_dict(case: Case) -> dict:
         quality = case.quality.to_dict()
         report.update({key: quality[key] for key in (
             "q_img", "q_filtered", "verdict", "verdict_filtered", "objects", "objects_outside_chest",
-            "raw_component_count", "merge_radius", "chest_region_used")})
+            "raw_component_count", "merge_radius", "chest_region_used", "verdict_basis",
+            "verdict_all_objects", "q_removable", "verdict_removable", "count_devices", "classifier_version",
+            "removable_count", "device_count", "expected_count", "ecg_rule")})
         report["analysis_grid"] = quality["grid_shape"]
     return report
 
@@ -63,6 +66,7 @@ def _to_rgb8(gray: np.ndarray) -> np.ndarray:
 
 
 CHEST_COLOUR, OBJECT_COLOUR, OUTSIDE_COLOUR = (0, 200, 255), (255, 40, 40), (255, 200, 0)
+DEVICE_COLOUR = (40, 220, 60)  # medical devices: listed, not counted in the default verdict
 DASH = 6  # panel pixels drawn, then as many left out, along an estimated chest region
 REGION_ESTIMATED_CAPTION = "chest region estimated"
 
@@ -99,9 +103,12 @@ def _outlined(case: Case, image: np.ndarray) -> np.ndarray:
     if case.segmentation is None:
         return canvas
     network_mask = mask_at_source(case.segmentation.probability, (height, width), case.segmentation.threshold)
-    mask = counted_at_source(network_mask, case.quality)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    removable = counted_at_source(network_mask, case.quality, "removable")
+    contours, _ = cv2.findContours(removable, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     canvas = cv2.drawContours(canvas, contours, -1, OBJECT_COLOUR, 2)
+    devices = counted_at_source(network_mask, case.quality, "device")
+    contours, _ = cv2.findContours(devices, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    canvas = cv2.drawContours(canvas, contours, -1, DEVICE_COLOUR, 2)
     grid_rows, grid_columns = case.quality.grid_shape
     for finding in case.quality.objects_outside:
         y0, x0, y1, x1 = finding.bbox
@@ -111,22 +118,32 @@ def _outlined(case: Case, image: np.ndarray) -> np.ndarray:
     return canvas
 
 
+def _class_label(finding) -> str:
+    """``R`` removable or ``D`` device, with the finer category where one was named."""
+    if finding.object_class is None:
+        return "-"
+    label = "D" if finding.object_class == "device" else "R"
+    return f"{label} {finding.category.replace('_', ' ')}" if finding.category else label
+
+
 def _score_lines(case: Case) -> list[str]:
     quality = case.quality
     lines = [
-        f"Q_img        {quality.q_img:.3f}",
+        f"Verdict      {quality.default_verdict.value} ({quality.verdict_basis})",
+        f"Q_img        {quality.q_img:.3f} (all objects, {quality.verdict.value})",
+        *([f"Q_removable  {quality.q_removable:.3f} ({quality.verdict_removable.value})"]
+          if quality.classified else []),
         f"Q_filtered   {quality.q_filtered:.3f}",
-        f"Verdict      {quality.verdict.value}",
         f"Objects      {len(quality.objects)} counted, {len(quality.objects_outside)} outside the chest",
         f"             ({quality.raw_component_count} raw components, merge radius {quality.merge_radius})",
         "",
-        "#  area%   y    x    ImpL  Pen_S  sev   sal",
+        "#  area%   y    x    ImpL  Pen_S  sev   sal  class",
     ]
     for index, finding in enumerate(quality.objects[:15], start=1):
         saliency = "  -  " if finding.mean_saliency is None else f"{finding.mean_saliency:.2f}"
         lines.append(f"{index:<2} {100 * finding.area_fraction:5.2f} {finding.centroid_y:.2f} "
                      f"{finding.centroid_x:.2f} {finding.location_weight:.2f}  {finding.size_penalty:.3f} "
-                     f"{finding.severity:.2f}  {saliency}")
+                     f"{finding.severity:.2f}  {saliency} {_class_label(finding)}")
     if len(quality.objects) > 15:
         lines.append(f"... and {len(quality.objects) - 15} more (see report.json)")
     return lines
@@ -189,12 +206,14 @@ def render_report_png(case: Case, path: Path, max_side: int = PANEL_SIDE) -> Pat
         region = case.gate.region if case.gate is not None else None
         estimated = region is not None and region.estimated
         region_key = f"{REGION_ESTIMATED_CAPTION} (dashed)" if estimated else "chest region (cyan)"
-        panel_title = f"Objects counted: {len(case.quality.objects)} (red); {region_key}"
+        quality = case.quality
+        panel_title = (f"{len(quality.removable_objects)} counted (red), {len(quality.devices)} devices "
+                       f"(green); {region_key}")
         lines = _score_lines(case)
         if estimated:
             lines = [f"Note: {REGION_ESTIMATED_CAPTION.capitalize()} from the {region.estimated_from},",
                      *textwrap.wrap(f"lung fields not found: {region.problem}.", 52), "", *lines]
-        verdict = case.quality.verdict.value
+        verdict = case.quality.default_verdict.value
         colour, title = VERDICT_COLOURS[verdict], f"xiqa {__version__} - image quality {verdict}"
     else:
         panel_title = "Not scored"

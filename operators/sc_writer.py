@@ -78,7 +78,7 @@ from .writer_common import (
 #: Opacity of the heatmap where saliency is 1 (it falls linearly to 0 at saliency 0).
 HEATMAP_MAX_ALPHA = 0.55
 #: Object outline colour (RGB): cyan stands out against both grey and JET; the SEG's colour too.
-CONTOUR_RGB = DISPLAY_RGB
+CONTOUR_RGB = DISPLAY_RGB["removable"]
 LEGEND_TEXT_RGB = (255, 255, 255)
 LEGEND_BACKGROUND_ALPHA = 0.65
 
@@ -154,8 +154,10 @@ def _legend_lines(quality: QualityResult, algorithm: AlgorithmInfo) -> list[str]
     return [
         f"{algorithm.name} {algorithm.version}",
         f"Q_img {quality.q_img:.2f}  {quality.verdict.value}",
+        *([f"Q_removable {quality.q_removable:.2f}  {quality.verdict_removable.value}"]
+          if quality.classified else []),
         f"Q_filtered {quality.q_filtered:.2f}  {quality.verdict_filtered.value}",
-        f"objects {len(quality.objects)}",
+        f"objects {len(quality.objects)}" + (f" ({len(quality.devices)} devices)" if quality.devices else ""),
         "saliency  low -> high",
     ]
 

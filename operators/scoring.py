@@ -84,6 +84,12 @@ class ObjectFinding:
     mean_saliency: float | None
     inside_fraction: float = 1.0  # of its pixels over the chest region (1 without a region)
     fragments: int = 1  # raw 8-connected components merged into this object
+    # set by the object-class node (object_classes.py); None before it ran
+    object_class: str | None = None  # "removable" or "device"
+    class_confidence: float | None = None  # probability of that class
+    category: str | None = None  # the finer category, only where the classifier is confident
+    category_confidence: float | None = None
+    expected: bool = False  # removable by class, but the ECG rule expects it here (not counted)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,12 +109,67 @@ class QualityResult:
     region_used: bool = False
     # the pixels of the counted objects on the analysis grid (what SEG, SC and report.png show)
     counted_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # set by the object-class node: Q and its verdict over the removable objects only
+    q_removable: float | None = None
+    verdict_removable: Verdict | None = None
+    count_devices: bool = False  # the site counts medical devices in the default verdict too
+    classifier_version: str | None = None
+    ecg_rule: str | None = None  # the rule that decided whether ECG leads count, in words
+
+    @property
+    def classified(self) -> bool:
+        return self.q_removable is not None
+
+    @property
+    def removable_objects(self) -> tuple[ObjectFinding, ...]:
+        """The objects the default verdict counts: removable (or not classed) and not expected."""
+        return tuple(f for f in self.objects if f.object_class in (None, "removable") and not f.expected)
+
+    @property
+    def expected_objects(self) -> tuple[ObjectFinding, ...]:
+        """Removable by class, but expected on this plate (the ECG rule): listed, not counted."""
+        return tuple(f for f in self.objects if f.object_class == "removable" and f.expected)
+
+    @property
+    def devices(self) -> tuple[ObjectFinding, ...]:
+        return tuple(f for f in self.objects if f.object_class == "device")
+
+    @property
+    def default_quality(self) -> float:
+        """The figure the default verdict follows: Q over the removable objects, or Q_img where the
+        objects were not classed or the site counts devices too."""
+        if self.q_removable is None or self.count_devices:
+            return self.q_img
+        return self.q_removable
+
+    @property
+    def default_verdict(self) -> Verdict:
+        if self.verdict_removable is None or self.count_devices:
+            return self.verdict
+        return self.verdict_removable
+
+    @property
+    def verdict_basis(self) -> str:
+        """What the default verdict counts: "removable objects" or "all objects"."""
+        return "all objects" if self.q_removable is None or self.count_devices else "removable objects"
 
     def to_dict(self) -> dict:
         return {
             "q_img": self.q_img,
             "q_filtered": self.q_filtered,
-            "verdict": self.verdict.value,
+            # the default verdict (DESIGN "Beyond the thesis", object classes); the thesis' verdict
+            # over every object is verdict_all_objects
+            "verdict": self.default_verdict.value,
+            "verdict_basis": self.verdict_basis,
+            "verdict_all_objects": self.verdict.value,
+            "q_removable": self.q_removable,
+            "verdict_removable": self.verdict_removable.value if self.verdict_removable else None,
+            "count_devices": self.count_devices,
+            "classifier_version": self.classifier_version,
+            "removable_count": len(self.removable_objects),
+            "device_count": len(self.devices),
+            "expected_count": len(self.expected_objects),
+            "ecg_rule": self.ecg_rule,
             "verdict_filtered": self.verdict_filtered.value,
             "grid_shape": list(self.grid_shape),
             "objects": [finding.to_dict() for finding in self.objects],
@@ -224,16 +285,35 @@ def score_mask(mask: np.ndarray, saliency: np.ndarray | None = None,
                          region is not None, counted)
 
 
-def counted_at_source(source_mask: np.ndarray, quality: QualityResult) -> np.ndarray:
+def object_masks(quality: QualityResult) -> list[np.ndarray]:
+    """The pixels of each counted object on the analysis grid, in the order of ``quality.objects``.
+
+    The counted mask holds only counted objects; merging it again with the same radius gives the
+    same objects in the same order (objects apart in the whole mask stay apart in a part of it).
+    """
+    if quality.counted_mask is None:
+        return []
+    return [component for component, _ in find_objects(quality.counted_mask, quality.merge_radius)]
+
+
+def counted_at_source(source_mask: np.ndarray, quality: QualityResult,
+                      object_class: str | None = None) -> np.ndarray:
     """``source_mask`` (the network's mask at source resolution) without the objects that scoring
-    did not count (outside the chest: markers, text, shutters, the image border).
+    did not count (outside the chest: markers, text, shutters, the image border); with
+    ``object_class`` ("removable" or "device"), only the counted objects of that class.
 
     The counted grid mask is grown by one grid pixel before it is scaled up, because the source
     mask comes from the interpolated probability and may reach just past the grid pixels.
     """
-    if quality.counted_mask is None:
-        return source_mask
-    grown = cv2.dilate(quality.counted_mask.astype(np.uint8), np.ones((3, 3), np.uint8))
+    if quality.counted_mask is None:  # nothing classed: every object is removable
+        return source_mask if object_class in (None, "removable") else np.zeros_like(source_mask)
+    counted = quality.counted_mask
+    if object_class is not None:
+        counted = np.zeros(counted.shape, bool)
+        for finding, pixels in zip(quality.objects, object_masks(quality), strict=True):
+            if (finding.object_class or "removable") == object_class:
+                counted |= pixels
+    grown = cv2.dilate(counted.astype(np.uint8), np.ones((3, 3), np.uint8))
     rows, columns = source_mask.shape
     keep = cv2.resize(grown, (columns, rows), interpolation=cv2.INTER_NEAREST) > 0
     return (source_mask.astype(bool) & keep).astype(source_mask.dtype)

@@ -1,11 +1,13 @@
 """Graph node 7a: the foreign-object mask as a DICOM Segmentation (SEG).
 
-One BINARY segment, "Foreign body" (category SCT 260787004 "Physical object",
-type SCT 19227008 "Foreign body"), at the source's rows x columns: the objects
-that scoring counted over the chest (markers, text and shutters outside it are
-left out, as they are from Q_img), derived from and referencing the source
-image, with the algorithm (name, version, model id) in the segment's Algorithm
-Identification.
+Two BINARY segments, one per object class (DESIGN "Beyond the thesis", object classes), at the
+source's rows x columns: 1 "Removable object" (category SCT 260787004 "Physical object", type
+SCT 19227008 "Foreign body") and 2 "Medical device" (category "Physical object", type XQ-0050
+of our documented private scheme: CID 7193 has no term for devices as a class; see
+``codes.py``).  They hold the objects that scoring counted over the chest (markers, text and
+shutters outside it are left out, as they are from Q_img), derived from and referencing the
+source image, with the algorithm (name, version, model id) in each segment's Algorithm
+Identification.  Objects that were not classed are removable.
 
 Its one frame maps pixel for pixel onto the source.  A SEG of a projection
 radiograph (no Frame of Reference) needs no geometry, but the OHIF Viewer
@@ -27,8 +29,8 @@ dciodvfy and PixelMed accept both; highdicom's ``segread`` (0.28) does not
 read such a SEG, as it wants a Slice Thickness in any Pixel Measures
 (``xiqa.training.datasets.read_seg_mask`` reads it with pydicom).
 
-An image without objects still gets a SEG: its one frame is empty
-(``omit_empty_frames=False``).  "Analysed, nothing found" then looks the same
+An image without objects still gets a SEG: its frames are empty
+(``omit_empty_frames=False``), one per segment.  "Analysed, nothing found" then looks the same
 to a PACS as "analysed, something found", and the SR can always list the SEG
 as its evidence.
 """
@@ -40,9 +42,9 @@ import numpy as np
 from pydicom import Dataset
 
 from .case import Case
-from .codes import DEFAULT_UID_ROOT, SEGMENT_CATEGORY, SEGMENT_LABEL, SEGMENT_TYPE, derive_uid
+from .codes import CLASS_SEGMENTS, DEFAULT_UID_ROOT, derive_uid, private_coding_scheme
 from .loader import SourceImage
-from .scoring import counted_at_source
+from .scoring import QualityResult, counted_at_source
 from .writer_common import (
     MANUFACTURER,
     OUTPUT_CHARACTER_SET,
@@ -58,10 +60,9 @@ from .writer_common import (
     reference_dataset,
 )
 
-#: Number of the only segment of every xiqa SEG.
-SEGMENT_NUMBER = 1
-#: Recommended display colour of the segment (RGB; written as CIELab): cyan, as the SC's outlines.
-DISPLAY_RGB = (0, 255, 255)
+#: Recommended display colour of each class' segment (RGB; written as CIELab): removable objects
+#: cyan, as the SC's outlines; medical devices green.
+DISPLAY_RGB = {"removable": (0, 255, 255), "device": (0, 200, 80)}
 
 
 def check_source_mask(mask: object, shape: tuple[int, int]) -> np.ndarray:
@@ -92,20 +93,24 @@ def build_segmentation(
     mask: np.ndarray,
     algorithm: AlgorithmInfo,
     uid_root: str | None = DEFAULT_UID_ROOT,
+    device_mask: np.ndarray | None = None,
 ) -> hd.seg.Segmentation:
-    """A BINARY SEG of ``mask`` (source rows x columns) in the source's study.
+    """A BINARY SEG of ``mask`` and ``device_mask`` (source rows x columns) in the source's study.
 
     Parameters
     ----------
     source: xiqa.operators.loader.SourceImage
         The analysed image; its dataset gives study, patient and references.
     mask: numpy.ndarray
-        Binary mask (bool or 0/1 integers) at the source's resolution, e.g.
-        from :func:`xiqa.operators.segmentation.mask_at_source`.
+        Binary mask (bool or 0/1 integers) of the removable (or not classed) objects at the
+        source's resolution, e.g. from :func:`xiqa.operators.scoring.counted_at_source`;
+        segment 1.
     algorithm: AlgorithmInfo
         Name, version and model id, written to the segment description.
     uid_root: str | None, optional
         Root for the derived UIDs; ``None`` gives ``2.25.`` UIDs.
+    device_mask: numpy.ndarray | None, optional
+        The medical devices, as ``mask``; segment 2 (empty when None).
 
     Raises
     ------
@@ -118,28 +123,33 @@ def build_segmentation(
     """
     check_argument_type("source", source, SourceImage, "a SourceImage")
     check_argument_type("algorithm", algorithm, AlgorithmInfo, "an AlgorithmInfo")
-    binary = check_source_mask(mask, (int(source.dataset.Rows), int(source.dataset.Columns)))
+    shape = (int(source.dataset.Rows), int(source.dataset.Columns))
+    binary = check_source_mask(mask, shape)
+    devices = np.zeros(shape, bool) if device_mask is None else check_source_mask(device_mask, shape)
     reference = reference_dataset(source.dataset)
     # the geometry is added below (module docstring), not by highdicom from the reference
     if "PixelSpacing" in reference:
         del reference.PixelSpacing
     identity = output_identity(source.dataset, OutputKind.SEG, algorithm, uid_root)
-    description = hd.seg.SegmentDescription(
-        segment_number=SEGMENT_NUMBER,
-        segment_label=SEGMENT_LABEL,
-        segmented_property_category=SEGMENT_CATEGORY,
-        segmented_property_type=SEGMENT_TYPE,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm.identification_sequence(),
-        tracking_uid=derive_uid(("segment", identity.sop_instance_uid, SEGMENT_NUMBER), uid_root),
-        tracking_id="xiqa foreign bodies",
-        display_color=hd.color.CIELabColor.from_rgb(*DISPLAY_RGB),
-    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label,
+            segmented_property_category=category,
+            segmented_property_type=kind,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm.identification_sequence(),
+            tracking_uid=derive_uid(("segment", identity.sop_instance_uid, number), uid_root),
+            tracking_id=f"xiqa {label.lower()}s",
+            display_color=hd.color.CIELabColor.from_rgb(*DISPLAY_RGB[object_class]),
+        )
+        for number, object_class, label, category, kind in CLASS_SEGMENTS
+    ]
     seg = hd.seg.Segmentation(
         source_images=[reference],
-        pixel_array=binary,
+        pixel_array=np.stack([binary, devices], axis=-1)[None],  # (frames, rows, columns, segments)
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description],
+        segment_descriptions=descriptions,
         series_instance_uid=identity.series_instance_uid,
         series_number=identity.series_number,
         sop_instance_uid=identity.sop_instance_uid,
@@ -149,7 +159,7 @@ def build_segmentation(
         software_versions=algorithm.version,
         device_serial_number=algorithm.model_id,
         content_label="XIQA_OBJECTS",
-        content_description="Foreign objects over the chest (those Q_img counts)",
+        content_description="Objects over the chest (those Q_img counts), by class",
         omit_empty_frames=False,
         series_description=identity.series_description,
         specific_character_set=OUTPUT_CHARACTER_SET,
@@ -160,6 +170,8 @@ def build_segmentation(
     orientation = patient_orientation(source.dataset)
     seg.PatientOrientation = list(orientation) if orientation else ""
     describe_body_part(seg, source.dataset)  # no Laterality: dciodvfy wants none in a SEG
+    # the device segment's type is of our private scheme: documented as in the SR (SOP Common)
+    seg.CodingSchemeIdentificationSequence = [private_coding_scheme()]
     _add_viewer_geometry(seg, source.dataset)
     return seg
 
@@ -195,11 +207,18 @@ def _orientation(source: Dataset) -> tuple[float, ...]:
 
 
 class SegWriterOperator(DicomWriterOperator):
-    """The SEG node: the mask at source resolution as one BINARY segment."""
+    """The SEG node: the mask at source resolution as one BINARY segment per object class."""
 
     kind = OutputKind.SEG
     chest_only = True
 
     def build(self, case: Case) -> Dataset:
-        mask = counted_at_source(case.segmentation.mask_for_source(case.source.shape), case.quality)
-        return build_segmentation(case.source, mask, algorithm_for_case(case), self.uid_root)
+        removable, devices = class_masks_at_source(case.segmentation.mask_for_source(case.source.shape),
+                                                   case.quality)
+        return build_segmentation(case.source, removable, algorithm_for_case(case), self.uid_root, devices)
+
+
+def class_masks_at_source(source_mask: np.ndarray, quality: QualityResult) -> tuple[np.ndarray, np.ndarray]:
+    """(removable objects, medical devices) of the counted objects at source resolution."""
+    return (counted_at_source(source_mask, quality, "removable"),
+            counted_at_source(source_mask, quality, "device"))

@@ -10,13 +10,18 @@ and more PACS know Comprehensive SR than Comprehensive 3D SR).  Content tree::
       Imaging Measurements                                  <- measurement groups
         Measurement Group (TID 1410) "xiqa image quality": the whole image
             (its outline as a closed SCOORD POLYLINE), algorithm (TID 4019),
-            Q_img, Q_filtered, number of objects, total area fraction; verdict
-            and filtered verdict as qualitative evaluations; where the gate had to
+            Q_img, Q_filtered, number of objects, total area fraction and, once the
+            objects are classed, Q_removable; verdict (all objects), filtered
+            verdict and, once classed, the removable-object verdict and the basis
+            of the default verdict as qualitative evaluations; where the gate had to
             estimate the chest region, "Input gate decision: chest region estimated"
             and why (TEXT)
         Measurement Group (TID 1410) "Object N", one per object: its outline as
             a closed SCOORD POLYLINE on the source image, area fraction,
-            location weight, size penalty, severity, mean saliency
+            location weight, size penalty, severity, mean saliency; once classed,
+            the class (removable object / medical device) as a qualitative
+            evaluation with its confidence, and "Expected on this plate: Yes" for
+            an ECG lead the view rule expects
       Qualitative Evaluations (TID 1500 row 12)             <- evaluations
         Narrative Summary (TEXT) and where it came from (LLM or template)
 
@@ -319,11 +324,13 @@ def quality_groups(reference: Dataset, quality: QualityResult, algorithm: Algori
             _number(xc.Q_FILTERED, quality.q_filtered),
             _number(xc.OBJECT_COUNT, len(quality.objects)),
             _number(xc.TOTAL_AREA_FRACTION, sum(f.area_fraction for f in quality.objects)),
+            *([_number(xc.Q_REMOVABLE, quality.q_removable)] if quality.classified else []),
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(xc.VERDICT, xc.VERDICT_CODES[quality.verdict]),
             hd.sr.QualitativeEvaluation(xc.VERDICT_FILTERED,
                                         xc.VERDICT_CODES[quality.verdict_filtered]),
+            *(_class_verdicts(quality) if quality.classified else []),
             *([hd.sr.QualitativeEvaluation(xc.INPUT_GATE, xc.CHEST_REGION_ESTIMATED)]
               if region_estimated_because else []),
         ],
@@ -343,6 +350,13 @@ def quality_groups(reference: Dataset, quality: QualityResult, algorithm: Algori
         ]
         if finding.mean_saliency is not None:
             measurements.append(_number(xc.SALIENCY, finding.mean_saliency, derivation=xc.MEAN))
+        evaluations = []
+        if finding.object_class is not None:
+            measurements.append(_number(xc.CLASS_CONFIDENCE, finding.class_confidence))
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                xc.OBJECT_CLASS, xc.OBJECT_CLASS_CODES[finding.object_class]))
+            if finding.expected:
+                evaluations.append(hd.sr.QualitativeEvaluation(xc.EXPECTED_ON_PLATE, xc.YES))
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=_tracking(identity, ("object", number), f"Object {number}", uid_root),
             referenced_region=hd.sr.ImageRegion(
@@ -352,8 +366,16 @@ def quality_groups(reference: Dataset, quality: QualityResult, algorithm: Algori
             finding_category=xc.FINDING_CATEGORY,
             algorithm_id=algorithm.sr_identification(),
             measurements=measurements,
+            qualitative_evaluations=evaluations or None,
         ))
     return groups
+
+
+def _class_verdicts(quality: QualityResult) -> list[hd.sr.QualitativeEvaluation]:
+    """The removable-object verdict and what the default verdict counts (DESIGN, object classes)."""
+    basis = xc.ALL_OBJECTS if quality.verdict_basis == "all objects" else xc.REMOVABLE_OBJECT
+    return [hd.sr.QualitativeEvaluation(xc.VERDICT_REMOVABLE, xc.VERDICT_CODES[quality.verdict_removable]),
+            hd.sr.QualitativeEvaluation(xc.VERDICT_BASIS, basis)]
 
 
 def summary_evaluations(text: str, summary_source: SummarySource) -> list[hd.sr.ContentItem]:

@@ -49,7 +49,8 @@ class Node:
         # models load before the port opens, so a health check that passes means ready
         run_settings = build_settings([], settings.output, model=settings.model, device=settings.device,
                                       saliency=settings.saliency, loader=loader,
-                                      summary_model=settings.summary_model)
+                                      summary_model=settings.summary_model,
+                                      count_devices=settings.count_devices)
         self.worker = Worker(run_settings, self.spool, self.metrics, settings.study_timeout, self.outbox,
                              run_guard=self._signals_held, housekeeping=self._expire)
         self.listener = Listener(settings, self.spool, self.metrics, self.worker.add)

@@ -8,9 +8,11 @@ It only reads what the node already writes:
 * ``STORAGE/rejected/<study>/<sop>.reason.txt`` per rejected instance;
 * the node's own figures (queue and outbox depth, counters) from its metrics.
 
-Pages: ``/`` (health, depths, recent images with verdict, Q_img and a
-thumbnail, images not scored and why, rejected instances and why) and
-``/image/<SOP Instance UID>`` (report.png, the summary, the objects table);
+Pages: ``/`` (health, depths, recent images with verdict, Q_img, removable objects, medical
+devices and a thumbnail, images not scored and why, rejected instances and why; ``?show=removable``
+or ``?show=devices`` keeps the images with removable objects or with medical devices) and
+``/image/<SOP Instance UID>`` (report.png, the summary, the removable objects and the medical
+devices in two tables; ``?class=removable`` or ``?class=device`` shows one);
 ``/image/<SOP Instance UID>/report.png`` is the only file served.  UIDs,
 verdicts and reasons only: report.json and reason files hold no patient name,
 ID or birth date, and nothing else is read.  Every text is escaped, and a
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from .metrics import NodeMetrics
 from .spool import REJECTED
@@ -142,8 +144,29 @@ def _table(headers: tuple[str, ...], rows: list[str], empty: str) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def overview_html(state: NodeState, output: Path, storage: Path) -> bytes:
-    """The overview page."""
+#: the overview's filters: ``?show=`` value -> (link text, which scored images it keeps)
+SHOW_FILTERS: dict[str, tuple[str, Callable[[dict], bool]]] = {
+    "all": ("All images", lambda report: True),
+    "removable": ("With removable objects", lambda report: bool(report.get("removable_count"))),
+    "devices": ("With medical devices", lambda report: bool(report.get("device_count"))),
+}
+#: the detail page's filters: ``?class=`` value -> the object classes it shows
+CLASS_FILTERS = {"all": ("removable", "device"), "removable": ("removable",), "device": ("device",)}
+
+
+def _filter_links(parameter: str, choices: dict[str, str], current: str, href: str) -> str:
+    links = [f"<strong>{_e(text)}</strong>" if key == current else
+             f'<a href="{_e(href)}?{parameter}={_e(key)}">{_e(text)}</a>' for key, text in choices.items()]
+    return f'<p class="filters" id="{parameter}-filter">Show: {" | ".join(links)}</p>'
+
+
+def _object_class(item: dict) -> str:
+    return item.get("object_class") or "removable"  # not classed: every object counted as removable
+
+
+def overview_html(state: NodeState, output: Path, storage: Path, show: str = "all") -> bytes:
+    """The overview page; ``show`` (a key of :data:`SHOW_FILTERS`) filters the scored images."""
+    show = show if show in SHOW_FILTERS else "all"
     reports = read_reports(output)
     figures = [("Health", f"{state.ae_title}: DICOM listener "
                           + ("accepting associations" if state.dicom_listening() else "not listening")),
@@ -162,8 +185,10 @@ def overview_html(state: NodeState, output: Path, storage: Path) -> bytes:
         f'</code></a></td><td class="{_e(r.report.get("verdict"))} verdict">{_e(r.report.get("verdict"))}'
         f'</td><td class="q_img">{_number(r.report.get("q_img"))}</td>'
         f'<td class="objects">{len(r.report.get("objects") or [])}</td>'
+        f'<td class="removable">{_e(r.report.get("removable_count", ""))}</td>'
+        f'<td class="devices">{_e(r.report.get("device_count", ""))}</td>'
         f'<td><img class="thumb" alt="report" src="/image/{_e(r.sop_instance_uid)}/report.png"></td></tr>'
-        for r in reports if r.scored]
+        for r in reports if r.scored and SHOW_FILTERS[show][1](r.report)]
     not_scored = [
         f'<tr class="not-scored" data-uid="{_e(r.sop_instance_uid)}"><td><code>'
         f'{_e(r.study_instance_uid)}</code></td><td><a href="/image/{_e(r.sop_instance_uid)}"><code>'
@@ -175,8 +200,10 @@ def overview_html(state: NodeState, output: Path, storage: Path) -> bytes:
         for r in read_rejected(storage)]
     body = (f"<h1>xiqa node</h1><table>{health}</table>"
             f"<h2>Recent images (newest first, at most {RECENT})</h2>"
-            + _table(("Study Instance UID", "SOP Instance UID", "Verdict", "Q_img", "Objects", "Report"),
-                     scored, "No image scored yet.")
+            + _filter_links("show", {key: text for key, (text, _) in SHOW_FILTERS.items()}, show, "/")
+            + _table(("Study Instance UID", "SOP Instance UID", "Verdict", "Q_img", "Objects",
+                      "Removable objects", "Medical devices", "Report"),
+                     scored, "No image scored yet." if show == "all" else "No image of this kind.")
             + "<h2>Not scored (not a frontal chest radiograph)</h2>"
             + _table(("Study Instance UID", "SOP Instance UID", "Reason"), not_scored, "None.")
             + "<h2>Rejected instances</h2>"
@@ -184,13 +211,32 @@ def overview_html(state: NodeState, output: Path, storage: Path) -> bytes:
     return _page("xiqa node", body)
 
 
-def detail_html(report: ImageReport) -> bytes:
-    """The page of one image: report.png, the summary, the figures and the objects table."""
+def _objects_table(objects: list[tuple[int, dict]], empty: str) -> str:
+    rows = [f'<tr class="object {_e(_object_class(o))}"><td>{number}</td>'
+            f'<td class="class">{_e(_object_class(o))}{" (expected here)" if o.get("expected") else ""}</td>'
+            f'<td class="category">{_e((o.get("category") or "").replace("_", " "))}</td>'
+            f'<td>{_number(o.get("class_confidence"), 2)}</td><td>{_number(o.get("area_fraction"), 4)}</td>'
+            f'<td>{_number(o.get("location_weight"))}</td><td>{_number(o.get("size_penalty"))}</td>'
+            f'<td class="severity">{_number(o.get("severity"))}</td>'
+            f'<td>{_number(o.get("mean_saliency"))}</td></tr>'
+            for number, o in objects]
+    return _table(("Object", "Class", "Category", "Confidence", "Area fraction", "Location weight",
+                   "Size penalty", "Severity", "Mean saliency"), rows, empty)
+
+
+def detail_html(report: ImageReport, shown: str = "all") -> bytes:
+    """The page of one image: report.png, the summary, the figures, and the removable objects and
+    the medical devices in two tables; ``shown`` (a key of :data:`CLASS_FILTERS`) keeps one."""
+    shown = shown if shown in CLASS_FILTERS else "all"
     data = report.report
     uid = _e(report.sop_instance_uid)
     facts = [("SOP Instance UID", report.sop_instance_uid), ("Study Instance UID", report.study_instance_uid)]
     if report.scored:
-        facts += [("Verdict", data.get("verdict")), ("Q_img", _number(data.get("q_img"))),
+        facts += [("Verdict", data.get("verdict")), ("Verdict counts", data.get("verdict_basis")),
+                  ("Q_removable", _number(data.get("q_removable"))),
+                  ("Verdict (removable objects)", data.get("verdict_removable")),
+                  ("Verdict (all objects)", data.get("verdict_all_objects")),
+                  ("ECG rule", data.get("ecg_rule")), ("Q_img", _number(data.get("q_img"))),
                   ("Q_filtered", _number(data.get("q_filtered"))),
                   ("Verdict (saliency-filtered)", data.get("verdict_filtered")),
                   ("Saliency method", data.get("saliency_method")), ("Model", data.get("model_id"))]
@@ -199,16 +245,19 @@ def detail_html(report: ImageReport) -> bytes:
     facts.append(("Summary written by", data.get("summary_source")))
     table = "".join(f'<tr><th>{_e(name)}</th><td id="{_e(name.lower().replace(" ", "-"))}">{_e(value)}'
                     f"</td></tr>" for name, value in facts)
-    rows = [f'<tr class="object"><td>{number}</td><td>{_number(o.get("area_fraction"), 4)}</td>'
-            f'<td>{_number(o.get("location_weight"))}</td><td>{_number(o.get("size_penalty"))}</td>'
-            f'<td class="severity">{_number(o.get("severity"))}</td>'
-            f'<td>{_number(o.get("mean_saliency"))}</td></tr>'
-            for number, o in enumerate(data.get("objects") or [], start=1)]
-    objects = _table(("Object", "Area fraction", "Location weight", "Size penalty", "Severity",
-                      "Mean saliency"), rows, "No foreign object counted.")
+    numbered = list(enumerate(data.get("objects") or [], start=1))
+    sections = ""
+    if "removable" in CLASS_FILTERS[shown]:
+        sections += '<h2 id="removable-objects">Removable objects</h2>' + _objects_table(
+            [(n, o) for n, o in numbered if _object_class(o) == "removable"], "No removable object counted.")
+    if "device" in CLASS_FILTERS[shown]:
+        sections += '<h2 id="medical-devices">Medical devices</h2>' + _objects_table(
+            [(n, o) for n, o in numbered if _object_class(o) == "device"], "No medical device seen.")
+    choices = {"all": "All objects", "removable": "Removable objects", "device": "Medical devices"}
+    filters = _filter_links("class", choices, shown, f"/image/{report.sop_instance_uid}")
     body = (f'<p><a href="/">Overview</a></p><h1>Image <code>{uid}</code></h1><table>{table}</table>'
             f'<h2>Summary</h2><p id="summary">{_e(data.get("summary"))}</p>'
-            f"<h2>Objects</h2>{objects}"
+            f"{filters}{sections}"
             f'<h2>Report</h2><img id="report" alt="report" style="max-width:100%" '
             f'src="/image/{uid}/report.png">')
     return _page(f"xiqa image {report.sop_instance_uid}", body)
@@ -231,10 +280,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         path = unquote(self.path.split("?", 1)[0])
+        query = parse_qs(self.path.split("?", 1)[1]) if "?" in self.path else {}
         server = self.server
         try:
             if path in ("/", "/index.html"):
-                self._send(200, overview_html(server.state, server.output, server.storage), "text/html")
+                show = query.get("show", ["all"])[0]
+                self._send(200, overview_html(server.state, server.output, server.storage, show), "text/html")
                 return
             match = _IMAGE_PAGE.fullmatch(path)
             if match and match["png"]:
@@ -248,7 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
                     data = json.loads(report.read_text(encoding="utf-8"))
                     item = ImageReport(match["uid"], data.get("study_instance_uid"),
                                        report.stat().st_mtime, data)
-                    self._send(200, detail_html(item), "text/html")
+                    self._send(200, detail_html(item, query.get("class", ["all"])[0]), "text/html")
                     return
             self._send(404, _page("not found", "<h1>Not found</h1>"), "text/html")
         except (OSError, ValueError) as error:  # a report being replaced; no patient data in it

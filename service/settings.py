@@ -112,6 +112,9 @@ class ServeSettings:
     device: str = "auto"
     saliency: str = "gradcam"
     modalities: tuple[str, ...] = ("CR", "DX", "OT")
+    #: count medical devices (tubes, lines, pacemakers) in the default score and verdict too;
+    #: by default the verdict follows the removable objects only and devices are listed
+    count_devices: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title(self.ae_title, "AE title"))
@@ -143,6 +146,8 @@ class ServeSettings:
             raise ValueError("TLS needs both a certificate and a key")
         if self.tls_ca is not None and self.tls_certificate is None:
             raise ValueError("a TLS CA bundle needs a certificate and key as well")
+        if not isinstance(self.count_devices, bool):
+            raise ValueError(f"count devices must be true or false, got {self.count_devices!r}")
         if Path(self.storage).resolve() == Path(self.output).resolve():
             raise ValueError("storage and output must be different folders")
 

@@ -321,7 +321,8 @@ class Worker:
             logger.info("not scored %s: %s", instance.path.name, case.gate.reason)
             return
         quality = case.quality
-        logger.info("%s: Q_img %.3f verdict %s", instance.path.name, quality.q_img, quality.verdict.value)
+        logger.info("%s: Q_img %.3f verdict %s (%s)", instance.path.name, quality.q_img,
+                    quality.default_verdict.value, quality.verdict_basis)
 
     def _run_failed(self, study_key: str, instances: list[SpooledInstance], reason: str) -> None:
         with self._changed:

@@ -167,3 +167,27 @@ def test_demo_writes_real_plates_as_tagged_dicom_of_a_synthetic_patient_and_outp
         assert report["verdict"] in {"Good", "Acceptable", "Poor"}
         for kind in ("seg", "sc", "sr"):
             assert (folder / "output" / dataset.SOPInstanceUID / report["outputs"][kind]).is_file(), kind
+
+
+def test_analyze_refuses_a_second_input_with_the_same_sop_instance_uid_and_keeps_the_first(
+        tmp_path, fixture_records, random_bundle, capsys):
+    import pydicom
+
+    first = fixture_records[0].dicom_path
+    edited = tmp_path / "edited_copy.dcm"
+    dataset = pydicom.dcmread(first)
+    dataset.SeriesDescription = "edited copy"  # same SOP Instance UID, other content
+    dataset.save_as(edited)
+    other = fixture_records[1].dicom_path
+    status = main(["analyze", str(first), str(edited), str(other), "--output", str(tmp_path / "o"),
+                   "--model", str(random_bundle), "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == EXIT_REJECTED
+    rejected = [line for line in err.splitlines() if line.startswith("rejected ")]
+    assert rejected == [f"rejected {edited}: duplicate SOP Instance UID: {first} in this batch has the "
+                        "same one (its results are kept, this input is not analysed)"]
+    reports = sorted((tmp_path / "o").glob("*/report.json"))
+    assert len(reports) == 2  # the first input's and the other one's; nothing was overwritten
+    uid = str(dataset.SOPInstanceUID)
+    kept = json.loads((tmp_path / "o" / uid / "report.json").read_text())
+    assert kept["source_sop_instance_uid"] == uid

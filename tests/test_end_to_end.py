@@ -62,8 +62,17 @@ def test_verdict_follows_the_formulas_in_every_report(analysed):
             assert item["severity"] == pytest.approx(severity)
             severities.append(severity)
         assert report["q_img"] == pytest.approx(float(np.prod([1 - s for s in severities])))
-        expected = "Good" if report["q_img"] > 0.8 else "Acceptable" if report["q_img"] > 0.5 else "Poor"
-        assert report["verdict"] == expected
+        counted = [s for s, item in zip(severities, report["objects"], strict=True)
+                   if item["object_class"] == "removable" and not item["expected"]]
+        assert report["q_removable"] == pytest.approx(float(np.prod([1 - s for s in counted])))
+
+        def verdict(q: float) -> str:
+            return "Good" if q > 0.8 else "Acceptable" if q > 0.5 else "Poor"
+
+        assert report["verdict_all_objects"] == verdict(report["q_img"])  # the thesis' verdict
+        assert report["verdict_removable"] == verdict(report["q_removable"])
+        assert report["verdict_basis"] == "removable objects"  # the default
+        assert report["verdict"] == report["verdict_removable"]
 
 
 def test_images_with_planted_objects_lose_quality(analysed):

@@ -37,7 +37,7 @@ def test_loader_node_emits_one_case_per_path_including_rejections(tmp_path, fixt
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(b"")
     paths = [fixture_records[0].dicom_path, bad]
-    settings = RunSettings(paths=paths, output=tmp_path, model=None, summarizer=None)
+    settings = RunSettings(paths=paths, output=tmp_path, model=None, summarizer=None, classifier=None)
     # the whole app would need a model; compose only the loader through a one-node graph
     from holoscan.conditions import AsynchronousCondition
     from xiqa.operators.case import CASE_PORT, CollectOperator

@@ -159,6 +159,7 @@ def test_an_installed_wheel_carries_the_demo_plates_and_the_default_model(tmp_pa
     assert "xiqa/demo.py" in names and "xiqa/demo_plates/manifest.json" in names
     assert {f"xiqa/demo_plates/{plate['file']}" for plate in demo["plates"]} <= names
     assert "xiqa/dicom_fixtures/radiographs.py" in names
+    assert {"xiqa/operators/object_classes.npz", "xiqa/operators/summary/validator.py"} <= names
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
                     str(wheel)], check=True, timeout=600, capture_output=True)
@@ -168,6 +169,8 @@ def test_an_installed_wheel_carries_the_demo_plates_and_the_default_model(tmp_pa
              "from xiqa.operators.segmentation import DEFAULT_BUNDLE\n"
              "assert Path(xiqa.__file__).is_relative_to(sys.argv[1]), xiqa.__file__\n"
              "assert (DEFAULT_BUNDLE / 'models' / 'model.pt').is_file(), DEFAULT_BUNDLE\n"
+             "from xiqa.operators.object_classes import load_classifier\n"
+             "assert load_classifier().categories\n"
              "print(len(write_demo_plates(Path(sys.argv[2]))))\n")
     # the site folder first on the path, ahead of the editable checkout this venv also has
     result = subprocess.run([sys.executable, "-c", probe, str(site), str(tmp_path / "plates")],

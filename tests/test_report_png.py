@@ -12,6 +12,7 @@ from xiqa.operators.report import (
     CANVAS_HEIGHT,
     CANVAS_WIDTH,
     CHEST_COLOUR,
+    DEVICE_COLOUR,
     OBJECT_COLOUR,
     PANEL_SIDE,
     PANEL_TITLE_HEIGHT,
@@ -51,11 +52,13 @@ def test_report_png_shows_title_outlines_saliency_scale_and_scores(plate_case, t
     path = render_report_png(plate_case, tmp_path / "report.png")
     picture = np.asarray(Image.open(path).convert("RGB"))
     assert picture.shape == (CANVAS_HEIGHT, CANVAS_WIDTH, 3)
-    verdict = plate_case.quality.verdict.value
+    verdict = plate_case.quality.default_verdict.value  # removable objects, once classed
     assert _has(picture[:TITLE_HEIGHT], VERDICT_COLOURS[verdict])  # the title in the verdict's colour
     left = picture[TITLE_HEIGHT:, 20:20 + PANEL_SIDE]
     assert _has(left, CHEST_COLOUR) == bool(plate_case.gate.region.mask.any())
-    assert _has(left, OBJECT_COLOUR) == bool(plate_case.quality.objects)
+    quality = plate_case.quality
+    assert _has(left, OBJECT_COLOUR) == any(f.object_class != "device" for f in quality.objects)
+    assert _has(left, DEVICE_COLOUR) == bool(quality.devices)  # medical devices in green
     middle = picture[TITLE_HEIGHT:, 20 + PANEL_SIDE + 30:20 + 2 * PANEL_SIDE + 30]
     blueness = middle[..., 2].astype(int) - middle[..., 0]
     assert blueness.max() > 60 and -blueness.min() > 60  # JET over grey: cold and warm parts

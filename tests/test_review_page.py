@@ -125,7 +125,9 @@ def test_review_page_shows_report_figures_and_reasons_without_patient_data(
         assert page.evaluate("document.getElementById('q_img').innerText") == f"{scored['q_img']:.3f}"
         severities = page.evaluate(
             "[...document.querySelectorAll('tr.object .severity')].map(c => c.innerText)")
-        assert severities == [f"{o['severity']:.3f}" for o in scored["objects"]]
+        # removable objects first, then the medical devices, each in report.json's order
+        by_class = sorted(scored["objects"], key=lambda o: (o.get("object_class") or "removable") == "device")
+        assert severities == [f"{o['severity']:.3f}" for o in by_class]
 
         page.goto(f"{url}/image/{refused_uid}")
         page.keep_screenshot("review_3_not_scored", tmp_path)

@@ -52,14 +52,14 @@ def test_mask_round_trips_at_source_resolution(cases: dict[str, WriterCase], nam
     case = cases[name]
     seg = dcmread(case.paths["seg"])  # pydicom: highdicom's segread wants a Slice Thickness
     assert (int(seg.Rows), int(seg.Columns)) == case.source.shape
-    assert int(seg.NumberOfFrames) == 1
-    frame = seg.PerFrameFunctionalGroupsSequence[0]
-    groups = [seg.SharedFunctionalGroupsSequence[0], frame]
-    assert [group.SegmentIdentificationSequence[0].ReferencedSegmentNumber for group in groups
-            if "SegmentIdentificationSequence" in group] == [1]
-    source = frame.DerivationImageSequence[0].SourceImageSequence[0]
+    assert int(seg.NumberOfFrames) == 2  # one per object class; the case's objects are not classed
+    frames = seg.PerFrameFunctionalGroupsSequence
+    assert [frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber for frame in frames] == [1, 2]
+    source = frames[0].DerivationImageSequence[0].SourceImageSequence[0]
     assert source.ReferencedSOPInstanceUID == case.source.sop_instance_uid
-    np.testing.assert_array_equal(seg.pixel_array.reshape(case.source.shape), case.mask)
+    pixels = seg.pixel_array.reshape(2, *case.source.shape)
+    np.testing.assert_array_equal(pixels[0], case.mask)
+    assert not pixels[1].any()
     assert read_seg_mask([case.paths["seg"]], case.source.sop_instance_uid,
                          case.source.shape).astype(bool).tolist() == case.mask.tolist()
 
@@ -91,12 +91,35 @@ def test_source_orientation_is_kept_when_it_has_one(cases: dict[str, WriterCase]
     assert [float(v) for v in orientation.ImageOrientationPatient] == [0, 1, 0, 0, 0, -1]
 
 
-def test_empty_mask_still_gives_one_frame(cases: dict[str, WriterCase]) -> None:
+def test_empty_mask_still_gives_one_frame_per_class(cases: dict[str, WriterCase]) -> None:
     case = cases["no_objects"]
     assert not case.mask.any() and case.quality.objects == ()
     seg = dcmread(case.paths["seg"])
-    assert int(seg.NumberOfFrames) == 1 and len(seg.SegmentSequence) == 1
+    assert int(seg.NumberOfFrames) == 2 and len(seg.SegmentSequence) == 2
     assert not seg.pixel_array.any()
+
+
+def test_removable_objects_and_medical_devices_are_two_segments_with_their_codes(
+        cases: dict[str, WriterCase]) -> None:
+    case = cases["cr_m1_12bit_explicit_window"]
+    rows, columns = case.source.shape
+    removable = np.zeros((rows, columns), bool)
+    removable[10:20, 10:30] = True
+    devices = np.zeros((rows, columns), bool)
+    devices[rows // 2:rows // 2 + 5, 5:columns - 5] = True
+    seg = build_segmentation(case.source, removable, ALGORITHM, device_mask=devices)
+    labels = [(int(s.SegmentNumber), s.SegmentLabel) for s in seg.SegmentSequence]
+    assert labels == [(1, "Removable object"), (2, "Medical device")]
+    types = [(s.SegmentedPropertyCategoryCodeSequence[0].CodeValue,
+              s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+              s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) for s in seg.SegmentSequence]
+    assert types == [(codes.SCT.PhysicalObject.value, codes.SCT.ForeignBody.value, "SCT"),
+                     (codes.SCT.PhysicalObject.value, "XQ-0050", "99XIQA")]
+    pixels = seg.pixel_array.reshape(2, rows, columns)
+    np.testing.assert_array_equal(pixels[0], removable)
+    np.testing.assert_array_equal(pixels[1], devices)
+    with pytest.raises(ValueError, match=r'Argument "mask" must have the source\'s shape'):
+        build_segmentation(case.source, removable, ALGORITHM, device_mask=devices[:-1])
 
 
 def test_places_the_seg_in_the_source_study_with_codes_and_algorithm(

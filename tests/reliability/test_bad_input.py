@@ -125,7 +125,8 @@ def test_mutants_straight_into_the_loader_never_raise_and_get_one_line(canary_so
     assert growth < 2**30
 
 
-_PROCESSED_LINE = re.compile(r"^(?P<path>\S+): Q_img \d\.\d{3} Q_filtered \d\.\d{3} verdict \w+ objects \d+$")
+_PROCESSED_LINE = re.compile(r"^(?P<path>\S+): Q_img \d\.\d{3} Q_filtered \d\.\d{3} verdict \w+ \([a-z ]+\) "
+                             r"objects \d+ removable \d+ devices \d+$")
 _REJECTED_LINE = re.compile(r"^(?:rejected|failed) (?P<path>\S+): (?P<reason>\S.*)$")
 #: a mutant whose pixels still decode may be no frontal chest any more: read, not scored, one line too
 _NOT_SCORED_LINE = re.compile(r"^not scored (?P<path>\S+): (?P<reason>\S.*)$")
