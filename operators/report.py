@@ -207,8 +207,9 @@ def render_report_png(case: Case, path: Path, max_side: int = PANEL_SIDE) -> Pat
         estimated = region is not None and region.estimated
         region_key = f"{REGION_ESTIMATED_CAPTION} (dashed)" if estimated else "chest region (cyan)"
         quality = case.quality
-        panel_title = (f"{len(quality.removable_objects)} counted (red), {len(quality.devices)} devices "
-                       f"(green); {region_key}")
+        device_count = len(quality.devices)
+        devices = f"{device_count} device{'' if device_count == 1 else 's'}"
+        panel_title = f"{len(quality.removable_objects)} counted (red), {devices} (green); {region_key}"
         lines = _score_lines(case)
         if estimated:
             lines = [f"Note: {REGION_ESTIMATED_CAPTION.capitalize()} from the {region.estimated_from},",
