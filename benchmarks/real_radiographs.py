@@ -67,20 +67,18 @@ def tagged_dataset(projection: str):
 
 
 def segmentation_mask(model, segmentation_input: np.ndarray) -> np.ndarray:
-    """The bundle's mask on the analysis grid; a finer ``segmentation_input`` (``--grid``) is
-    segmented at its own size, its sure area scaled to keep its physical size, and brought back
-    to the grid by "any pixel", so a thin line found on the finer grid stays found."""
+    """The bundle's mask on the analysis grid.  A finer ``segmentation_input`` (``--grid``) is
+    segmented at its own size, its hysteresis redone with the sure area scaled to keep its
+    physical size, and brought back to the grid by "any pixel", so a thin line found on the
+    finer grid stays found."""
     from xiqa.operators.segmentation import hysteresis_mask, segment
 
+    segmentation = segment(model, segmentation_input)
     size = segmentation_input.shape[-1]
     if size == GRID:
-        return segment(model, segmentation_input).mask
-    import torch
-
-    batch = torch.from_numpy(np.ascontiguousarray(segmentation_input))[None]
-    probability = model.probability(batch)[0, 0].cpu().numpy()
+        return segmentation.mask
     sure_area = None if model.sure_area is None else round(model.sure_area * (size / GRID) ** 2)
-    fine, _ = hysteresis_mask(probability, model.threshold, model.seed_threshold, sure_area)
+    fine, _ = hysteresis_mask(segmentation.probability, model.threshold, model.seed_threshold, sure_area)
     coarse = cv2.resize(fine.astype(np.float32), (GRID, GRID), interpolation=cv2.INTER_AREA)
     return (coarse > 0).astype(np.uint8)
 

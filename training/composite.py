@@ -722,6 +722,18 @@ def make_composite(
 # --------------------------------------------------------------------------- training samples
 
 
+def network_sample(image: np.ndarray, mask: np.ndarray, kinds: list[str], size: int = 256) -> dict:
+    """{"image": (3, size, size), "label": (1, size, size), "kinds"}: ``image`` (display domain) and
+    its object ``mask`` on the network grid, made with the app's own pre-processing."""
+    from xiqa.operators.preprocess import PreprocessConfig, resize_mask, to_network_input
+
+    return {
+        "image": to_network_input(image, PreprocessConfig(size=size)),
+        "label": resize_mask(mask, size, size)[None].astype(np.float32),
+        "kinds": kinds,
+    }
+
+
 def composite_sample(
     rng: np.random.Generator,
     background: np.ndarray,
@@ -729,16 +741,10 @@ def composite_sample(
     size: int = 256,
     real_objects: Sequence[RealObject] = (),
 ) -> dict:
-    """One {"image": (3, size, size), "label": (1, size, size), "kinds"} sample on the network grid,
-    made with the app's own pre-processing."""
-    from xiqa.operators.preprocess import PreprocessConfig, resize_mask, to_network_input
-
+    """One composite as a sample on the network grid (:func:`network_sample`)."""
     composite = make_composite(rng, background, config, real_objects=real_objects)
-    return {
-        "image": to_network_input(composite.image, PreprocessConfig(size=size)),
-        "label": resize_mask(composite.mask, size, size)[None].astype(np.float32),
-        "kinds": [inserted.kind for inserted in composite.objects],
-    }
+    kinds = [inserted.kind for inserted in composite.objects]
+    return network_sample(composite.image, composite.mask, kinds, size)
 
 
 def real_plate_sample(
@@ -751,30 +757,18 @@ def real_plate_sample(
     """A training sample from a labelled real plate itself, its own devices (``mask``, from
     ``real_objects.plate_mask``) the label: moved, marked, collimated and processed like a
     composite, so the network sees real devices where they really lie, among real clutter."""
-    from xiqa.operators.preprocess import PreprocessConfig, resize_mask, to_network_input
-
     image, placed = _place_background(rng, pixels, CANVAS, mask)
     image = image.astype(np.float32)
     _draw_markers(rng, image, config)
     if rng.random() < config.collimation_probability:
         placed &= _collimate(rng, image)
     image, _ = _acquire(rng, image, config)
-    return {
-        "image": to_network_input(image, PreprocessConfig(size=size)),
-        "label": resize_mask(placed, size, size)[None].astype(np.float32),
-        "kinds": ["real_plate"],
-    }
+    return network_sample(image, placed, ["real_plate"], size)
 
 
 def plate_as_is_sample(pixels: np.ndarray, mask: np.ndarray, size: int = 256) -> dict:
     """A labelled real plate as the app sees it (validation: nothing moved or processed)."""
-    from xiqa.operators.preprocess import PreprocessConfig, resize_mask, to_network_input
-
-    return {
-        "image": to_network_input(pixels, PreprocessConfig(size=size)),
-        "label": resize_mask(mask, size, size)[None].astype(np.float32),
-        "kinds": ["real_plate"] if mask.any() else [],
-    }
+    return network_sample(pixels, mask, ["real_plate"] if mask.any() else [], size)
 
 
 def composite_samples(

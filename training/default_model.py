@@ -20,6 +20,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -148,7 +149,14 @@ def calibrated_figures(network: torch.nn.Module, calibration: Calibration, sampl
     return pooled_dice_recall(masks, labels) | object_level_metrics(masks, labels)
 
 
-def corpus_backgrounds(args: argparse.Namespace) -> tuple[dict, dict]:
+class LabelledDevices(NamedTuple):
+    """The devices cut from a split's labelled plates, and those plates with their devices' mask."""
+
+    objects: list[RealObject]
+    plates: list[tuple[np.ndarray, np.ndarray]]  # (pixels, mask) of each plate with a device found
+
+
+def corpus_backgrounds(args: argparse.Namespace) -> tuple[dict, dict[str, LabelledDevices]]:
     """Backgrounds by split from a labelled corpus, and its labelled plates' devices by split.
 
     Only ``--train-sources`` give anything: clean plates of their training patients are
@@ -171,8 +179,7 @@ def corpus_backgrounds(args: argparse.Namespace) -> tuple[dict, dict]:
     def pixels_of(chosen: list[CorpusImage]) -> list[tuple[str, object]]:
         return [(image.id, read_raster(args.corpus / image.file)) for image in chosen]
 
-    def devices_of(chosen: list[CorpusImage]) -> tuple[list[RealObject], list[tuple]]:
-        """The devices of ``chosen`` plates, and (pixels, mask) of each plate with any."""
+    def devices_of(chosen: list[CorpusImage]) -> LabelledDevices:
         library, plates = [], []
         for image in chosen:
             if image.objects:
@@ -181,15 +188,15 @@ def corpus_backgrounds(args: argparse.Namespace) -> tuple[dict, dict]:
                 library += found
                 if found:
                     plates.append((pixels, plate_mask(found, pixels.shape)))
-        return library, plates
+        return LabelledDevices(library, plates)
 
     libraries = {"train": devices_of(train), "validation": devices_of(validation)}
     logging.info(
         "real devices to paste: %d from %d training plates, %d from %d validation plates",
-        len(libraries["train"][0]),
-        len(libraries["train"][1]),
-        len(libraries["validation"][0]),
-        len(libraries["validation"][1]),
+        len(libraries["train"].objects),
+        len(libraries["train"].plates),
+        len(libraries["validation"].objects),
+        len(libraries["validation"].plates),
     )
     return {
         "train": pixels_of([i for i in train if i.clean]),
@@ -203,7 +210,7 @@ def evaluation_sets(args: argparse.Namespace) -> dict:
     if args.corpus is not None:
         backgrounds, libraries = corpus_backgrounds(args)
     else:
-        libraries = {"train": ([], []), "validation": ([], [])}
+        libraries = {"train": LabelledDevices([], []), "validation": LabelledDevices([], [])}
         backgrounds = {
             split: backgrounds_for(args.backgrounds, split)
             for split in ("train", "validation", "held_out_clean")
@@ -214,7 +221,7 @@ def evaluation_sets(args: argparse.Namespace) -> dict:
     )
     # the validation patients' real plates as the app sees them: devices in context, and the
     # clean plates' own clutter as false objects
-    real_validation = [plate_as_is_sample(pixels, mask) for pixels, mask in libraries["validation"][1]]
+    real_validation = [plate_as_is_sample(pixels, mask) for pixels, mask in libraries["validation"].plates]
     if args.corpus is not None:
         real_validation += [
             plate_as_is_sample(pixels, np.zeros(pixels.shape, bool))
@@ -222,13 +229,13 @@ def evaluation_sets(args: argparse.Namespace) -> dict:
         ]
     return {
         "backgrounds": backgrounds,
-        "real_objects": libraries["train"][0],
-        "real_plates": libraries["train"][1],
+        "real_objects": libraries["train"].objects,
+        "real_plates": libraries["train"].plates,
         "validation": composite_samples(
             _pixels(backgrounds["validation"]),
             VALIDATION_SEED,
             args.validation_per_background,
-            real_objects=libraries["validation"][0],
+            real_objects=libraries["validation"].objects,
         )
         + real_validation
         + render_phantom_samples(PHANTOM_VALIDATION_SEED, 32),
