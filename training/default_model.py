@@ -19,6 +19,7 @@ import logging
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,6 +43,7 @@ from .composite import (
 from .corpus import SOURCES, CorpusImage, load_corpus, training_sources_split
 from .datasets import read_raster, render_phantom_samples
 from .metrics import json_safe, object_level_metrics, pooled_dice_recall
+from .operating_point import chest_regions, choose_operating_point
 from .real_objects import RealObject, extract_real_objects, plate_mask
 from .trainer import (
     Calibration,
@@ -109,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--max-false-objects",
+        type=float,
+        default=None,
+        metavar="PER_IMAGE",
+        help="calibrate as the product counts objects (training.operating_point): the most labelled "
+        "objects found over the chest while the validation images get at most this many false objects "
+        "over the chest (default: the Dice threshold, then seed and sure area by object cost)",
     )
     parser.add_argument(
         "--calibrate",
@@ -227,18 +238,21 @@ def evaluation_sets(args: argparse.Namespace) -> dict:
             plate_as_is_sample(pixels, np.zeros(pixels.shape, bool))
             for pixels in _pixels(backgrounds["validation"])
         ]
-    return {
-        "backgrounds": backgrounds,
-        "real_objects": libraries["train"].objects,
-        "real_plates": libraries["train"].plates,
-        "validation": composite_samples(
+    validation_real = (
+        composite_samples(
             _pixels(backgrounds["validation"]),
             VALIDATION_SEED,
             args.validation_per_background,
             real_objects=libraries["validation"].objects,
         )
         + real_validation
-        + render_phantom_samples(PHANTOM_VALIDATION_SEED, 32),
+    )
+    return {
+        "backgrounds": backgrounds,
+        "real_objects": libraries["train"].objects,
+        "real_plates": libraries["train"].plates,
+        "validation_real": validation_real,
+        "validation": validation_real + render_phantom_samples(PHANTOM_VALIDATION_SEED, 32),
         "held_out": composite_samples(
             _pixels(backgrounds["held_out_clean"]), HELD_OUT_SEED, args.held_out_per_background
         ),
@@ -246,8 +260,30 @@ def evaluation_sets(args: argparse.Namespace) -> dict:
     }
 
 
-def calibration_metrics(network: torch.nn.Module, sets: dict) -> tuple[Calibration, dict]:
-    calibration = calibrate(network, sets["validation"])
+def calibrate_on_chest(
+    network: torch.nn.Module, samples: list[dict], max_false_per_image: float
+) -> tuple[Calibration, dict]:
+    """``operating_point.choose_operating_point`` on real-background validation ``samples``."""
+    probabilities, labels = predict_probabilities(network, samples)
+    regions = chest_regions(np.stack([sample["image"][0] for sample in samples]))
+    kept, tried = choose_operating_point(probabilities, labels, regions, max_false_per_image)
+    return Calibration(kept.threshold, kept.seed_threshold, kept.sure_area, {}, {}, {}), {
+        "operating_point": {
+            "max_false_objects_per_image": max_false_per_image,
+            "validation_images": len(samples),
+            "kept": asdict(kept),
+            "tried": [asdict(point) for point in tried],
+        }
+    }
+
+
+def calibration_metrics(
+    network: torch.nn.Module, sets: dict, max_false_per_image: float | None = None
+) -> tuple[Calibration, dict]:
+    if max_false_per_image is None:
+        calibration, chosen = calibrate(network, sets["validation"]), {}
+    else:
+        calibration, chosen = calibrate_on_chest(network, sets["validation_real"], max_false_per_image)
     logging.info(
         "calibrated on validation: threshold %s, seed threshold %s, sure area %s",
         calibration.threshold,
@@ -259,7 +295,7 @@ def calibration_metrics(network: torch.nn.Module, sets: dict) -> tuple[Calibrati
         if sets["held_out"]  # a model trained on every source has no held-out backgrounds
         else {}
     )
-    return calibration, held_out | {
+    return calibration, chosen | held_out | {
         "held_out_composite_images": len(sets["held_out"]),
         "held_out_backgrounds": [name for name, _ in sets["backgrounds"]["held_out_clean"]],
         "held_out_phantoms": calibrated_figures(network, calibration, sets["held_out_phantoms"]),
@@ -269,10 +305,10 @@ def calibration_metrics(network: torch.nn.Module, sets: dict) -> tuple[Calibrati
     }
 
 
-def recalibrate(bundle: Path, sets: dict, command: str) -> None:
+def recalibrate(bundle: Path, sets: dict, command: str, max_false_per_image: float | None) -> None:
     """Calibrate a trained bundle again (e.g. after the calibration method changed), in place."""
     network = load_segmentation_model(bundle, device="cpu").networks[0]
-    calibration, metrics = calibration_metrics(network, sets)
+    calibration, metrics = calibration_metrics(network, sets, max_false_per_image)
     metadata_path = bundle / "configs" / "metadata.json"
     metadata = read_metadata(bundle)
     xiqa = metadata["xiqa"]
@@ -295,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     command = ("python -m xiqa.training.default_model " + shlex.join(arguments)).strip()
     sets = evaluation_sets(args)
     if args.calibrate is not None:
-        recalibrate(args.calibrate, sets, command)
+        recalibrate(args.calibrate, sets, command, args.max_false_objects)
         return 0
     backgrounds = sets["backgrounds"]
     train = CompositeStream(
@@ -317,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         initial_weights=args.initial_weights,
     )
     network, history = train_network(train, sets["validation"], config)
-    calibration, metrics = calibration_metrics(network, sets)
+    calibration, metrics = calibration_metrics(network, sets, args.max_false_objects)
     metrics["validation_best"] = max(h["dice"] for h in history)
     if args.corpus is not None:
         sources = sorted(
