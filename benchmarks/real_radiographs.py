@@ -50,6 +50,7 @@ class PlateResult:
     region_estimated: bool
     gate_reason: str | None
     q_img: float | None
+    peak_probability: float | None  # over the chest region
     verdict: str | None
     counted_objects: int
     labelled_over_chest: int
@@ -66,21 +67,30 @@ def tagged_dataset(projection: str):
     return dataset
 
 
-def segmentation_mask(model, segmentation_input: np.ndarray) -> np.ndarray:
-    """The bundle's mask on the analysis grid.  A finer ``segmentation_input`` (``--grid``) is
-    segmented at its own size, its hysteresis redone with the sure area scaled to keep its
-    physical size, and brought back to the grid by "any pixel", so a thin line found on the
-    finer grid stays found."""
+def segmentation_mask(model, segmentation_input: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bundle's mask on the analysis grid, and its probability map on the segmentation grid.
+    A finer ``segmentation_input`` (``--grid``) is segmented at its own size, its hysteresis redone
+    with the sure area scaled to keep its physical size, and brought back to the grid by "any
+    pixel", so a thin line found on the finer grid stays found."""
     from xiqa.operators.segmentation import hysteresis_mask, segment
 
     segmentation = segment(model, segmentation_input)
     size = segmentation_input.shape[-1]
     if size == GRID:
-        return segmentation.mask
+        return segmentation.mask, segmentation.probability
     sure_area = None if model.sure_area is None else round(model.sure_area * (size / GRID) ** 2)
     fine, _ = hysteresis_mask(segmentation.probability, model.threshold, model.seed_threshold, sure_area)
     coarse = cv2.resize(fine.astype(np.float32), (GRID, GRID), interpolation=cv2.INTER_AREA)
-    return (coarse > 0).astype(np.uint8)
+    return (coarse > 0).astype(np.uint8), segmentation.probability
+
+
+def peak_over_chest(probability: np.ndarray, region: np.ndarray) -> float:
+    """The highest object probability over the chest region: an image-level score (Object-CXR
+    ranks its plates by the surest box) that no mask threshold has cut."""
+    if region.shape != probability.shape:
+        region = cv2.resize(region.astype(np.uint8), probability.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    inside = probability[region > 0]
+    return float(inside.max()) if inside.size else 0.0
 
 
 def measure_plate(
@@ -94,10 +104,12 @@ def measure_plate(
     over_chest = image.objects_over_chest
     if not tagged.frontal_chest:
         return PlateResult(
-            image.id, False, untagged.frontal_chest, False, tagged.reason, None, None, 0, len(over_chest), ()
+            image.id, False, untagged.frontal_chest, False, tagged.reason, None, None, None, 0,
+            len(over_chest), (),
         )
     config = ScoringConfig()
-    quality = score_mask(segmentation_mask(model, segmentation_input), None, config, tagged.region.mask)
+    mask, probability = segmentation_mask(model, segmentation_input)
+    quality = score_mask(mask, None, config, tagged.region.mask)
     counted = quality.counted_mask
     factor = GRID / max(pixels_shape)
     grid_shape = (round(pixels_shape[0] * factor), round(pixels_shape[1] * factor))
@@ -114,6 +126,7 @@ def measure_plate(
         tagged.region.estimated,
         None,
         quality.q_img,
+        peak_over_chest(probability, tagged.region.mask),
         quality.verdict.value,
         len(quality.objects),
         len(over_chest),
@@ -146,6 +159,9 @@ def summarise(results: list[PlateResult], images: dict) -> dict:
         "region_estimated": sum(r.region_estimated for r in scored),
         "refused": [(r.image_id, r.gate_reason) for r in results if not r.scored_with_tags],
         "auc": auc([1 - r.q_img for r in device_plates], [1 - r.q_img for r in clean]),
+        "auc_peak_probability": auc(
+            [r.peak_probability for r in device_plates], [r.peak_probability for r in clean]
+        ),
         "device_plates": len(device_plates),
         "device_plates_with_counted_object": sum(r.counted_objects > 0 for r in device_plates),
         "clean_plates": len(clean),
@@ -240,7 +256,9 @@ def _line(label: str, figures: dict) -> str:
     def share(part: int, whole: int) -> str:
         return f"{part}/{whole} ({100 * part / whole:.0f} %)" if whole else "0/0"
 
-    auc_text = f"{figures['auc']:.3f}" if figures["auc"] is not None else "n/a"
+    def three_places(value: float | None) -> str:
+        return f"{value:.3f}" if value is not None else "n/a"
+
     false_text = (
         f"{figures['false_objects_per_clean_plate']:.2f}"
         if figures["false_objects_per_clean_plate"] is not None
@@ -249,7 +267,8 @@ def _line(label: str, figures: dict) -> str:
     return (
         f"  {label:<9} gate {share(figures['scored_with_tags'], figures['frontal_plates'])} "
         f"(no tags {share(figures['scored_without_tags'], figures['frontal_plates'])}, "
-        f"region estimated {figures['region_estimated']}) | AUC {auc_text} | device plates counted "
+        f"region estimated {figures['region_estimated']}) | AUC {three_places(figures['auc'])} "
+        f"(peak p {three_places(figures['auc_peak_probability'])}) | device plates counted "
         f"{share(figures['device_plates_with_counted_object'], figures['device_plates'])} | clean Good "
         f"{share(figures['clean_good'], figures['clean_plates'])}, false objects {false_text}/plate"
         f" | grid {figures['grid']}, {1000 * figures['segment_and_score_seconds_per_plate']:.0f} ms/plate"
@@ -273,6 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--before", type=Path, default=None, help="the previous bundle, for comparison")
     parser.add_argument("--shipped", type=Path, default=None, help="the bundle trained on every source")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=BUNDLE",
+        help="another bundle measured beside them on every source, e.g. a fold calibrated otherwise "
+        "(held out only where no plate of the source trained or calibrated it)",
+    )
     parser.add_argument(
         "--sources", default=None, help="comma-separated sources (default: all in the corpus)"
     )
@@ -306,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     for source in sources:
         plates = [i for i in corpus if i.source == source and i.view == "frontal"][: args.limit]
-        bundles = {"before": args.before, "after": folds.get(source), "shipped": args.shipped}
+        bundles = {"before": args.before, "after": folds.get(source), "shipped": args.shipped} | dict(
+            item.split("=", 1) for item in args.compare
+        )
         results[source] = {}
         with_objects = sum(bool(i.objects_over_chest) for i in plates)
         lines.append(
@@ -323,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             figures["segment_and_score_seconds_per_plate"] = round(seconds[label], 4)
             results[source][label] = figures
             lines.append(_line(label, figures))
-        for label in ("before", "after"):
-            if label in results[source]:
+        for label in results[source]:
+            if label != "shipped":
                 hits = results[source][label]["categories"]
                 lines.append(
                     f"  {label} hit rate per category: "
