@@ -35,6 +35,7 @@ def report_dict(case: Case) -> dict:
         "gate": case.gate.to_dict() if case.gate is not None else None,
         "q_img": None, "q_filtered": None, "verdict": None, "verdict_filtered": None, "objects": [],
         "verdict_basis": None, "verdict_all_objects": None, "q_removable": None, "verdict_removable": None,
+        "acquisition": None, "overall_verdict": None,
         "source_shape": list(case.source.shape),
         "saliency_method": getattr(case.saliency, "method", None),
         "model_id": getattr(case.segmentation, "model_id", None),
@@ -59,6 +60,10 @@ def report_dict(case: Case) -> dict:
             "verdict_all_objects", "q_removable", "verdict_removable", "count_devices", "classifier_version",
             "removable_count", "device_count", "expected_count", "ecg_rule")})
         report["analysis_grid"] = quality["grid_shape"]
+    if case.acquisition is not None:
+        report["acquisition"] = case.acquisition.to_dict()
+        if case.quality is not None:
+            report["overall_verdict"] = case.acquisition.overall_verdict(case.quality.default_verdict.value)
     return report
 
 

@@ -37,6 +37,11 @@ class AcquisitionResult:
     def by_name(self, name: str) -> CheckResult:
         return next(check for check in self.checks if check.check == name)
 
+    def overall_verdict(self, verdict: str) -> str:
+        """The foreign-object ``verdict`` ("Good", "Acceptable", "Poor") combined with the checks:
+        unchanged under ``verdict_effect`` "report", Poor under "poor" when a check failed."""
+        return "Poor" if self.verdict_effect == "poor" and self.failed else verdict
+
     def to_dict(self) -> dict:
         return {"checks": {check.check: check.to_dict() for check in self.checks},
                 "failed": [check.check for check in self.failed], "lungs_from": self.lungs_from,
