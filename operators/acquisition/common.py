@@ -54,6 +54,8 @@ class CheckResult:
         if self.check not in CHECKS:
             raise ValueError(f'Argument "check" must be one of {CHECKS}, got {self.check!r}')
         object.__setattr__(self, "status", CheckStatus(self.status))
+        if self.value is not None:
+            object.__setattr__(self, "value", float(self.value))
 
     @property
     def failed(self) -> bool:
