@@ -179,7 +179,8 @@ def test_the_validator_holds_acquisition_sentences_to_the_results() -> None:
     core, problems = split_acquisition_note(note, result)
     assert problems == [] and core == "One removable object was found."
     changed = note.replace("left apex", "left costophrenic angle")
-    assert split_acquisition_note(changed, result)[1] == ["the sentences on acquisition checks are missing or changed"]
+    assert split_acquisition_note(changed, result)[1] == [
+        "the sentences on acquisition checks are missing or changed"]
     invented = split_acquisition_note(note, _assess(chest()))[1]
     assert invented == ['mentions "Acquisition check" but no acquisition check failed']
 
