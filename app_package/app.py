@@ -1,10 +1,11 @@
 """The xiqa MONAI Deploy application: the graph every entry point runs.
 
-    loader -> preprocess -> gate -> segmentation -> saliency -> scoring -> object_classes -> summary
-           -> seg_writer -> sc_writer -> sr_writer -> report -> collect
+    loader -> preprocess -> gate -> acquisition -> segmentation -> saliency -> scoring -> object_classes
+           -> summary -> seg_writer -> sc_writer -> sr_writer -> report -> collect
 
 The gate lets only frontal chest radiographs through to the analysis nodes; the others go on
-to the SR and the report with the reason and no verdict.
+to the SR and the report with the reason and no verdict.  The acquisition checks (cut-off,
+rotation, inspiration, exposure, collimation) run on the gate's lung fields.
 
 Each arrow carries one ``Case`` on the ``case`` port.  ``xiqa analyze``, the MAP
 entry point (``python -m xiqa``) and the benchmarks build ``RunSettings`` with
@@ -25,6 +26,8 @@ from pathlib import Path
 
 from holoscan.conditions import AsynchronousCondition
 from monai.deploy.core import Application
+from xiqa.operators.acquisition import AcquisitionConfig
+from xiqa.operators.acquisition.node import AcquisitionOperator
 from xiqa.operators.case import CASE_PORT, Case, CollectOperator
 from xiqa.operators.gate import GateConfig, GateOperator
 from xiqa.operators.loader import LoaderConfig, LoaderOperator, PathFeed
@@ -58,18 +61,21 @@ class RunSettings:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     sc_compression: ScCompression = DEFAULT_COMPRESSION
     classes: ClassConfig = field(default_factory=ClassConfig)
+    acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)
 
 
 def build_settings(paths: list[Path], output: Path, *, model: Path | SegmentationModel | None = None,
                    summarizer: Summarizer | None = None, device: str = "auto", saliency: str = "gradcam",
                    loader: LoaderConfig | None = None, summary_model: Path | None = None,
-                   count_devices: bool = False) -> RunSettings:
+                   count_devices: bool = False,
+                   acquisition: AcquisitionConfig | None = None) -> RunSettings:
     """Settings with the segmentation model (a bundle path, default: ``default_model()``) and the
     summarizer loaded.
 
     The summary is the template unless ``summary_model`` names a GGUF, which then phrases it
     (its text is used only when it passes ``validate_summary``).  ``count_devices``: medical
     devices lower the default verdict too (by default it follows the removable objects only).
+    ``acquisition``: the acquisition checks' thresholds and how failures combine with the verdict.
     """
     from xiqa.operators.object_classes import load_classifier
     from xiqa.operators.segmentation import default_model, load_segmentation_model
@@ -83,7 +89,8 @@ def build_settings(paths: list[Path], output: Path, *, model: Path | Segmentatio
     return RunSettings(paths=list(paths), output=Path(output), model=model, summarizer=summarizer,
                        classifier=load_classifier(), loader=loader or LoaderConfig(),
                        saliency=SaliencyConfig(method=saliency),
-                       classes=ClassConfig(count_devices=count_devices))
+                       classes=ClassConfig(count_devices=count_devices),
+                       acquisition=acquisition or AcquisitionConfig())
 
 
 class XiqaApp(Application):
@@ -113,6 +120,7 @@ class XiqaApp(Application):
                                 config=settings.loader, name="loader")
         preprocess = PreprocessOperator(self, config=settings.preprocess, name="preprocess")
         gate = GateOperator(self, config=settings.gate, name="gate")
+        acquisition = AcquisitionOperator(self, config=settings.acquisition, name="acquisition")
         segmentation = SegmentationOperator(self, model=settings.model, name="segmentation")
         saliency = SaliencyOperator(self, model=settings.model, config=settings.saliency, name="saliency")
         scoring = ScoringOperator(self, config=settings.scoring, name="scoring")
@@ -128,7 +136,8 @@ class XiqaApp(Application):
 
         self.add_flow(loader, preprocess, {(CASE_PORT, CASE_PORT)})
         self.add_flow(preprocess, gate, {(CASE_PORT, CASE_PORT)})
-        self.add_flow(gate, segmentation, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(gate, acquisition, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(acquisition, segmentation, {(CASE_PORT, CASE_PORT)})
         self.add_flow(segmentation, saliency, {(CASE_PORT, CASE_PORT)})
         self.add_flow(saliency, scoring, {(CASE_PORT, CASE_PORT)})
         self.add_flow(scoring, object_classes, {(CASE_PORT, CASE_PORT)})

@@ -34,6 +34,7 @@ class Case:
     source: Any = None  # loader.SourceImage
     network_input: Any = None  # numpy (C, H, W)
     gate: Any = None  # gate.GateDecision
+    acquisition: Any = None  # acquisition.AcquisitionResult
     segmentation: Any = None  # segmentation.SegmentationResult
     saliency: Any = None  # saliency.SaliencyResult
     quality: Any = None  # scoring.QualityResult

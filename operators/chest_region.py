@@ -68,6 +68,9 @@ class ChestRegion:
     problem: str | None  # why this is not two lung fields, or None
     # where the lungs were not found and the region stands in for them: "body outline" or "template"
     estimated_from: str | None = None
+    # uint8 (H, W): 1 where the lung field on the image's left lies, 2 on its right, 0 elsewhere;
+    # None where no lung field was found (the acquisition checks measure on it)
+    lung_labels: np.ndarray | None = None
 
     @property
     def estimated(self) -> bool:
@@ -170,6 +173,17 @@ def _reached_from_frame(mask: np.ndarray) -> np.ndarray:
     return np.isin(labels, touching[touching > 0])
 
 
+def exposed_field(image: np.ndarray) -> np.ndarray:
+    """What the X-ray beam reached on the analysis grid: the plate less its collimator shutters.
+
+    The shutters found by :func:`_shutters` stop short of their edge by the blur of the texture
+    measure; they are grown back over the bright pixels next to them.
+    """
+    shutters = _shutters(image).astype(np.uint8)
+    grown = cv2.dilate(shutters, np.ones((3, 3), np.uint8), iterations=12) & (image > 0.85)
+    return ~((shutters > 0) | (grown > 0))
+
+
 def body_outline(image: np.ndarray, config: ChestRegionConfig = ChestRegionConfig()) -> np.ndarray:
     """The imaged body on the analysis grid: neither the air around it nor a collimator shutter."""
     normalised, central = normalised_image(image, config)
@@ -261,9 +275,15 @@ def find_chest_region(image: np.ndarray, config: ChestRegionConfig = ChestRegion
             if side not in sides and part.mean() >= config.min_lung_fraction:
                 sides[side] = part
     lungs = tuple(_lung_field(sides[side], normalised) for side in ("left", "right") if side in sides)
+    labels = np.zeros((height, width), np.uint8)
+    for value, side in ((1, "left"), (2, "right")):
+        if side in sides:
+            labels[sides[side]] = value
+    labels = labels if lungs else None
     if len(lungs) < 2:
         return ChestRegion(
-            empty, lungs, 0.0, 0.0, f"found {len(lungs)} lung field(s), a frontal chest shows 2"
+            empty, lungs, 0.0, 0.0, f"found {len(lungs)} lung field(s), a frontal chest shows 2",
+            lung_labels=labels,
         )
     left, right = lungs
     gap = max(0.0, right.x_range[0] - left.x_range[1])
@@ -289,7 +309,7 @@ def find_chest_region(image: np.ndarray, config: ChestRegionConfig = ChestRegion
     ):
         problem = f"no mediastinum between the dark fields (gap {gap:.0%}, contrast {contrast:.2f})"
     if problem is not None:
-        return ChestRegion(empty, lungs, gap, contrast, problem)
+        return ChestRegion(empty, lungs, gap, contrast, problem, lung_labels=labels)
     fields = sides["left"] | sides["right"]
     # the body's axis: halfway between the outer edges of the two lung fields
     axis = (left.x_range[0] + right.x_range[1]) / 2 * width
@@ -299,4 +319,4 @@ def find_chest_region(image: np.ndarray, config: ChestRegionConfig = ChestRegion
     cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
     margin = max(1, int(round(config.margin_fraction * max(height, width))))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
-    return ChestRegion(cv2.dilate(hull, kernel) > 0, lungs, gap, contrast, None)
+    return ChestRegion(cv2.dilate(hull, kernel) > 0, lungs, gap, contrast, None, lung_labels=labels)

@@ -48,7 +48,26 @@ XQ-0052     Removable object                           object class value
 XQ-0053     All objects                                default verdict basis (site counts devices)
 XQ-0054     Object class confidence                    NUM, unit 1, the classifier's probability
 XQ-0055     Expected on this plate                     CODE qualifier: an ECG lead the view rule expects
+XQ-0070     Anatomy cut off                            CODE, SCT Yes / No / Indeterminate (check result)
+XQ-0071     Patient rotated                            CODE, SCT Yes / No / Indeterminate
+XQ-0072     Shallow inspiration                        CODE, SCT Yes / No / Indeterminate
+XQ-0073     Exposure outside the accepted range        CODE, SCT Yes / No / Indeterminate
+XQ-0074     Collimation too wide                       CODE, SCT Yes / No / Indeterminate
+XQ-0075     Smallest lung margin to the exposed field  NUM, unit 1 (fraction of the image side)
+XQ-0076     Mediastinum offset from the thorax midline NUM, unit 1 (of the half width; + patient left)
+XQ-0077     Lung field width ratio                     NUM, unit 1 (narrower / wider, upper zones)
+XQ-0078     Lung height to thorax width ratio          NUM, unit 1 (right apex to dome / thorax width)
+XQ-0079     Clipped lung area fraction                 NUM, unit 1
+XQ-0080     Exposed field to lung fields area ratio    NUM, unit 1
+XQ-0081     Verdict with acquisition checks            CODE, value XQ-0010..12 (only under "poor")
+XQ-0082     Anatomy cut off at                         TEXT, the cut-off landmarks, patient sides
 ==========  =========================================  ==========================
+
+Acquisition checks (``operators/acquisition``): each check is a qualitative evaluation of the
+image group whose concept names the problem (XQ-0070..74) and whose value says whether it is
+there: SCT "Yes" (373066001, the check failed), "No" (373067005, passed) or "Indeterminate"
+(82334004, cannot tell).  The IEC 62494-1 indices are standard DICOM concepts: (113845, DCM,
+"Exposure Index"), (113846, DCM, "Target Exposure Index"), (113847, DCM, "Deviation Index").
 
 Object classes (DESIGN "Beyond the thesis"): the SEG has one segment per class, both of
 category CID 7150 "Physical object" (SCT 260787004).  Removable objects are CID 7193 "Foreign
@@ -126,6 +145,20 @@ ALL_OBJECTS = _private("XQ-0053", "All objects")
 CLASS_CONFIDENCE = _private("XQ-0054", "Object class confidence")
 EXPECTED_ON_PLATE = _private("XQ-0055", "Expected on this plate")
 
+CUT_OFF = _private("XQ-0070", "Anatomy cut off")
+ROTATED = _private("XQ-0071", "Patient rotated")
+SHALLOW_INSPIRATION = _private("XQ-0072", "Shallow inspiration")
+EXPOSURE_OUT_OF_RANGE = _private("XQ-0073", "Exposure outside the accepted range")
+COLLIMATION_TOO_WIDE = _private("XQ-0074", "Collimation too wide")
+LUNG_MARGIN = _private("XQ-0075", "Smallest lung margin to the exposed field")
+MEDIASTINUM_OFFSET = _private("XQ-0076", "Mediastinum offset from the thorax midline")
+LUNG_WIDTH_RATIO = _private("XQ-0077", "Lung field width ratio")
+LUNG_HEIGHT_RATIO = _private("XQ-0078", "Lung height to thorax width ratio")
+CLIPPED_LUNG = _private("XQ-0079", "Clipped lung area fraction")
+FIELD_RATIO = _private("XQ-0080", "Exposed field to lung fields area ratio")
+VERDICT_WITH_ACQUISITION = _private("XQ-0081", "Verdict with acquisition checks")
+CUT_OFF_AT = _private("XQ-0082", "Anatomy cut off at")
+
 PRIVATE_CODES: tuple[Code, ...] = (
     Q_IMG, Q_FILTERED, VERDICT, VERDICT_FILTERED, OBJECT_COUNT,
     VERDICT_GOOD, VERDICT_ACCEPTABLE, VERDICT_POOR,
@@ -134,7 +167,23 @@ PRIVATE_CODES: tuple[Code, ...] = (
     NOT_SCORED_REASON, CHEST_REGION_ESTIMATED, CHEST_REGION_ESTIMATION_REASON,
     Q_REMOVABLE, VERDICT_REMOVABLE, VERDICT_BASIS, MEDICAL_DEVICE, OBJECT_CLASS, REMOVABLE_OBJECT,
     ALL_OBJECTS, CLASS_CONFIDENCE, EXPECTED_ON_PLATE,
+    CUT_OFF, ROTATED, SHALLOW_INSPIRATION, EXPOSURE_OUT_OF_RANGE, COLLIMATION_TOO_WIDE, LUNG_MARGIN,
+    MEDIASTINUM_OFFSET, LUNG_WIDTH_RATIO, LUNG_HEIGHT_RATIO, CLIPPED_LUNG, FIELD_RATIO,
+    VERDICT_WITH_ACQUISITION, CUT_OFF_AT,
 )
+
+#: the evaluation concept of each acquisition check (``acquisition.common.CHECKS``)
+ACQUISITION_CHECK_CODES: dict[str, Code] = {
+    "anatomy_cut_off": CUT_OFF, "rotation": ROTATED, "inspiration": SHALLOW_INSPIRATION,
+    "exposure": EXPOSURE_OUT_OF_RANGE, "collimation": COLLIMATION_TOO_WIDE,
+}
+#: the value of a check's evaluation by its status: the problem is there (Yes), not (No), or unknown
+CHECK_STATUS_CODES: dict[str, Code] = {"fail": codes.SCT.Yes, "pass": codes.SCT.No,
+                                       "cannot_tell": codes.SCT.Indeterminate}
+#: IEC 62494-1 exposure indices (standard DICOM concepts)
+EXPOSURE_INDEX = codes.DCM.ExposureIndex
+TARGET_EXPOSURE_INDEX = codes.DCM.TargetExposureIndex
+DEVIATION_INDEX = codes.DCM.DeviationIndex
 
 #: the coded value of each object class (report.json's "object_class")
 OBJECT_CLASS_CODES: dict[str, Code] = {"removable": REMOVABLE_OBJECT, "device": MEDICAL_DEVICE}

@@ -35,6 +35,7 @@ def report_dict(case: Case) -> dict:
         "gate": case.gate.to_dict() if case.gate is not None else None,
         "q_img": None, "q_filtered": None, "verdict": None, "verdict_filtered": None, "objects": [],
         "verdict_basis": None, "verdict_all_objects": None, "q_removable": None, "verdict_removable": None,
+        "acquisition": None, "overall_verdict": None,
         "source_shape": list(case.source.shape),
         "saliency_method": getattr(case.saliency, "method", None),
         "model_id": getattr(case.segmentation, "model_id", None),
@@ -59,6 +60,10 @@ def report_dict(case: Case) -> dict:
             "verdict_all_objects", "q_removable", "verdict_removable", "count_devices", "classifier_version",
             "removable_count", "device_count", "expected_count", "ecg_rule")})
         report["analysis_grid"] = quality["grid_shape"]
+    if case.acquisition is not None:
+        report["acquisition"] = case.acquisition.to_dict()
+        if case.quality is not None:
+            report["overall_verdict"] = case.acquisition.overall_verdict(case.quality.default_verdict.value)
     return report
 
 
@@ -101,6 +106,8 @@ def _outlined(case: Case, image: np.ndarray) -> np.ndarray:
             canvas = _draw_dashed(canvas, contours, CHEST_COLOUR, thickness)
         else:
             canvas = cv2.drawContours(canvas, contours, -1, CHEST_COLOUR, thickness)
+    if case.acquisition is not None:
+        canvas = _draw_acquisition(canvas, case.acquisition)
     if case.segmentation is None:
         return canvas
     network_mask = mask_at_source(case.segmentation.probability, (height, width), case.segmentation.threshold)
@@ -117,6 +124,56 @@ def _outlined(case: Case, image: np.ndarray) -> np.ndarray:
                       (int(x1 * width / grid_columns) + 2, int(y1 * height / grid_rows) + 2),
                       OUTSIDE_COLOUR, thickness)
     return canvas
+
+
+LUNG_COLOUR, MIDLINE_COLOUR = (200, 80, 255), (255, 140, 0)
+THORAX_COLOUR, CUT_COLOUR = (120, 120, 255), (255, 0, 0)
+
+
+def _draw_acquisition(canvas: np.ndarray, acquisition) -> np.ndarray:
+    """What the acquisition checks measured: the lung fields (violet), the mediastinum's centre
+    (orange) and the thorax's (blue) over the rows the rotation check used, and each edge of the
+    exposed field where a landmark is cut off (thick red)."""
+    import cv2
+
+    from .preprocess import resize_mask
+
+    height, width = canvas.shape[:2]
+    if acquisition.lung_labels is not None:
+        grid_rows, grid_columns = acquisition.lung_labels.shape
+        for value in (1, 2):
+            lung = resize_mask(acquisition.lung_labels == value, height, width)
+            contours, _ = cv2.findContours(lung, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            canvas = cv2.drawContours(canvas, contours, -1, LUNG_COLOUR, 1)
+        sy, sx = height / grid_rows, width / grid_columns
+        rotation = acquisition.by_name("rotation").findings
+        if "rows" in rotation:
+            top, bottom = (round(r * sy) for r in rotation["rows"])
+            for key, colour in (("mediastinum_x", MIDLINE_COLOUR), ("thorax_x", THORAX_COLOUR)):
+                x = round((rotation[key] + 0.5) * sx)
+                cv2.line(canvas, (x, top), (x, bottom), colour, 1)
+        field = acquisition.field
+        edges = {"apex": ((field.left, field.top), (field.right + 1, field.top)),
+                 "costophrenic angle": ((field.left, field.bottom + 1), (field.right + 1, field.bottom + 1)),
+                 "right lateral edge": ((field.left, field.top), (field.left, field.bottom + 1)),
+                 "left lateral edge": ((field.right + 1, field.top), (field.right + 1, field.bottom + 1))}
+        for name in acquisition.by_name("anatomy_cut_off").findings.get("cut_off", []):
+            key = name if "lateral" in name else name.split(" ", 1)[1]
+            (x0, y0), (x1, y1) = edges[key]
+            cv2.line(canvas, (min(round(x0 * sx), width - 2), min(round(y0 * sy), height - 2)),
+                     (min(round(x1 * sx), width - 2), min(round(y1 * sy), height - 2)), CUT_COLOUR, 3)
+    return canvas
+
+
+def _acquisition_lines(acquisition) -> list[str]:
+    lines = ["", "Acquisition  result       value (threshold)"]
+    for check in acquisition.checks:
+        value = "-" if check.value is None else f"{check.value:.3f}"
+        threshold = check.threshold if not isinstance(check.threshold, tuple) else \
+            f"{check.threshold[0]:g}..{check.threshold[1]:g}"
+        name = check.check.replace("anatomy_", "")[:12]
+        lines.append(f"{name:<12} {check.status.value:<12} {value} ({threshold})")
+    return lines
 
 
 def _class_label(finding) -> str:
@@ -215,6 +272,8 @@ def render_report_png(case: Case, path: Path, max_side: int = PANEL_SIDE) -> Pat
         if estimated:
             lines = [f"Note: {REGION_ESTIMATED_CAPTION.capitalize()} from the {region.estimated_from},",
                      *textwrap.wrap(f"lung fields not found: {region.problem}.", 52), "", *lines]
+        if case.acquisition is not None:
+            lines += _acquisition_lines(case.acquisition)
         verdict = case.quality.default_verdict.value
         colour, title = VERDICT_COLOURS[verdict], f"xiqa {__version__} - image quality {verdict}"
     else:

@@ -15,7 +15,11 @@ and more PACS know Comprehensive SR than Comprehensive 3D SR).  Content tree::
             verdict and, once classed, the removable-object verdict and the basis
             of the default verdict as qualitative evaluations; where the gate had to
             estimate the chest region, "Input gate decision: chest region estimated"
-            and why (TEXT)
+            and why (TEXT); once the acquisition checks ran, each check as a
+            qualitative evaluation (XQ-0070..74: Yes / No / Indeterminate) with its
+            measured values (XQ-0075..80; EI, EI_T, DI as DCM 113845-113847), the
+            cut-off landmarks (TEXT) and, under verdict effect "poor", the verdict
+            with acquisition checks
         Measurement Group (TID 1410) "Object N", one per object: its outline as
             a closed SCOORD POLYLINE on the source image, area fraction,
             location weight, size penalty, severity, mean saliency; once classed,
@@ -70,7 +74,7 @@ from pydicom.uid import SegmentationStorage
 from . import codes as xc
 from .case import Case
 from .loader import SourceImage
-from .scoring import ObjectFinding, QualityResult
+from .scoring import ObjectFinding, QualityResult, Verdict
 from .writer_common import (
     MANUFACTURER,
     OUTPUT_CHARACTER_SET,
@@ -179,6 +183,7 @@ def build_report(
     grid_mask: np.ndarray | None = None,
     uid_root: str | None = xc.DEFAULT_UID_ROOT,
     region_estimated_because: str | None = None,
+    acquisition=None,
 ) -> hd.sr.ComprehensiveSR:
     """The TID 1500 measurement report for one source image.
 
@@ -204,6 +209,8 @@ def build_report(
     region_estimated_because: str | None, optional
         Why the gate scored the image with an estimated chest region (its lung fields were not
         found); recorded in the image group.
+    acquisition: xiqa.operators.acquisition.AcquisitionResult | None, optional
+        The acquisition checks; each is recorded in the image group.
 
     Raises
     ------
@@ -227,7 +234,7 @@ def build_report(
     _check_seg_references(seg, reference)
     identity = output_identity(source.dataset, OutputKind.SR, algorithm, uid_root)
     groups = quality_groups(reference, quality, algorithm, grid_mask, identity, uid_root,
-                            region_estimated_because)
+                            region_estimated_because, acquisition)
     return report_document(source, reference, identity, algorithm, groups,
                            summary_evaluations(text, summary_source), evidence=[seg],
                            uid_root=uid_root)
@@ -304,7 +311,7 @@ def _checked_reference(source: SourceImage) -> Dataset:
 
 def quality_groups(reference: Dataset, quality: QualityResult, algorithm: AlgorithmInfo,
                    grid_mask: np.ndarray | None, identity: OutputIdentity, uid_root: str | None,
-                   region_estimated_because: str | None = None,
+                   region_estimated_because: str | None = None, acquisition=None,
                    ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     """The TID 1410 groups of an analysed image: the whole image with the scores, then the objects.
 
@@ -325,6 +332,7 @@ def quality_groups(reference: Dataset, quality: QualityResult, algorithm: Algori
             _number(xc.OBJECT_COUNT, len(quality.objects)),
             _number(xc.TOTAL_AREA_FRACTION, sum(f.area_fraction for f in quality.objects)),
             *([_number(xc.Q_REMOVABLE, quality.q_removable)] if quality.classified else []),
+            *acquisition_measurements(acquisition),
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(xc.VERDICT, xc.VERDICT_CODES[quality.verdict]),
@@ -333,8 +341,14 @@ def quality_groups(reference: Dataset, quality: QualityResult, algorithm: Algori
             *(_class_verdicts(quality) if quality.classified else []),
             *([hd.sr.QualitativeEvaluation(xc.INPUT_GATE, xc.CHEST_REGION_ESTIMATED)]
               if region_estimated_because else []),
+            *acquisition_evaluations(acquisition, quality),
         ],
     )]
+    cut_off = acquisition.by_name("anatomy_cut_off").findings.get("cut_off") if acquisition else None
+    if cut_off:
+        groups[0][0].ContentSequence.append(hd.sr.TextContentItem(
+            name=xc.CUT_OFF_AT, value=", ".join(cut_off),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     if region_estimated_because:
         groups[0][0].ContentSequence.append(hd.sr.TextContentItem(
             name=xc.CHEST_REGION_ESTIMATION_REASON, value=_check_summary(region_estimated_because),
@@ -369,6 +383,49 @@ def quality_groups(reference: Dataset, quality: QualityResult, algorithm: Algori
             qualitative_evaluations=evaluations or None,
         ))
     return groups
+
+
+#: the measured value of each acquisition check, by check: (concept, key of its findings or None
+#: for the check's own value)
+_ACQUISITION_VALUES = (
+    ("anatomy_cut_off", xc.LUNG_MARGIN, None),
+    ("rotation", xc.MEDIASTINUM_OFFSET, None),
+    ("rotation", xc.LUNG_WIDTH_RATIO, "lung_width_ratio"),
+    ("inspiration", xc.LUNG_HEIGHT_RATIO, None),
+    ("exposure", xc.EXPOSURE_INDEX, "exposure_index"),
+    ("exposure", xc.TARGET_EXPOSURE_INDEX, "target_exposure_index"),
+    ("exposure", xc.DEVIATION_INDEX, "deviation_index"),
+    ("exposure", xc.CLIPPED_LUNG, "clipped_lung_fraction"),
+    ("collimation", xc.FIELD_RATIO, None),
+)
+
+
+def acquisition_measurements(acquisition) -> list[hd.sr.Measurement]:
+    """The acquisition checks' measured values (none for a check that could not tell)."""
+    if acquisition is None:
+        return []
+    measurements = []
+    for name, concept, key in _ACQUISITION_VALUES:
+        check = acquisition.by_name(name)
+        value = check.findings.get(key) if key else check.value
+        if value is not None:
+            measurements.append(_number(concept, float(value)))
+    return measurements
+
+
+def acquisition_evaluations(acquisition, quality: QualityResult) -> list[hd.sr.QualitativeEvaluation]:
+    """Each check as a coded evaluation (problem: Yes / No / Indeterminate); under verdict effect
+    "poor", the verdict with the acquisition checks."""
+    if acquisition is None:
+        return []
+    evaluations = [hd.sr.QualitativeEvaluation(xc.ACQUISITION_CHECK_CODES[check.check],
+                                               xc.CHECK_STATUS_CODES[check.status.value])
+                   for check in acquisition.checks]
+    if acquisition.verdict_effect == "poor":
+        overall = Verdict(acquisition.overall_verdict(quality.default_verdict.value))
+        evaluations.append(hd.sr.QualitativeEvaluation(xc.VERDICT_WITH_ACQUISITION,
+                                                       xc.VERDICT_CODES[overall]))
+    return evaluations
 
 
 def _class_verdicts(quality: QualityResult) -> list[hd.sr.QualitativeEvaluation]:
@@ -526,4 +583,5 @@ class SrWriterOperator(DicomWriterOperator):
         return build_report(case.source, case.quality, seg, case.summary.text, case.summary.source,
                             algorithm_for_case(case), grid_mask=case.segmentation.mask,
                             uid_root=self.uid_root,
-                            region_estimated_because=region.problem if region and region.estimated else None)
+                            region_estimated_because=region.problem if region and region.estimated else None,
+                            acquisition=case.acquisition)

@@ -41,6 +41,9 @@ class NodeMetrics:
         self.forward_given_up = Counter(
             "xiqa_forward_given_up", "Output files that ran out of retries", ["destination"],
             registry=registry)
+        self.acquisition_failures = Counter(
+            "xiqa_acquisition_failures", "Scored instances that failed an acquisition check (cut-off, "
+            "rotation, inspiration, exposure, collimation)", ["check"], registry=registry)
         self.stage_seconds = Histogram(
             "xiqa_stage_seconds", "Seconds per image and graph stage", ["stage"],
             buckets=STAGE_BUCKETS, registry=registry)

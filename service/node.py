@@ -50,7 +50,8 @@ class Node:
         run_settings = build_settings([], settings.output, model=settings.model, device=settings.device,
                                       saliency=settings.saliency, loader=loader,
                                       summary_model=settings.summary_model,
-                                      count_devices=settings.count_devices)
+                                      count_devices=settings.count_devices,
+                                      acquisition=settings.acquisition_config())
         self.worker = Worker(run_settings, self.spool, self.metrics, settings.study_timeout, self.outbox,
                              run_guard=self._signals_held, housekeeping=self._expire)
         self.listener = Listener(settings, self.spool, self.metrics, self.worker.add)

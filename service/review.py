@@ -34,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
+from xiqa.operators.acquisition.common import CHECKS
+
 from .metrics import NodeMetrics
 from .spool import REJECTED
 
@@ -119,8 +121,8 @@ class NodeState:
     dicom_listening: Callable[[], bool]
     started: float = field(default_factory=time.time)
 
-    def figure(self, name: str) -> float:
-        value = self.metrics.registry.get_sample_value(name)
+    def figure(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
 
 
@@ -149,6 +151,8 @@ SHOW_FILTERS: dict[str, tuple[str, Callable[[dict], bool]]] = {
     "all": ("All images", lambda report: True),
     "removable": ("With removable objects", lambda report: bool(report.get("removable_count"))),
     "devices": ("With medical devices", lambda report: bool(report.get("device_count"))),
+    "acquisition": ("Failing an acquisition check",
+                    lambda report: bool((report.get("acquisition") or {}).get("failed"))),
 }
 #: the detail page's filters: ``?class=`` value -> the object classes it shows
 CLASS_FILTERS = {"all": ("removable", "device"), "removable": ("removable",), "device": ("device",)}
@@ -176,7 +180,10 @@ def overview_html(state: NodeState, output: Path, storage: Path, show: str = "al
                ("Instances received", int(state.figure("xiqa_instances_received_total"))),
                ("Instances processed", int(state.figure("xiqa_instances_processed_total"))),
                ("Instances rejected", int(state.figure("xiqa_instances_rejected_total"))),
-               ("Studies failed", int(state.figure("xiqa_studies_failed_total")))]
+               ("Studies failed", int(state.figure("xiqa_studies_failed_total"))),
+               *((f"Acquisition failures: {check.replace('_', ' ')}",
+                  int(state.figure("xiqa_acquisition_failures_total", {"check": check})))
+                 for check in CHECKS)]
     health = "".join(f'<tr><th>{_e(name)}</th><td id="{_e(name.lower().replace(" ", "-"))}">{_e(value)}'
                      f"</td></tr>" for name, value in figures)
     scored = [
@@ -187,6 +194,7 @@ def overview_html(state: NodeState, output: Path, storage: Path, show: str = "al
         f'<td class="objects">{len(r.report.get("objects") or [])}</td>'
         f'<td class="removable">{_e(r.report.get("removable_count", ""))}</td>'
         f'<td class="devices">{_e(r.report.get("device_count", ""))}</td>'
+        f'<td class="acquisition">{_e(", ".join((r.report.get("acquisition") or {}).get("failed", [])))}</td>'
         f'<td><img class="thumb" alt="report" src="/image/{_e(r.sop_instance_uid)}/report.png"></td></tr>'
         for r in reports if r.scored and SHOW_FILTERS[show][1](r.report)]
     not_scored = [
@@ -202,7 +210,7 @@ def overview_html(state: NodeState, output: Path, storage: Path, show: str = "al
             f"<h2>Recent images (newest first, at most {RECENT})</h2>"
             + _filter_links("show", {key: text for key, (text, _) in SHOW_FILTERS.items()}, show, "/")
             + _table(("Study Instance UID", "SOP Instance UID", "Verdict", "Q_img", "Objects",
-                      "Removable objects", "Medical devices", "Report"),
+                      "Removable objects", "Medical devices", "Acquisition failures", "Report"),
                      scored, "No image scored yet." if show == "all" else "No image of this kind.")
             + "<h2>Not scored (not a frontal chest radiograph)</h2>"
             + _table(("Study Instance UID", "SOP Instance UID", "Reason"), not_scored, "None.")
@@ -242,6 +250,10 @@ def detail_html(report: ImageReport, shown: str = "all") -> bytes:
                   ("Saliency method", data.get("saliency_method")), ("Model", data.get("model_id"))]
     else:
         facts.append(("Not scored", data.get("not_scored_reason")))
+    acquisition = data.get("acquisition") or {}
+    facts += [(f"Acquisition: {name.replace('_', ' ')}",
+               f"{check['status']} (value {_number(check.get('value'))}, threshold {check.get('threshold')})")
+              for name, check in (acquisition.get("checks") or {}).items()]
     facts.append(("Summary written by", data.get("summary_source")))
     table = "".join(f'<tr><th>{_e(name)}</th><td id="{_e(name.lower().replace(" ", "-"))}">{_e(value)}'
                     f"</td></tr>" for name, value in facts)

@@ -115,6 +115,11 @@ class ServeSettings:
     #: count medical devices (tubes, lines, pacemakers) in the default score and verdict too;
     #: by default the verdict follows the removable objects only and devices are listed
     count_devices: bool = False
+    #: how failed acquisition checks combine with the foreign-object verdict: "report" (listed,
+    #: verdict unchanged) or "poor" (any failed check makes the overall verdict Poor)
+    acquisition_verdict_effect: str = "report"
+    #: IEC 62494-1 Deviation Index range the exposure check accepts (AcquisitionConfig)
+    deviation_index_band: tuple[float, float] = (-3.0, 3.0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title(self.ae_title, "AE title"))
@@ -148,6 +153,11 @@ class ServeSettings:
             raise ValueError("a TLS CA bundle needs a certificate and key as well")
         if not isinstance(self.count_devices, bool):
             raise ValueError(f"count devices must be true or false, got {self.count_devices!r}")
+        from xiqa.operators.acquisition import AcquisitionConfig
+
+        object.__setattr__(self, "deviation_index_band", tuple(self.deviation_index_band))
+        AcquisitionConfig(deviation_index_band=self.deviation_index_band,
+                          verdict_effect=self.acquisition_verdict_effect)  # raises on bad values
         if Path(self.storage).resolve() == Path(self.output).resolve():
             raise ValueError("storage and output must be different folders")
 
@@ -155,10 +165,17 @@ class ServeSettings:
     def per_instance(self) -> bool:
         return self.study_timeout == 0
 
+    def acquisition_config(self):
+        """The acquisition checks' ``AcquisitionConfig`` from these settings."""
+        from xiqa.operators.acquisition import AcquisitionConfig
+
+        return AcquisitionConfig(deviation_index_band=self.deviation_index_band,
+                                 verdict_effect=self.acquisition_verdict_effect)
+
 
 _PATHS = {"storage", "output", "tls_certificate", "tls_key", "tls_ca", "forward_tls_ca",
           "forward_tls_certificate", "forward_tls_key", "model", "summary_model"}
-_TUPLES = {"allowed_ae_titles", "allowed_hosts", "modalities"}
+_TUPLES = {"allowed_ae_titles", "allowed_hosts", "modalities", "deviation_index_band"}
 
 
 def settings_from_mapping(values: dict[str, Any], origin: str) -> ServeSettings:
@@ -175,6 +192,12 @@ def settings_from_mapping(values: dict[str, Any], origin: str) -> ServeSettings:
             value = Path(value)
         elif key in _TUPLES:
             value = tuple(value.split(",") if isinstance(value, str) else value)
+            if key == "deviation_index_band":
+                try:
+                    value = tuple(float(item) for item in value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{origin}: deviation index band must be two numbers, got {raw_key!r}") \
+                        from None
         elif key == "forward":
             value = tuple(Destination.parse(item) if isinstance(item, str) else item
                           for item in ([value] if isinstance(value, str) else value))

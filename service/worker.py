@@ -320,6 +320,8 @@ class Worker:
             self.metrics.instances_not_chest.inc()
             logger.info("not scored %s: %s", instance.path.name, case.gate.reason)
             return
+        for check in case.acquisition.failed if case.acquisition is not None else ():
+            self.metrics.acquisition_failures.labels(check=check.check).inc()
         quality = case.quality
         logger.info("%s: Q_img %.3f verdict %s (%s)", instance.path.name, quality.q_img,
                     quality.default_verdict.value, quality.verdict_basis)

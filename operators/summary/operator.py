@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from monai.deploy.core import Fragment
 
+from ..acquisition.sentences import acquisition_sentences
 from ..case import Case, CaseOperator
+from .config import Summary
 from .model import Summarizer, not_scored_summary
+
+
+def with_acquisition(summary: Summary, acquisition) -> Summary:
+    """``summary`` with the sentences on failed acquisition checks closing it (code's own words,
+    after the model's or the template's note; ``validate_summary(..., acquisition=)`` checks them)."""
+    sentences = acquisition_sentences(acquisition)
+    return replace(summary, text=" ".join([summary.text, *sentences])) if sentences else summary
 
 
 class SummaryOperator(CaseOperator):
@@ -26,4 +37,4 @@ class SummaryOperator(CaseOperator):
         if not case.frontal_chest:
             case.summary = not_scored_summary(case.gate.reason)
             return
-        case.summary = self.summarizer.summarize(case.quality)
+        case.summary = with_acquisition(self.summarizer.summarize(case.quality), case.acquisition)

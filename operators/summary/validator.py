@@ -320,7 +320,7 @@ def _check_sense(text: str, facts: Facts) -> list[str]:
     return problems
 
 
-def validate_summary(text: str, quality: QualityResult, sense: bool = True) -> list[str]:
+def validate_summary(text: str, quality: QualityResult, sense: bool = True, acquisition=None) -> list[str]:
     """Problems of ``text`` as a note on ``quality``; an empty list means it may be used.
 
     Checks, against ``summary_facts(quality)``: every number (areas near their
@@ -330,10 +330,15 @@ def validate_summary(text: str, quality: QualityResult, sense: bool = True) -> l
     first person or AI hedging, name-like capitalised words, prompt echo, and
     malformed text (not 2-5 sentences, repeats, non-ASCII).  With ``sense``
     (the default; False gives the facts checks alone, for the benchmark's
-    before/after figures) also fluency and sense (:func:`_check_sense`).
+    before/after figures) also fluency and sense (:func:`_check_sense`).  ``acquisition``: the
+    image's ``AcquisitionResult``; its sentences on failed checks close the note word for word.
     """
+    from ..acquisition.sentences import split_acquisition_note
+
     facts = summary_facts(quality)
-    text, problems = split_class_note(text, quality)  # code's own sentences, held to the findings
+    text, problems = split_acquisition_note(text, acquisition)  # code's own sentences, after the rest
+    text, class_problems = split_class_note(text, quality)  # code's own sentences, held to the findings
+    problems += class_problems
     problems += _check_form(text)
     checks = [_check_numbers, _check_count, _check_locations, _check_words, _check_verdict_and_action]
     if sense:

@@ -1,0 +1,194 @@
+"""Acquisition checks on real plates: time per check, lung-field Dice, agreement with labels.
+
+    python benchmarks/acquisition.py [--corpus /work/corpus] [--labels data/acquisition_labels/labels.jsonl]
+        [--v7 /work/.mirror/v7labs+covid-19-xray-dataset/repo]
+
+* Time: every check function on every labelled plate (and every plate with a v7labs mask), the
+  gate's lung fields given (the gate runs anyway); ms per plate, mean and 95th percentile, on
+  whatever cores this machine has (the goal is < 50 ms on 2 cores).
+* Dice: the lung fields the checks measure on (both sides) against the CC BY 4.0 lung masks of
+  v7labs/covid-19-xray-dataset, on the Hannover plates they cover (``--v7`` is a bare git mirror
+  of that repository; its covid-only Darwin export maps the mask ids to the plates' file names).
+  Both are compared on the 256 x 256 analysis grid.  v7labs' masks include the lung behind the
+  heart and below the diaphragm's dome where it shows; the finder's do not, so this Dice is a
+  lower bound of how well the outlines the checks use agree.
+* Agreement: per check, sensitivity and specificity (95 % Wilson intervals) of the check's
+  fail against the by-eye label ``fail``; plates whose label is null (not judged) or whose check
+  could not tell are counted apart.  The thresholds were set from the literature and from the
+  54 shipped plates of data/real_cxr (none of them is labelled), so the labelled plates gave
+  nothing to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CHECK_LABELS = {"anatomy_cut_off": "cut_off", "rotation": "rotated", "inspiration": "inspiration_poor",
+                "exposure": "exposure_not_ok"}
+
+
+def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float] | None:
+    """95 % Wilson score interval of a proportion; None for no trials."""
+    if total == 0:
+        return None
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def grid_image(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+    from xiqa.operators.preprocess import to_network_input
+
+    pixels = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+    return to_network_input(pixels)[0], pixels.shape
+
+
+def timed_checks(grid: np.ndarray, source_shape, dataset=None) -> tuple[object, dict[str, float]]:
+    """The checks one by one as ``assess_acquisition`` runs them, each timed (ms)."""
+    from xiqa.operators.acquisition import AcquisitionConfig
+    from xiqa.operators.acquisition.assess import AcquisitionResult, acquisition_lungs
+    from xiqa.operators.acquisition.collimation import check_collimation
+    from xiqa.operators.acquisition.cut_off import FieldBox, check_cut_off
+    from xiqa.operators.acquisition.exposure import check_exposure
+    from xiqa.operators.acquisition.inspiration import check_inspiration
+    from xiqa.operators.acquisition.rotation import check_rotation
+    from xiqa.operators.chest_region import exposed_field
+    from xiqa.operators.gate import judge_frontal_chest
+
+    config = AcquisitionConfig()
+    region = judge_frontal_chest(dataset, grid, source_shape=source_shape).region
+    times: dict[str, float] = {}
+
+    def clock(name, function, *args):
+        started = time.perf_counter()
+        value = function(*args)
+        times[name] = 1000 * (time.perf_counter() - started)
+        return value
+
+    lungs, labels, lungs_from = clock("lung fields", acquisition_lungs, grid, region, config)
+    field = clock("exposed field", lambda: FieldBox.of(exposed_field(grid)))
+    checks = (clock("anatomy_cut_off", check_cut_off, lungs, field, grid.shape, config),
+              clock("rotation", check_rotation, lungs, config),
+              clock("inspiration", check_inspiration, lungs, grid.shape, source_shape, config),
+              clock("exposure", check_exposure, grid, lungs, dataset, config),
+              clock("collimation", check_collimation, lungs, field, config))
+    times["all"] = sum(times.values())
+    return AcquisitionResult(checks, lungs_from, labels, field, config.verdict_effect), times
+
+
+def v7_masks(git_dir: Path) -> dict[str, str]:
+    """Hannover plate id (8 hex digits) -> v7labs mask id, from the covid-only Darwin export."""
+    blob = subprocess.run(["git", "--git-dir", str(git_dir), "show", "HEAD:annotations/covid-only.zip"],
+                          capture_output=True, check=True).stdout
+    mapping = {}
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        for name in archive.namelist():
+            if not name.endswith(".json"):
+                continue
+            original = json.loads(archive.read(name))["image"]["original_filename"]
+            if re.fullmatch(r"[0-9a-f]{8}\.(jpg|png)", original):
+                mapping[original[:8]] = Path(name).stem
+    return mapping
+
+
+def v7_mask(git_dir: Path, mask_id: str) -> np.ndarray:
+    raw = subprocess.run(["git", "--git-dir", str(git_dir), "show",
+                          f"HEAD:annotations/all-images-semantic-masks/{mask_id}.png"],
+                         capture_output=True, check=True).stdout
+    mask = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_GRAYSCALE) == 255
+    return cv2.resize(mask.astype(np.uint8), (256, 256), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else 2 * float((a & b).sum()) / float(total)
+
+
+def _share(numerator: int, denominator: int) -> str:
+    interval = wilson(numerator, denominator)
+    if interval is None:
+        return "n/a (0 plates)"
+    return f"{numerator}/{denominator} = {numerator / denominator:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
+def agreement(results: dict[str, object], labels: list[dict]) -> list[str]:
+    lines = []
+    for check, key in CHECK_LABELS.items():
+        tp = fn = tn = fp = unjudged = cannot = 0
+        for label in labels:
+            truth = label[key]
+            if truth is None:
+                unjudged += 1
+                continue
+            truth = bool(truth)
+            result = results[label["id"]].by_name(check)
+            if result.status.value == "cannot_tell":
+                cannot += 1
+                continue
+            predicted = result.failed
+            tp += truth and predicted
+            fn += truth and not predicted
+            fp += predicted and not truth
+            tn += not truth and not predicted
+        lines.append(f"{check:16s} sensitivity {_share(tp, tp + fn)}; specificity {_share(tn, tn + fp)}; "
+                     f"not judged {unjudged}, check could not tell {cannot}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=Path("/work/corpus"))
+    parser.add_argument("--labels", type=Path, default=REPO / "data" / "acquisition_labels" / "labels.jsonl")
+    parser.add_argument("--v7", type=Path, default=Path("/work/.mirror/v7labs+covid-19-xray-dataset/repo"))
+    args = parser.parse_args(argv)
+    labels = [json.loads(line) for line in args.labels.read_text().splitlines() if line.strip()]
+    results, times = {}, []
+    for label in labels:
+        grid, shape = grid_image(args.corpus / label["file"])
+        results[label["id"]], spent = timed_checks(grid, shape)
+        times.append(spent)
+    dices = []
+    if args.v7.exists():
+        plates = {path.stem.split("_", 1)[1]: path for folder in (args.corpus, REPO / "data" / "real_cxr")
+                  for path in folder.glob("hannover_*.png")}
+        for plate, mask_id in sorted(v7_masks(args.v7).items()):
+            if plate not in plates:
+                continue
+            grid, shape = grid_image(plates[plate])
+            result, spent = timed_checks(grid, shape)
+            times.append(spent)
+            found = result.lung_labels > 0 if result.lung_labels is not None else np.zeros((256, 256), bool)
+            dices.append(dice(found, v7_mask(args.v7, mask_id)))
+    print(f"plates timed: {len(times)} (labelled {len(labels)}, with a v7labs mask {len(dices)})")
+    for name in times[0]:
+        values = np.array([t[name] for t in times])
+        print(f"  {name:16s} mean {values.mean():6.2f} ms  p95 {np.percentile(values, 95):6.2f} ms  "
+              f"max {values.max():6.2f} ms")
+    if dices:
+        values = np.array(dices)
+        print(f"lung-field Dice vs v7labs masks, Hannover ({len(values)} plates): mean {values.mean():.3f}, "
+              f"median {np.median(values):.3f}, plates with no two lung fields (Dice of nothing) "
+              f"{int((values == 0).sum())}")
+    nih = sum(label["source"] == "nih" for label in labels)
+    print(f"agreement with by-eye labels ({len(labels)} plates, {nih} NIH, {len(labels) - nih} Hannover):")
+    for line in agreement(results, labels):
+        print("  " + line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""All acquisition checks on one image: the lung fields they share, then each check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..chest_region import ChestRegion, ChestRegionConfig, exposed_field, find_chest_region
+from .collimation import check_collimation
+from .common import CheckResult, LungBox, lung_boxes
+from .config import AcquisitionConfig
+from .cut_off import FieldBox, check_cut_off
+from .exposure import check_exposure
+from .inspiration import check_inspiration
+from .rotation import check_rotation
+
+
+@dataclass(frozen=True)
+class AcquisitionResult:
+    """The checks of one image, in :data:`~.common.CHECKS` order, and what they measured on.
+
+    ``lungs_from``: ``"gate"`` (the input gate's lung fields), ``"relaxed"`` (found again with
+    more border contact allowed, where the gate's finder found fewer than two) or ``"none"``.
+    """
+
+    checks: tuple[CheckResult, ...]
+    lungs_from: str
+    lung_labels: np.ndarray | None  # uint8 grid labels, 1 right lung (image left), 2 left lung
+    field: FieldBox
+    verdict_effect: str
+
+    @property
+    def failed(self) -> tuple[CheckResult, ...]:
+        return tuple(check for check in self.checks if check.failed)
+
+    def by_name(self, name: str) -> CheckResult:
+        return next(check for check in self.checks if check.check == name)
+
+    def overall_verdict(self, verdict: str) -> str:
+        """The foreign-object ``verdict`` ("Good", "Acceptable", "Poor") combined with the checks:
+        unchanged under ``verdict_effect`` "report", Poor under "poor" when a check failed."""
+        return "Poor" if self.verdict_effect == "poor" and self.failed else verdict
+
+    def to_dict(self) -> dict:
+        return {"checks": {check.check: check.to_dict() for check in self.checks},
+                "failed": [check.check for check in self.failed], "lungs_from": self.lungs_from,
+                "verdict_effect": self.verdict_effect}
+
+
+def acquisition_lungs(image: np.ndarray, region: ChestRegion | None,
+                      config: AcquisitionConfig) -> tuple[dict[str, LungBox], np.ndarray | None, str]:
+    """The lung fields the checks measure: the gate's, or found again with a relaxed border rule."""
+    labels = region.lung_labels if region is not None else None
+    lungs = lung_boxes(labels)
+    if len(lungs) == 2:
+        return lungs, labels, "gate"
+    relaxed = find_chest_region(image, replace(ChestRegionConfig(),
+                                               max_border_contact=config.relaxed_border_contact))
+    relaxed_lungs = lung_boxes(relaxed.lung_labels)
+    if len(relaxed_lungs) == 2 and relaxed.found:
+        return relaxed_lungs, relaxed.lung_labels, "relaxed"
+    return lungs, labels, "gate" if lungs else "none"
+
+
+def assess_acquisition(image: np.ndarray, region: ChestRegion | None, dataset,
+                       source_shape: tuple[int, int] | None = None,
+                       config: AcquisitionConfig = AcquisitionConfig()) -> AcquisitionResult:
+    """Every acquisition check on ``image`` (2-D analysis grid, display domain, values in [0, 1]).
+
+    ``region``: the input gate's chest region (its lung fields are reused); ``dataset``: the
+    source's DICOM dataset (exposure indices), or None; ``source_shape``: the source's
+    (rows, columns), default the grid's.
+
+    Raises
+    ------
+    ValueError
+        ``image`` is not 2-D.
+    """
+    if image.ndim != 2:
+        raise ValueError(f'Argument "image" must be 2-D, got shape {image.shape}')
+    shape = image.shape
+    source_shape = tuple(source_shape) if source_shape is not None else shape
+    lungs, labels, lungs_from = acquisition_lungs(image, region, config)
+    field = FieldBox.of(exposed_field(image))
+    checks = (
+        check_cut_off(lungs, field, shape, config),
+        check_rotation(lungs, config),
+        check_inspiration(lungs, shape, source_shape, config),
+        check_exposure(image, lungs, dataset, config),
+        check_collimation(lungs, field, config),
+    )
+    return AcquisitionResult(checks, lungs_from, labels, field, config.verdict_effect)
