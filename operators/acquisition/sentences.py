@@ -14,6 +14,10 @@ from .common import CheckResult
 CUT_OFF_ADVICE = {"apex": "raise the upper collimator edge", "lateral edge": "open the collimator sideways",
                   "costophrenic angle": "lower the lower collimator edge"}
 LEAD = "Acquisition check"
+#: the foreign-object note's "accept" sentence, and what it becomes when a check asks for a repeat:
+#: "accepted as it is" followed by "... and repeat" would contradict itself
+ACCEPTED = "The image can be accepted as it is."
+ACCEPTED_AS_TO_OBJECTS = "As to foreign objects, the image can be accepted."
 
 
 def _join(items: list[str]) -> str:
@@ -68,9 +72,17 @@ def acquisition_note(result: AcquisitionResult | None) -> str:
     return " ".join(acquisition_sentences(result))
 
 
+def with_acquisition_note(text: str, result: AcquisitionResult | None) -> str:
+    """``text`` (the foreign-object note) closed by the sentences on failed checks, its "accepted as
+    it is" narrowed to foreign objects when there are any."""
+    note = acquisition_note(result)
+    return " ".join([text.replace(ACCEPTED, ACCEPTED_AS_TO_OBJECTS), note]) if note else text
+
+
 def split_acquisition_note(text: str, result: AcquisitionResult | None) -> tuple[str, list[str]]:
-    """(the note without its acquisition sentences, problems): the sentences must close the note
-    word for word, and no other sentence may speak of an acquisition check."""
+    """(the foreign-object note as the summarizer wrote it, problems): the inverse of
+    :func:`with_acquisition_note`; the sentences must close the note word for word, and no other
+    sentence may speak of an acquisition check."""
     note = acquisition_note(result)
     stripped = text.rstrip()
     if not note:
@@ -78,6 +90,6 @@ def split_acquisition_note(text: str, result: AcquisitionResult | None) -> tuple
         return stripped, problems
     if not stripped.endswith(note):
         return stripped, ["the sentences on acquisition checks are missing or changed"]
-    core = stripped[: len(stripped) - len(note)].rstrip()
+    core = stripped[: len(stripped) - len(note)].rstrip().replace(ACCEPTED_AS_TO_OBJECTS, ACCEPTED)
     problems = [f'mentions "{LEAD}" outside its sentences'] if LEAD in core else []
     return core, problems

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from monai.deploy.core import Fragment
 
-from ..acquisition.sentences import acquisition_sentences
+from ..acquisition.sentences import with_acquisition_note
 from ..case import Case, CaseOperator
 from .config import Summary
 from .model import Summarizer, not_scored_summary
@@ -15,8 +15,7 @@ from .model import Summarizer, not_scored_summary
 def with_acquisition(summary: Summary, acquisition) -> Summary:
     """``summary`` with the sentences on failed acquisition checks closing it (code's own words,
     after the model's or the template's note; ``validate_summary(..., acquisition=)`` checks them)."""
-    sentences = acquisition_sentences(acquisition)
-    return replace(summary, text=" ".join([summary.text, *sentences])) if sentences else summary
+    return replace(summary, text=with_acquisition_note(summary.text, acquisition))
 
 
 class SummaryOperator(CaseOperator):
