@@ -21,10 +21,11 @@ from writer_cases import (
     pixelmed_errors,
     requires_dciodvfy,
     requires_pixelmed,
+    with_classes,
 )
 from xiqa.operators import codes as xc
 from xiqa.operators.output_writer import write_outputs
-from xiqa.operators.scoring import QualityResult, verdict_for
+from xiqa.operators.scoring import QualityResult
 
 #: the finer categories of the first objects: a standard code pydicom lacks (SCT 17102003), a
 #: private one (XQ-0061) on an expected ECG lead; the classifier named none for the others
@@ -34,17 +35,11 @@ CATEGORIES = ("nasogastric_tube", "ecg_lead_wire")
 def _classed(quality: QualityResult) -> QualityResult:
     """The first object a medical device (a nasogastric tube), the others removable (an expected
     ECG lead, then objects whose category the classifier did not name)."""
-    assert len(quality.objects) >= 3
-    objects = tuple(dataclasses.replace(f, object_class="device" if i == 0 else "removable",
-                                        category=CATEGORIES[i] if i < len(CATEGORIES) else None,
-                                        category_confidence=0.93 if i < len(CATEGORIES) else None,
-                                        class_confidence=0.91, expected=i == 1)
-                    for i, f in enumerate(quality.objects))
-    counted = [f for f in objects[2:]]
-    q_removable = float(np.prod([1 - f.severity for f in counted])) if counted else 1.0
-    return dataclasses.replace(quality, objects=objects, q_removable=q_removable,
-                               verdict_removable=verdict_for(q_removable), classifier_version="test",
-                               ecg_rule="ECG leads expected: View Position AP (bedside plate)")
+    count = len(quality.objects)
+    assert count >= 3
+    classed = with_classes(quality, ["device"] + ["removable"] * (count - 1),
+                           [*CATEGORIES, *[None] * (count - len(CATEGORIES))], [i == 1 for i in range(count)])
+    return dataclasses.replace(classed, ecg_rule="ECG leads expected: View Position AP (bedside plate)")
 
 
 @pytest.fixture(scope="module")
