@@ -2,7 +2,8 @@
 
     python benchmarks/real_radiographs.py --corpus DIR --output OUT \\
         --fold nih=BUNDLE_TRAINED_WITHOUT_NIH --fold hannover=BUNDLE_TRAINED_WITHOUT_HANNOVER \\
-        [--before OLD_BUNDLE] [--shipped BUNDLE] [--figures 2]
+        [--before OLD_BUNDLE] [--shipped BUNDLE] [--figures 2] \\
+        [--classifier-fold nih=NPZ_TRAINED_WITHOUT_NIH --classifier-fold hannover=...]
 
 DIR is the labelled corpus (``scripts/import_real_cxr.py --corpus``, labels in
 ``data/real_labels``).  A figure is held out only when the bundle that made it was trained
@@ -19,6 +20,17 @@ Q_img does not depend on the saliency map, so it is left out here), and the run 
 - plates with an object over the chest that get at least one counted object;
 - per category, labelled objects over the chest that a counted object touches (hit rate);
 - clean plates rated Good and counted (false) objects per clean plate.
+
+With ``--classifier-fold SOURCE=NPZ`` (the object classifier trained without SOURCE,
+``python -m xiqa.training.object_classes --write-folds DIR``) the counted objects of SOURCE's plates
+are classed as the graph classes them (the ECG rule by the plate's projection) and it also prints:
+
+- the class confusion table (removable / device) of counted objects that hit a labelled object
+  (the label whose band the object overlaps most; "other" labels and objects that hit no label
+  are counted apart), and the class accuracy per labelled category;
+- the issue's plate goals (``xiqa.training.object_classes.tally_plate_goals``): AP plates with
+  devices only rated Good or Acceptable and listing a device, plates with a removable object over
+  the chest rated Poor or Acceptable.
 
 ``--figures N`` runs N ICU and N clean plates per source through the whole graph (DICOM in,
 SEG/SC/SR/report.png out) with the fold's bundle and copies their report.png to OUT/figures.
@@ -55,6 +67,10 @@ class PlateResult:
     counted_objects: int
     labelled_over_chest: int
     category_hits: tuple[tuple[str, bool], ...]  # per labelled object over the chest
+    # with a classifier (--classifier-fold): per counted object (the labelled category it hits most,
+    # "" for none; the predicted class), and the plate goals this plate counts towards
+    object_classes: tuple[tuple[str, str], ...] = ()
+    plate_goals: dict | None = None
 
 
 def tagged_dataset(projection: str):
@@ -94,12 +110,14 @@ def peak_over_chest(probability: np.ndarray, region: np.ndarray) -> float:
 
 
 def measure_plate(
-    model, image, segmentation_input: np.ndarray, tagged, untagged, pixels_shape
+    model, image, segmentation_input: np.ndarray, tagged, untagged, pixels_shape,
+    classifier=None, grid_image: np.ndarray | None = None,
 ) -> PlateResult:
     """One bundle on one plate, given the gate's decisions with and without tags (the same for every
-    bundle, so they are made once per plate)."""
+    bundle, so they are made once per plate).  With ``classifier`` (one that never saw the plate's
+    source) the counted objects are classed on ``grid_image`` as the graph classes them, each
+    matched to the labelled object it overlaps most, and the plate tallied for the issue's goals."""
     from xiqa.operators.scoring import ScoringConfig, score_mask
-    from xiqa.training.real_objects import label_band
 
     over_chest = image.objects_over_chest
     if not tagged.frontal_chest:
@@ -111,14 +129,13 @@ def measure_plate(
     mask, probability = segmentation_mask(model, segmentation_input)
     quality = score_mask(mask, None, config, tagged.region.mask)
     counted = quality.counted_mask
-    factor = GRID / max(pixels_shape)
-    grid_shape = (round(pixels_shape[0] * factor), round(pixels_shape[1] * factor))
-    hits = []
-    for obj in over_chest:
-        band = label_band(obj.scaled(factor), grid_shape)
-        band = cv2.resize(band.astype(np.uint8), (GRID, GRID), interpolation=cv2.INTER_NEAREST) > 0
-        # counted as scoring counts: one of the objects over the chest touches the label
-        hits.append((obj.category, bool((counted & band).any())))
+    bands = [label_grid_band(obj, pixels_shape) for obj in image.objects]
+    # counted as scoring counts: one of the objects over the chest touches the label
+    hits = [(obj.category, bool((counted & band).any()))
+            for obj, band in zip(image.objects, bands, strict=True) if obj.inside_chest]
+    classes, goals = (), None
+    if classifier is not None:  # a plate with nothing counted still counts for the plate goals
+        classes, goals = classify_plate(quality, image, bands, classifier, tagged.region.mask, grid_image)
     return PlateResult(
         image.id,
         True,
@@ -131,7 +148,42 @@ def measure_plate(
         len(quality.objects),
         len(over_chest),
         tuple(hits),
+        classes,
+        goals,
     )
+
+
+def label_grid_band(obj, pixels_shape: tuple[int, int]) -> np.ndarray:
+    """The band around a labelled object (``label_band``) on the 256 x 256 analysis grid."""
+    from xiqa.training.real_objects import label_band
+
+    factor = GRID / max(pixels_shape)
+    grid_shape = (round(pixels_shape[0] * factor), round(pixels_shape[1] * factor))
+    band = label_band(obj.scaled(factor), grid_shape)
+    return cv2.resize(band.astype(np.uint8), (GRID, GRID), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def classify_plate(quality, image, bands: list[np.ndarray], classifier, region: np.ndarray,
+                   grid_image: np.ndarray) -> tuple[tuple[tuple[str, str], ...], dict]:
+    """(per counted object: the labelled category it overlaps most or "", its predicted class;
+    the plate's tallies towards the issue's goals) with the graph's own classification."""
+    from xiqa.operators.object_classes import classify_quality
+    from xiqa.operators.scoring import object_masks
+    from xiqa.training.object_classes import tally_plate_goals
+
+    view = image.projection if image.projection in ("AP", "PA") else ""
+    classified = classify_quality(quality, grid_image, region, classifier, view_position=view)
+    classes = []
+    for finding, mask in zip(classified.objects, object_masks(classified), strict=True):
+        overlaps = [int((mask & band).sum()) for band in bands]
+        best = int(np.argmax(overlaps)) if overlaps and max(overlaps) > 0 else None
+        classes.append((image.objects[best].category if best is not None else "", finding.object_class))
+    known = [o for o in image.objects if o.category != "other"]
+    tallies: dict[str, list[int]] = {}
+    if known:
+        tally_plate_goals(tallies, [o.category for o in known], image.projection,
+                          [o.inside_chest for o in known], classified)
+    return tuple(classes), tallies
 
 
 def auc(positives: list[float], negatives: list[float]) -> float | None:
@@ -170,14 +222,53 @@ def summarise(results: list[PlateResult], images: dict) -> dict:
         if clean
         else None,
         "categories": {c: {"hit": h, "labelled": n} for c, (h, n) in sorted(categories.items())},
+        **({"classes": summarise_classes(scored)} if any(r.plate_goals is not None for r in scored) else {}),
+    }
+
+
+def summarise_classes(scored: list[PlateResult]) -> dict:
+    """The class confusion table of counted objects that hit a labelled object (rows true, columns
+    predicted), per category, the objects that hit none or an "other" label, and the plate goals."""
+    from xiqa.operators.object_classes import CATEGORY_CLASS
+    from xiqa.training.object_classes import goal_shares
+
+    order = ("removable", "device")
+    confusion = np.zeros((2, 2), int)
+    per_category: dict[str, list[int]] = {}
+    unlabelled = dict.fromkeys(order, 0)
+    other = dict.fromkeys(order, 0)
+    tallies: dict[str, list[int]] = {}
+    for result in scored:
+        for category, predicted in result.object_classes:
+            if category in CATEGORY_CLASS:
+                truth = CATEGORY_CLASS[category].value
+                confusion[order.index(truth), order.index(predicted)] += 1
+                per_category.setdefault(category, [0, 0])
+                per_category[category][0] += truth == predicted
+                per_category[category][1] += 1
+            else:
+                (other if category else unlabelled)[predicted] += 1
+        for name, (met, plates) in (result.plate_goals or {}).items():
+            tallies.setdefault(name, [0, 0])
+            tallies[name][0] += met
+            tallies[name][1] += plates
+    hit = int(confusion.sum())
+    return {
+        "rows_true_columns_predicted": list(order),
+        "confusion": confusion.tolist(),
+        "class_accuracy_hit_objects": round(float(np.trace(confusion)) / hit, 4) if hit else None,
+        "per_category_correct_of_hit": {c: f"{r}/{n}" for c, (r, n) in sorted(per_category.items())},
+        "hit_other_label_predicted": other,
+        "hit_no_label_predicted": unlabelled,
+        "plate_goals": goal_shares(tallies),
     }
 
 
 def measure_bundles(
-    bundles: dict[str, Path], corpus: Path, images: list, grid: int = GRID
+    bundles: dict[str, Path], corpus: Path, images: list, grid: int = GRID, classifier=None
 ) -> tuple[dict[str, list[PlateResult]], dict[str, float]]:
     """Every bundle on every plate (each plate read and gated once), and each bundle's mean
-    seconds per plate for segmentation and scoring."""
+    seconds per plate for segmentation and scoring (and classes, with ``classifier``)."""
     from xiqa.operators.gate import judge_frontal_chest
     from xiqa.operators.preprocess import PreprocessConfig, to_network_input
     from xiqa.operators.segmentation import load_segmentation_model
@@ -200,7 +291,8 @@ def measure_bundles(
         for label, model in models.items():
             started = time.perf_counter()
             results[label].append(
-                measure_plate(model, image, segmentation_input, tagged, untagged, pixels.shape)
+                measure_plate(model, image, segmentation_input, tagged, untagged, pixels.shape,
+                              classifier, network_input[0])
             )
             seconds[label] += time.perf_counter() - started
     return results, {label: total / max(1, len(images)) for label, total in seconds.items()}
@@ -290,6 +382,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SOURCE=BUNDLE",
         help="the bundle trained without SOURCE (held-out figures for SOURCE)",
     )
+    parser.add_argument(
+        "--classifier-fold",
+        action="append",
+        default=[],
+        metavar="SOURCE=NPZ",
+        help="the object classifier trained without SOURCE (python -m xiqa.training.object_classes "
+        "--write-folds): class confusion of the counted objects and the plate goals for SOURCE",
+    )
     parser.add_argument("--before", type=Path, default=None, help="the previous bundle, for comparison")
     parser.add_argument("--shipped", type=Path, default=None, help="the bundle trained on every source")
     parser.add_argument(
@@ -328,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_corpus(args.corpus)
     by_id = {image.id: image for image in corpus}
     folds = dict(item.split("=", 1) for item in args.fold)
+    classifier_folds = dict(item.split("=", 1) for item in args.classifier_fold)
     sources = args.sources.split(",") if args.sources else sorted({i.source for i in corpus})
     results: dict = {}
     lines = []
@@ -344,7 +445,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         bundles = {label: Path(bundle) for label, bundle in bundles.items() if bundle is not None}
         logger.info("%s: %s", source, ", ".join(f"{label} {bundle}" for label, bundle in bundles.items()))
-        measured, seconds = measure_bundles(bundles, args.corpus, plates, args.grid)
+        classifier = None
+        if source in classifier_folds:
+            from xiqa.operators.object_classes import load_classifier
+
+            classifier = load_classifier(Path(classifier_folds[source]))
+        measured, seconds = measure_bundles(bundles, args.corpus, plates, args.grid, classifier)
         for label, plate_results in measured.items():
             figures = summarise(plate_results, by_id)
             figures["bundle"] = str(bundles[label])
@@ -352,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
             figures["segment_and_score_seconds_per_plate"] = round(seconds[label], 4)
             results[source][label] = figures
             lines.append(_line(label, figures))
+            if "classes" in figures:
+                lines.append(f"  {label} classes (held-out classifier {classifier.version}): "
+                             + json.dumps(figures["classes"]))
         for label in results[source]:
             if label != "shipped":
                 hits = results[source][label]["categories"]

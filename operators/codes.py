@@ -48,6 +48,12 @@ XQ-0052     Removable object                           object class value
 XQ-0053     All objects                                default verdict basis (site counts devices)
 XQ-0054     Object class confidence                    NUM, unit 1, the classifier's probability
 XQ-0055     Expected on this plate                     CODE qualifier: an ECG lead the view rule expects
+XQ-0056     Object category                            CODE, the finer category (table below)
+XQ-0060     ECG electrode                              object category value
+XQ-0061     ECG lead wire                              object category value
+XQ-0062     Button or snap                             object category value
+XQ-0063     Bra hook or underwire                      object category value
+XQ-0064     Sternal wire                               object category value
 XQ-0070     Anatomy cut off                            CODE, SCT Yes / No / Indeterminate (check result)
 XQ-0071     Patient rotated                            CODE, SCT Yes / No / Indeterminate
 XQ-0072     Shallow inspiration                        CODE, SCT Yes / No / Indeterminate
@@ -74,6 +80,35 @@ category CID 7150 "Physical object" (SCT 260787004).  Removable objects are CID 
 body" (SCT 19227008).  CID 7193 names single devices (Endotracheal tube, Catheter, Cardiac
 pacemaker, ...) but no term for medical devices as a class, and pydicom's dictionaries hold
 none, so the device segment's type is XQ-0050.
+
+Object categories (the finer category of ``object_classes.CATEGORY_CLASS``, coded in the SR as
+"Object category" (XQ-0056) only where the classifier names one).  Values come from the standard
+where it has the concept, first from CID 6138 "Chest Non-lesion Object Type" (the chest CAD
+objects: tubes, lines, pacemakers, jewelry, coin), then from CID 7193 / CID 6401 (physical objects)
+and CID 1000; SNOMED CT 17102003 "Nasogastric tube" is in no DICOM context group and not in
+pydicom's dictionary, and is spelled out (SNOMED CT International, 2025-02, as HL7's
+"DeliveryDeviceCode" value set expands it).  No DICOM group or pydicom entry has an ECG electrode,
+an ECG lead wire, a button, a bra hook or a sternal wire; those are private:
+
+====================  ======================  ===================================
+category              code                    from
+====================  ======================  ===================================
+ecg_electrode         XQ-0060 (99XIQA)        private
+ecg_lead_wire         XQ-0061 (99XIQA)        private
+jewellery_chain       80919006 (SCT)          CID 6138 "Jewelry"
+button_snap           XQ-0062 (99XIQA)        private
+bra_hook_underwire    XQ-0063 (99XIQA)        private
+coin                  112178 (DCM)            CID 6138 "Coin"
+endotracheal_tube     26412008 (SCT)          CID 6138 "Endotracheal tube"
+nasogastric_tube      17102003 (SCT)          SNOMED CT "Nasogastric tube"
+central_line          112174 (DCM)            CID 6138 "Central line"
+chest_drain           112173 (DCM)            CID 6138 "Chest tube"
+pacemaker_can         14106009 (SCT)          CID 6138 "Cardiac pacemaker"
+pacing_lead           360129009 (SCT)         CID 6138 "Cardiac pacemaker lead"
+sternal_wire          XQ-0064 (99XIQA)        private
+surgical_clip         77720000 (SCT)          CID 6401 / CID 7193 "Clip"
+orthopaedic_hardware  16349000 (SCT)          CID 1000 "Orthopedic device"
+====================  ======================  ===================================
 
 Mean saliency per object is standard: (130404, DCM, "Saliency") with the TID 300
 derivation (373098007, SCT, "Mean").  All fractions are relative to the
@@ -144,6 +179,12 @@ REMOVABLE_OBJECT = _private("XQ-0052", "Removable object")
 ALL_OBJECTS = _private("XQ-0053", "All objects")
 CLASS_CONFIDENCE = _private("XQ-0054", "Object class confidence")
 EXPECTED_ON_PLATE = _private("XQ-0055", "Expected on this plate")
+OBJECT_CATEGORY = _private("XQ-0056", "Object category")
+ECG_ELECTRODE = _private("XQ-0060", "ECG electrode")
+ECG_LEAD_WIRE = _private("XQ-0061", "ECG lead wire")
+BUTTON_OR_SNAP = _private("XQ-0062", "Button or snap")
+BRA_HOOK_OR_UNDERWIRE = _private("XQ-0063", "Bra hook or underwire")
+STERNAL_WIRE = _private("XQ-0064", "Sternal wire")
 
 CUT_OFF = _private("XQ-0070", "Anatomy cut off")
 ROTATED = _private("XQ-0071", "Patient rotated")
@@ -166,7 +207,8 @@ PRIVATE_CODES: tuple[Code, ...] = (
     SUMMARY_SOURCE, SUMMARY_FROM_LLM, SUMMARY_FROM_TEMPLATE, INPUT_GATE, NOT_FRONTAL_CHEST,
     NOT_SCORED_REASON, CHEST_REGION_ESTIMATED, CHEST_REGION_ESTIMATION_REASON,
     Q_REMOVABLE, VERDICT_REMOVABLE, VERDICT_BASIS, MEDICAL_DEVICE, OBJECT_CLASS, REMOVABLE_OBJECT,
-    ALL_OBJECTS, CLASS_CONFIDENCE, EXPECTED_ON_PLATE,
+    ALL_OBJECTS, CLASS_CONFIDENCE, EXPECTED_ON_PLATE, OBJECT_CATEGORY,
+    ECG_ELECTRODE, ECG_LEAD_WIRE, BUTTON_OR_SNAP, BRA_HOOK_OR_UNDERWIRE, STERNAL_WIRE,
     CUT_OFF, ROTATED, SHALLOW_INSPIRATION, EXPOSURE_OUT_OF_RANGE, COLLIMATION_TOO_WIDE, LUNG_MARGIN,
     MEDIASTINUM_OFFSET, LUNG_WIDTH_RATIO, LUNG_HEIGHT_RATIO, CLIPPED_LUNG, FIELD_RATIO,
     VERDICT_WITH_ACQUISITION, CUT_OFF_AT,
@@ -187,6 +229,28 @@ DEVIATION_INDEX = codes.DCM.DeviationIndex
 
 #: the coded value of each object class (report.json's "object_class")
 OBJECT_CLASS_CODES: dict[str, Code] = {"removable": REMOVABLE_OBJECT, "device": MEDICAL_DEVICE}
+
+#: SNOMED CT 17102003: a standard code that no DICOM context group (nor pydicom) lists; see above
+NASOGASTRIC_TUBE = Code("17102003", "SCT", "Nasogastric tube")
+
+#: the coded value of each finer category (report.json's "category"); see the table above
+CATEGORY_CODES: dict[str, Code] = {
+    "ecg_electrode": ECG_ELECTRODE,
+    "ecg_lead_wire": ECG_LEAD_WIRE,
+    "jewellery_chain": codes.SCT.Jewelry,
+    "button_snap": BUTTON_OR_SNAP,
+    "bra_hook_underwire": BRA_HOOK_OR_UNDERWIRE,
+    "coin": codes.DCM.Coin,
+    "endotracheal_tube": codes.SCT.EndotrachealTube,
+    "nasogastric_tube": NASOGASTRIC_TUBE,
+    "central_line": codes.DCM.CentralLine,
+    "chest_drain": codes.DCM.ChestTube,
+    "pacemaker_can": codes.SCT.CardiacPacemaker,
+    "pacing_lead": codes.SCT.CardiacPacemakerLead,
+    "sternal_wire": STERNAL_WIRE,
+    "surgical_clip": codes.SCT.Clip,
+    "orthopaedic_hardware": codes.SCT.OrthopedicDevice,
+}
 
 VERDICT_CODES: dict[Verdict, Code] = {
     Verdict.GOOD: VERDICT_GOOD,

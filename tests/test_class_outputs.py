@@ -1,5 +1,6 @@
-"""DICOM outputs of classed objects: a SEG segment per class, the class per object in the SR, both
-quality figures and verdicts; dciodvfy and PixelMed find no error."""
+"""DICOM outputs of classed objects: a SEG segment per class, the class (and the finer category where
+one was named) per object in the SR, both quality figures and verdicts; dciodvfy and PixelMed find no
+error."""
 
 from __future__ import annotations
 
@@ -20,24 +21,25 @@ from writer_cases import (
     pixelmed_errors,
     requires_dciodvfy,
     requires_pixelmed,
+    with_classes,
 )
 from xiqa.operators import codes as xc
 from xiqa.operators.output_writer import write_outputs
-from xiqa.operators.scoring import QualityResult, verdict_for
+from xiqa.operators.scoring import QualityResult
+
+#: the finer categories of the first objects: a standard code pydicom lacks (SCT 17102003), a
+#: private one (XQ-0061) on an expected ECG lead; the classifier named none for the others
+CATEGORIES = ("nasogastric_tube", "ecg_lead_wire")
 
 
 def _classed(quality: QualityResult) -> QualityResult:
-    """The first object a medical device (an endotracheal tube), the others removable."""
-    assert len(quality.objects) >= 2
-    objects = tuple(dataclasses.replace(f, object_class="device" if i == 0 else "removable",
-                                        category="endotracheal_tube" if i == 0 else None,
-                                        class_confidence=0.91, expected=i == 1)
-                    for i, f in enumerate(quality.objects))
-    counted = [f for f in objects[2:]]
-    q_removable = float(np.prod([1 - f.severity for f in counted])) if counted else 1.0
-    return dataclasses.replace(quality, objects=objects, q_removable=q_removable,
-                               verdict_removable=verdict_for(q_removable), classifier_version="test",
-                               ecg_rule="ECG leads expected: View Position AP (bedside plate)")
+    """The first object a medical device (a nasogastric tube), the others removable (an expected
+    ECG lead, then objects whose category the classifier did not name)."""
+    count = len(quality.objects)
+    assert count >= 3
+    classed = with_classes(quality, ["device"] + ["removable"] * (count - 1),
+                           [*CATEGORIES, *[None] * (count - len(CATEGORIES))], [i == 1 for i in range(count)])
+    return dataclasses.replace(classed, ecg_rule="ECG leads expected: View Position AP (bedside plate)")
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +80,16 @@ def test_the_sr_codes_each_object_class_and_both_quality_figures_and_verdicts(cl
         [int(f.expected) for f in quality.objects]
     confidences = [group.get_measurements(name=xc.CLASS_CONFIDENCE)[0].value for group in objects]
     assert confidences == [f.class_confidence for f in quality.objects]
+
+
+def test_the_sr_codes_the_finer_category_only_where_one_was_named(classed) -> None:
+    _, quality, paths = classed
+    content = hd.sr.srread(paths["sr"]).content
+    _, *objects = content.get_planar_roi_measurement_groups()
+    coded = [[(e.value.scheme_designator, e.value.value, e.value.meaning)
+              for e in group.get_qualitative_evaluations(name=xc.OBJECT_CATEGORY)] for group in objects]
+    assert coded[:2] == [[("SCT", "17102003", "Nasogastric tube")], [("99XIQA", "XQ-0061", "ECG lead wire")]]
+    assert coded[2:] == [[] for _ in quality.objects[2:]]  # unnamed: no category item
 
 
 @requires_dciodvfy

@@ -184,3 +184,28 @@ def test_ecg_leads_are_named_from_a_lower_probability_than_other_categories():
     assert 0.6 < by_side[True].category_confidence < 0.9 and by_side[True].category == "ecg_lead_wire"
     assert by_side[True].expected  # so the ECG rule can keep it out of the verdict
     assert by_side[False].category is None and by_side[False].object_class == "device"  # below 0.9
+
+
+def test_plate_goals_count_device_plates_and_removable_plates_as_the_issue_defines_them():
+    from xiqa.training.object_classes import PLATE_GOALS, goal_shares, tally_plate_goals
+
+    image, mask = _plate(), _two_objects()
+    # one plate result for every labelling below: a device listed, a removable object counted
+    classified = classify_quality(score_mask(mask), image, None, _sided_classifier(),
+                                  ClassConfig(ecg_rule=EcgRule.REMOVABLE))
+    assert classified.devices and classified.default_verdict == Verdict.ACCEPTABLE  # meets both
+    tallies: dict[str, list[int]] = {}
+    # an AP plate with a central line only: a device plate, listed
+    tally_plate_goals(tallies, ["central_line"], "AP", [True], classified)
+    # an AP plate with a line and ECG leads (expected by the ECG rule): not "devices only"
+    tally_plate_goals(tallies, ["central_line", "ecg_lead_wire"], "AP", [True, True], classified)
+    # a PA plate with a chain over the chest: a removable plate, rated Poor or Acceptable
+    tally_plate_goals(tallies, ["jewellery_chain"], "PA", [True], classified)
+    # a chain outside the chest and an ECG lead on an AP plate: neither makes a removable plate
+    tally_plate_goals(tallies, ["jewellery_chain", "ecg_electrode"], "AP", [False, True], classified)
+    assert tallies == {
+        "device_only_ap_good_or_acceptable": [1, 1], "device_only_ap_listing_a_device": [1, 1],
+        "device_or_ecg_ap_good_or_acceptable": [2, 2], "device_plates_listing_a_device": [2, 2],
+        "removable_plates_poor_or_acceptable": [1, 1]}
+    shares = goal_shares(tallies)
+    assert list(shares) == list(PLATE_GOALS) and shares["device_plates_listing_a_device"] == "2/2 (100 %)"

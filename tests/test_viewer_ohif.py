@@ -2,7 +2,9 @@
 
 The source DX and its SEG, SC and SR go into Orthanc; OHIF opens the study,
 the SEG is laid over the radiograph (found in a screenshot where the large
-object lies), and the SR's measurement groups appear as labelled outlines.
+object lies), its segmentation panel lists the two class segments ("Removable
+object", "Medical device") and draws the device in its own colour where it lies,
+and the SR's measurement groups appear as labelled outlines.
 The SR of an image the gate refused (the WG04 ankle) opens on its image, its
 whole-image outline drawn.  One Orthanc, one OHIF and one browser serve both.
 Screenshots are kept in the test folder and in ``$XIQA_SCREENSHOTS`` if set.
@@ -25,9 +27,11 @@ from writer_cases import (
     VIEWER_OBJECT_BOX,
     NotScoredStudy,
     ViewerStudy,
+    viewer_device_index,
     write_not_scored_study,
     write_viewer_study,
 )
+from xiqa.operators.seg_writer import DISPLAY_RGB
 from xiqa.operators.sr_writer import NOT_SCORED_SERIES_DESCRIPTION
 
 pytestmark = [requires_chromium, requires_ohif, requires_orthanc_dicomweb]
@@ -69,6 +73,20 @@ def _image_box(page: Page, rows: int, columns: int) -> tuple[float, float, float
 OUTLINE_BOXES = """[...document.querySelectorAll('[data-cy=viewport-pane] svg polyline')]
     .map(e => e.getBoundingClientRect()).filter(r => r.width > 0)
     .map(r => [r.left, r.top, r.width, r.height])"""
+
+
+#: The titles of the segmentation panel's segment rows.
+SEGMENT_TITLES = """[...document.querySelectorAll('[data-cy=data-row-title]')]
+    .map(e => e.textContent.trim())"""
+
+
+def _segment_colour(picture: np.ndarray, rgb: tuple[int, int, int]) -> np.ndarray:
+    """Pixels tinted towards a segment's colour: its dominant channels clearly above the others."""
+    colour = picture.astype(np.int16)
+    strong = [c for c in range(3) if rgb[c] >= 128]
+    weak = [c for c in range(3) if rgb[c] < 128]
+    low = colour[..., strong].min(axis=-1)
+    return (low - colour[..., weak].max(axis=-1) > 40) if weak else np.zeros(picture.shape[:2], bool)
 
 
 def _outline_boxes(page: Page) -> list[list[float]]:
@@ -161,6 +179,31 @@ def test_ohif_overlays_the_seg_on_the_radiograph_and_labels_the_sr_groups(
     assert not any("Error Boundary" in line for line in page.console), page.console[-10:]
     # the segment's own colour, not OHIF's default: no "RecommendedDisplayCIELabValue" toast
     assert "RecommendedDisplayCIELabValue" not in page.evaluate("document.body.innerText")
+
+    # the segmentation panel lists the two class segments by label, and the device is drawn in its
+    # segment's colour where it lies (the removable objects in theirs)
+    page.evaluate("document.querySelector('[data-cy=panelSegmentation-btn]').click()")
+    page.wait_for(f"({SEGMENT_TITLES}).length === 2", timeout=60)
+    assert page.evaluate(f"({SEGMENT_TITLES})") == ["Removable object", "Medical device"]
+    page.keep_screenshot("ohif_2b_segment_panel", tmp_path)
+    device = study.quality.objects[viewer_device_index(study.quality)]
+    assert device.object_class == "device"
+    grid_rows, grid_columns = study.quality.grid_shape
+    left, top, width, height = _image_box(page, rows, columns)  # the panel narrowed the viewport
+    y0, x0, y1, x1 = device.bbox
+    box = (int(left + x0 / grid_columns * width) - 4, int(top + y0 / grid_rows * height) - 4,
+           int(left + x1 / grid_columns * width) + 4, int(top + y1 / grid_rows * height) + 4)
+    picture = page.picture()
+    green = _segment_colour(picture, DISPLAY_RGB["device"])
+    inside = np.zeros_like(green)
+    inside[int(top):int(top + height), int(left):int(left + width)] = True
+    assert green[box[1]:box[3], box[0]:box[2]].sum() >= 20, "the device segment is not drawn"
+    stray = (green & inside).sum() - green[box[1]:box[3], box[0]:box[2]].sum()
+    assert stray <= 5, f"{stray} device-coloured pixels away from the device"
+    big = (int(left + box_left * width), int(top + box_top * height),
+           int(left + box_right * width), int(top + box_bottom * height))
+    cyan = _segment_colour(picture, DISPLAY_RGB["removable"])
+    assert cyan[big[1]:big[3], big[0]:big[2]].mean() > 0.5, "the removable segment is not drawn"
 
     # the SR: every measurement group as a labelled outline, with our values
     _open_series(page, "SR")

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -35,7 +35,7 @@ from xiqa.dicom_fixtures.phantom import render_phantom
 from xiqa.operators.loader import SourceImage, load_source_image
 from xiqa.operators.output_writer import write_outputs
 from xiqa.operators.preprocess import resize_image
-from xiqa.operators.scoring import QualityResult, score_mask
+from xiqa.operators.scoring import QualityResult, score_mask, verdict_for
 from xiqa.operators.segmentation import mask_at_source
 from xiqa.operators.writer_common import AlgorithmInfo
 
@@ -371,6 +371,23 @@ def pixelmed_errors(report: ToolReport, dataset: Dataset) -> list[str]:
 VIEWER_OBJECT_BOX = (0.22, 0.56, 0.42, 0.80)
 
 
+def with_classes(quality: QualityResult, classes: list[str], categories: list[str | None] | None = None,
+                 expected: list[bool] | None = None) -> QualityResult:
+    """``quality`` as the object-class node would leave it: ``classes[i]`` ("removable" or "device"),
+    the finer category and the ECG rule's "expected" of each object, Q and the verdict over the
+    removable objects that count."""
+    count = len(quality.objects)
+    categories = categories or [None] * count
+    expected = expected or [False] * count
+    objects = tuple(replace(f, object_class=c, class_confidence=0.91, category=k,
+                            category_confidence=None if k is None else 0.93, expected=e)
+                    for f, c, k, e in zip(quality.objects, classes, categories, expected, strict=True))
+    counted = [f for f in objects if f.object_class == "removable" and not f.expected]
+    q_removable = float(np.prod([1 - f.severity for f in counted])) if counted else 1.0
+    return replace(quality, objects=objects, q_removable=q_removable,
+                   verdict_removable=verdict_for(q_removable), classifier_version="test")
+
+
 @dataclass(frozen=True)
 class ViewerStudy:
     source: Path
@@ -385,6 +402,8 @@ def write_viewer_study(folder: Path) -> ViewerStudy:
 
     The large rectangle (:data:`VIEWER_OBJECT_BOX`) makes the SEG overlay easy to
     see and to find in a screenshot; maps are synthetic as in :func:`writer_cases`.
+    The objects are classed: the wire (the most elongated object) is a medical device, a central
+    line, the others removable, so the SEG has both segments filled.
     """
     folder.mkdir(parents=True, exist_ok=True)
     rows, columns = 640, 512
@@ -406,10 +425,22 @@ def write_viewer_study(folder: Path) -> ViewerStudy:
     source = load_source_image(source_path)
     probability, saliency = synthetic_maps(truth, seed=3)
     quality = score_mask((probability > THRESHOLD).astype(np.uint8), saliency)
-    summary = f"Viewer test summary: image quality {quality.verdict.value}."
+    device = viewer_device_index(quality)
+    indices = range(len(quality.objects))
+    quality = with_classes(quality, ["device" if i == device else "removable" for i in indices],
+                           ["central_line" if i == device else None for i in indices])
+    summary = f"Viewer test summary: image quality {quality.default_verdict.value}."
     paths = write_outputs(source, probability, saliency, quality, summary, "template", ALGORITHM,
                           folder / "outputs", threshold=THRESHOLD)
     return ViewerStudy(source_path, paths, quality, str(ds.StudyInstanceUID), (rows, columns))
+
+
+def viewer_device_index(quality: QualityResult) -> int:
+    """The viewer study's device: its most elongated object (the wire), by bounding box."""
+    def elongation(box: tuple[int, int, int, int]) -> float:
+        height, width = box[2] - box[0], box[3] - box[1]
+        return max(height, width) / max(min(height, width), 1)
+    return max(range(len(quality.objects)), key=lambda i: elongation(quality.objects[i].bbox))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ near the label), put on the 256 x 256 analysis grid that xiqa scores on, and des
 Held-out figures are cross-source (DESIGN.md "Data policy"): trained on one source, measured on
 every object of the other.  The shipped classifier is trained on both.
 
-    python -m xiqa.training.object_classes --corpus /work/corpus [--write operators/object_classes.npz]
+    python -m xiqa.training.object_classes --corpus /work/corpus [--objects CACHE.npz] \
+        [--write operators/object_classes.npz] [--write-folds DIR]
 """
 
 from __future__ import annotations
@@ -212,21 +213,65 @@ def cross_source(table: ObjectTable, **train_options) -> tuple[dict, dict[str, O
     return results, classifiers
 
 
+#: the issue's plate-level goals (and what each counts): see :func:`tally_plate_goals`
+PLATE_GOALS = ("device_only_ap_good_or_acceptable", "device_only_ap_listing_a_device",
+               "device_or_ecg_ap_good_or_acceptable", "device_plates_listing_a_device",
+               "removable_plates_poor_or_acceptable")
+
+
+def tally_plate_goals(tallies: dict[str, list[int]], categories: list[str], projection: str,
+                      over_chest: list[bool], classified) -> None:
+    """Add one plate to ``tallies`` (goal -> [met, plates]) of :data:`PLATE_GOALS`.
+
+    ``categories`` are the plate's labelled objects (``over_chest``: which lie over the chest),
+    ``classified`` the plate's classed :class:`~xiqa.operators.scoring.QualityResult`.  Device
+    plates: AP with every labelled object a device (or a device or an ECG electrode/lead, which
+    the ECG rule expects on an AP plate): the default verdict Good or Acceptable, and at least one
+    counted object classed a device; removable plates: a removable object that counts (not an ECG
+    lead on an AP plate) over the chest: the default verdict Poor or Acceptable.
+    """
+    from ..operators.object_classes import ECG_CATEGORIES
+    from ..operators.scoring import Verdict
+
+    def add(name: str, met: bool) -> None:
+        tallies.setdefault(name, [0, 0])
+        tallies[name][0] += bool(met)
+        tallies[name][1] += 1
+
+    is_device = [CATEGORY_CLASS[c] == ObjectClass.DEVICE for c in categories]
+    good = classified.default_verdict in (Verdict.GOOD, Verdict.ACCEPTABLE)
+    if projection == "AP" and is_device and all(is_device):
+        add("device_only_ap_good_or_acceptable", good)
+        add("device_only_ap_listing_a_device", bool(classified.devices))
+    if projection == "AP" and any(is_device) and all(d or c in ECG_CATEGORIES
+                                                     for d, c in zip(is_device, categories, strict=True)):
+        add("device_or_ecg_ap_good_or_acceptable", good)
+    if any(is_device):
+        add("device_plates_listing_a_device", bool(classified.devices))
+    counting = [not d and not (projection == "AP" and c in ECG_CATEGORIES)
+                for d, c in zip(is_device, categories, strict=True)]
+    if any(c and o for c, o in zip(counting, over_chest, strict=True)):
+        add("removable_plates_poor_or_acceptable",
+            classified.default_verdict in (Verdict.POOR, Verdict.ACCEPTABLE))
+
+
+def goal_shares(tallies: dict[str, list[int]]) -> dict[str, str]:
+    return {name: f"{tallies[name][0]}/{tallies[name][1]} ({100 * tallies[name][0] / tallies[name][1]:.0f} %)"
+            if tallies.get(name, [0, 0])[1] else "0/0" for name in PLATE_GOALS}
+
+
 def plate_goals(objects: CorpusObjects, classifiers: dict[str, ObjectClassifier]) -> dict:
     """The issue's plate-level goals with the labelled objects as the mask (every object hit).
 
     Each plate's labelled objects (their own pixels) are scored together as the segmentation
     would find them, classed by the classifier that never saw the plate's source, with the ECG
-    rule by the plate's projection.  Device plates: every labelled object a device, or a device
-    or an ECG electrode/lead on an AP plate; removable plates: a removable object that counts
-    (not an ECG lead on an AP plate) and lies over the chest region.
+    rule by the plate's projection (:func:`tally_plate_goals`; over the chest: at least 20 % of
+    the object's pixels over the chest region the gate finds).
     """
-    from ..operators.object_classes import ECG_CATEGORIES, classify_quality
-    from ..operators.scoring import Verdict, score_mask
+    from ..operators.object_classes import classify_quality
+    from ..operators.scoring import score_mask
 
-    names = ("device_only_ap_good_or_acceptable", "device_or_ecg_ap_good_or_acceptable",
-             "device_plates_listing_a_device", "removable_plates_poor_or_acceptable")
-    tallies = {name: [0, 0] for name in names}
+    tallies: dict[str, list[int]] = {}
     seconds: list[float] = []  # classify_quality per plate (features of every object and the network)
     for index in range(len(objects.plates)):
         rows = np.flatnonzero(objects.plate_index == index)
@@ -242,28 +287,10 @@ def plate_goals(objects: CorpusObjects, classifiers: dict[str, ObjectClassifier]
         classified = classify_quality(quality, image, region, classifiers[source],
                                       view_position=projection if projection in ("AP", "PA") else "")
         seconds.append(time.process_time() - started)
-        categories = [str(c) for c in objects.categories[rows]]
-        is_device = [CATEGORY_CLASS[c] == ObjectClass.DEVICE for c in categories]
-        good = classified.default_verdict in (Verdict.GOOD, Verdict.ACCEPTABLE)
-        if projection == "AP" and all(is_device):
-            tallies["device_only_ap_good_or_acceptable"][0] += good
-            tallies["device_only_ap_good_or_acceptable"][1] += 1
-        if projection == "AP" and any(is_device) and all(d or c in ECG_CATEGORIES
-                                                         for d, c in zip(is_device, categories, strict=True)):
-            tallies["device_or_ecg_ap_good_or_acceptable"][0] += good
-            tallies["device_or_ecg_ap_good_or_acceptable"][1] += 1
-        if any(is_device):
-            tallies["device_plates_listing_a_device"][0] += bool(classified.devices)
-            tallies["device_plates_listing_a_device"][1] += 1
-        counting = [not d and not (projection == "AP" and c in ECG_CATEGORIES)
-                    for d, c in zip(is_device, categories, strict=True)]
         over_chest = [region is None or bool(region[objects.masks[row]].mean() >= 0.2) for row in rows]
-        if any(c and o for c, o in zip(counting, over_chest, strict=True)):
-            tallies["removable_plates_poor_or_acceptable"][0] += classified.default_verdict in (
-                Verdict.POOR, Verdict.ACCEPTABLE)
-            tallies["removable_plates_poor_or_acceptable"][1] += 1
-    goals: dict = {name: f"{hit}/{total} ({100 * hit / max(total, 1):.0f} %)"
-                   for name, (hit, total) in tallies.items()}
+        tally_plate_goals(tallies, [str(c) for c in objects.categories[rows]], projection, over_chest,
+                          classified)
+    goals: dict = goal_shares(tallies)
     goals["classifier_cpu_ms_per_plate_mean_p95_max"] = [round(1000 * float(v), 2) for v in (
         np.mean(seconds), np.percentile(seconds, 95), np.max(seconds))]
     return goals
@@ -274,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, required=True)
     parser.add_argument("--objects", type=Path, help="cache of the objects on the grid (npz)")
     parser.add_argument("--write", type=Path, help="train on every source and write the classifier here")
+    parser.add_argument("--write-folds", type=Path, metavar="DIR",
+                        help="write each held-out fold's classifier as DIR/without_<source>.npz "
+                             "(benchmarks/real_radiographs.py --classifier-fold)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.objects and args.objects.exists():
@@ -287,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(table.classes)} objects, {len(FEATURE_NAMES)} features, {seconds:.0f} s")
     results, classifiers = cross_source(table)
     print(json.dumps(results, indent=1))
+    if args.write_folds:
+        args.write_folds.mkdir(parents=True, exist_ok=True)
+        for held_out, classifier in classifiers.items():
+            path = classifier.save(args.write_folds / f"without_{held_out}.npz")
+            print(f"wrote {path} ({classifier.version})")
     goals = plate_goals(objects, classifiers)
     print(json.dumps({"plate goals, labelled objects as the mask, held-out source": goals}, indent=1))
     if args.write:
