@@ -67,3 +67,15 @@ def test_chest_regions_of_a_real_plate_cover_its_middle_and_not_its_corners():
     assert region.shape == (256, 256)
     assert region[128, 128] and 0.2 < region.mean() < 0.8
     assert not region[:10, :10].any() and not region[-10:, -10:].any()
+
+
+def test_false_objects_are_counted_only_where_the_labels_are_complete():
+    probabilities, labels, regions = _stacks(0.93)
+    judged_everywhere, _ = choose_operating_point(probabilities, labels, regions, max_false_per_image=0.0)
+    assert judged_everywhere.threshold > 0.9 or judged_everywhere.seed_threshold is not None
+    # the clean image's labels are not trusted: its blob may be an unlabelled device
+    kept, _ = choose_operating_point(probabilities, labels, regions, max_false_per_image=0.0,
+                                     labels_complete=np.array([True, False]))
+    assert (kept.threshold, kept.seed_threshold, kept.sure_area) == (0.5, None, None)
+    with pytest.raises(ValueError, match="at least one"):
+        choose_operating_point(probabilities, labels, regions, 0.1, labels_complete=np.array([False, False]))
