@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -216,20 +217,41 @@ def hysteresis_mask(probability: np.ndarray, threshold: float, seed_threshold: f
     ValueError
         ``seed_threshold`` is below ``threshold`` (it would keep nothing more and mean nothing).
     """
-    mask = (probability > threshold).astype(np.uint8)
     if seed_threshold is None:
-        return mask, 0
+        return (probability > threshold).astype(np.uint8), 0
     if seed_threshold < threshold:
         raise ValueError(f'Argument "seed_threshold" must not be below "threshold" ({threshold}), '
                          f"got {seed_threshold}")
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    components = threshold_components(probability, threshold)
+    keep = kept_components(components, seed_threshold, sure_area)
+    return keep[components.labels].astype(np.uint8), int(keep.size - 1 - keep.sum())
+
+
+class Components(NamedTuple):
+    """The 8-connected components of ``probability > threshold``: a label image (0 = background)
+    and, per label, its peak probability and its area in pixels."""
+
+    labels: np.ndarray
+    peaks: np.ndarray
+    areas: np.ndarray
+
+
+def threshold_components(probability: np.ndarray, threshold: float) -> Components:
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        (probability > threshold).astype(np.uint8), connectivity=8)
     peaks = np.zeros(count, np.float32)
     np.maximum.at(peaks, labels.ravel(), probability.ravel())
-    keep = peaks >= seed_threshold
+    return Components(labels, peaks, stats[:, cv2.CC_STAT_AREA])
+
+
+def kept_components(components: Components, seed_threshold: float, sure_area: int | None) -> np.ndarray:
+    """Per label, whether the hysteresis keeps it: its peak reaches the seed or its area the sure
+    area (the background label never)."""
+    keep = components.peaks >= seed_threshold
     if sure_area is not None:
-        keep |= stats[:, cv2.CC_STAT_AREA] >= sure_area
-    keep[0] = False  # the background label
-    return keep[labels].astype(np.uint8), int(count - 1 - keep.sum())
+        keep |= components.areas >= sure_area
+    keep[0] = False
+    return keep
 
 
 def hysteresis_masks(probabilities: np.ndarray, threshold: float, seed_threshold: float | None,

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import product
 
-import cv2
 import numpy as np
+from xiqa.operators.segmentation import Components, kept_components, threshold_components
 
 from .trainer import CALIBRATION_THRESHOLDS, SEED_THRESHOLDS, SURE_AREAS
 
@@ -62,16 +62,11 @@ def counted_objects(mask: np.ndarray, region: np.ndarray) -> list[np.ndarray]:
     ]
 
 
-def _kept(probability: np.ndarray, threshold: float, seed: float | None, area: int | None,
-          components: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    labels, peaks, areas = components
+def _kept(components: Components, seed: float | None, area: int | None) -> np.ndarray:
+    """The hysteresis mask (``segmentation.hysteresis_mask``) of components found once per threshold."""
     if seed is None:
-        return labels > 0
-    keep = peaks >= seed
-    if area is not None:
-        keep |= areas >= area
-    keep[0] = False
-    return keep[labels]
+        return components.labels > 0
+    return kept_components(components, seed, area)[components.labels]
 
 
 def choose_operating_point(
@@ -104,31 +99,17 @@ def choose_operating_point(
                          f"{regions.shape} and {complete.shape}")
     if not complete.any():
         raise ValueError('Argument "labels_complete" must mark at least one image')
-    from xiqa.operators.scoring import ScoringConfig, find_objects
-
-    merge_radius = ScoringConfig().merge_radius
-    truths = [
-        [component for component, _ in find_objects(label, merge_radius)
-         if region[component].mean() >= ScoringConfig().min_inside_fraction]
-        for label, region in zip(labels, regions, strict=True)
-    ]
+    truths = [counted_objects(label, region) for label, region in zip(labels, regions, strict=True)]
     true_objects = sum(len(objects) for objects in truths)
     tried = []
     for threshold in thresholds:
-        components = []
-        for probability in probabilities:
-            count, component_labels, stats, _ = cv2.connectedComponentsWithStats(
-                (probability > threshold).astype(np.uint8), connectivity=8)
-            peaks = np.zeros(count, np.float32)
-            np.maximum.at(peaks, component_labels.ravel(), probability.ravel())
-            components.append((component_labels, peaks, stats[:, cv2.CC_STAT_AREA]))
+        components = [threshold_components(probability, threshold) for probability in probabilities]
         candidates = [(None, None)] + [(seed, area) for seed, area in product(seeds, (None, *areas))
                                        if seed >= threshold]
         for seed, area in candidates:
             found = false = 0
-            for probability, region, truth, parts, judged in zip(probabilities, regions, truths, components,
-                                                                 complete, strict=True):
-                counted = counted_objects(_kept(probability, threshold, seed, area, parts), region)
+            for region, truth, parts, judged in zip(regions, truths, components, complete, strict=True):
+                counted = counted_objects(_kept(parts, seed, area), region)
                 found += sum(any((obj & component).any() for obj in counted) for component in truth)
                 if judged:
                     false += sum(not any((obj & component).any() for component in truth) for obj in counted)
