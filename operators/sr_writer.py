@@ -25,7 +25,7 @@ and more PACS know Comprehensive SR than Comprehensive 3D SR).  Content tree::
             location weight, size penalty, severity, mean saliency; once classed,
             the class (removable object / medical device) as a qualitative
             evaluation with its confidence, the finer category (e.g. SCT
-            "Endotracheal tube") where the classifier names one, and "Expected on
+            "Endotracheal tube") with its confidence where the classifier names one, and "Expected on
             this plate: Yes" for an ECG lead the view rule expects
       Qualitative Evaluations (TID 1500 row 12)             <- evaluations
         Narrative Summary (TEXT) and where it came from (LLM or template)
@@ -371,6 +371,7 @@ def quality_groups(reference: Dataset, quality: QualityResult, algorithm: Algori
             evaluations.append(hd.sr.QualitativeEvaluation(
                 xc.OBJECT_CLASS, xc.OBJECT_CLASS_CODES[finding.object_class]))
             if finding.category is not None:  # named only where the classifier is sure of it
+                measurements.append(_number(xc.CATEGORY_CONFIDENCE, finding.category_confidence))
                 evaluations.append(hd.sr.QualitativeEvaluation(
                     xc.OBJECT_CATEGORY, xc.CATEGORY_CODES[finding.category]))
             if finding.expected:
