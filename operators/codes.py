@@ -83,13 +83,13 @@ pacemaker, ...) but no term for medical devices as a class, and pydicom's dictio
 none, so the device segment's type is XQ-0050.
 
 Object categories (the finer category of ``object_classes.CATEGORY_CLASS``, coded in the SR as
-"Object category" (XQ-0056), with its confidence (XQ-0057, unit 1), only where the classifier
-names one).  Values come from the standard where it has the concept, first from CID 6138 "Chest
-Non-lesion Object Type" (the chest CAD objects: tubes, lines, pacemakers, jewelry, coin), then
-from CID 7193 / CID 6401 (physical objects) and CID 1000; SNOMED CT 17102003 "Nasogastric tube" is in no DICOM context group and not in
-pydicom's dictionary, and is spelled out (SNOMED CT International, 2025-02, as HL7's
-"DeliveryDeviceCode" value set expands it).  No DICOM group or pydicom entry has an ECG electrode,
-an ECG lead wire, a button, a bra hook or a sternal wire; those are private:
+"Object category" (XQ-0056), with its confidence (XQ-0057, unit 1), only where the classifier names
+one). Values come from the standard where it has the concept, first from CID 6138 "Chest Non-lesion
+Object Type" (the chest CAD objects: tubes, lines, pacemakers, jewelry, coin), then from CID 7193 /
+CID 6401 (physical objects) and CID 1000; SNOMED CT 17102003 "Nasogastric tube" is in no DICOM
+context group and not in pydicom's dictionary, and is spelled out (SNOMED CT International,
+2025-02, as HL7's "DeliveryDeviceCode" value set expands it). No DICOM group or pydicom entry has
+an ECG electrode, an ECG lead wire, a button, a bra hook or a sternal wire; those are private:
 
 ====================  ======================  ===================================
 category              code                    from
