@@ -3,6 +3,7 @@ and the worker running the real graph on spooled studies."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import ssl
@@ -82,6 +83,35 @@ def test_review_page_and_summary_model_come_from_the_config_file_and_flags_win(t
         9090, "0.0.0.0", Path("/m/b.gguf"))
     assert serve_settings(build_parser().parse_args(["serve", "--storage", "s", "--output", "o"])) \
         .summary_model is None  # the template
+
+
+def test_acquisition_settings_come_from_the_config_file_and_flags_win(tmp_path: Path) -> None:
+    from xiqa.cli import build_parser, serve_settings
+    from xiqa.operators.acquisition import AcquisitionConfig
+
+    config = tmp_path / "xiqa.toml"
+    config.write_text('storage = "s"\noutput = "o"\nacquisition-verdict-effect = "poor"\n'
+                      'deviation_index_band = [-2, 2]\nmax_clipped_lung = 0.1\n')
+    settings = serve_settings(build_parser().parse_args(["serve", "--config", str(config)]))
+    from_file = {"verdict_effect": "poor", "deviation_index_band": (-2.0, 2.0), "max_clipped_lung": 0.1}
+    assert settings.acquisition_config() == AcquisitionConfig(**from_file)
+    flags = ["--deviation-index-band=-1,1", "--min-lung-height-ratio", "0.5"]
+    settings = serve_settings(build_parser().parse_args(["serve", "--config", str(config), *flags]))
+    assert settings.deviation_index_band == (-1.0, 1.0)
+    assert settings.acquisition_config() == AcquisitionConfig(
+        **{**from_file, "deviation_index_band": (-1.0, 1.0), "min_lung_height_ratio": 0.5})
+    defaults = ServeSettings(storage=tmp_path / "s", output=tmp_path / "o")
+    assert defaults.acquisition_config() == AcquisitionConfig()
+
+
+def test_a_bad_acquisition_setting_is_refused_by_its_key_in_one_line() -> None:
+    for key, value, message in (
+            ("max_field_ratio", 0.5, "max_field_ratio must be at least 1, got 0.5"),
+            ("deviation_index_band", "x", "deviation_index_band must be two numbers LOW,HIGH"),
+            ("acquisition_verdict_effect", "ignore", "acquisition_verdict_effect must be one of")):
+        with pytest.raises(ValueError, match=rf"^xiqa.toml: {re.escape(message)}") as raised:
+            settings_from_mapping({"storage": "s", "output": "o", key: value}, "xiqa.toml")
+        assert "\n" not in str(raised.value)
 
 
 def test_settings_refuse_contradictions(tmp_path: Path) -> None:
