@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_CHEST = 0, 1, 2, 3
 SALIENCY_METHODS = ("gradcam", "normgrad0", "normgrad1")
+REJECT_KOS_HELP = ("a Poor image also gets a Key Object Selection 'Rejected for Quality Reasons' "
+                   "(DCM 113001), for reject analysis; a PACS with IHE IOCM may hide the image it "
+                   "references (default: off)")
 
 logger = logging.getLogger("xiqa")
 
@@ -45,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--count-devices", action="store_true",
                          help="medical devices lower the default verdict too "
                             "(default: removable objects only)")
+    analyze.add_argument("--reject-kos", action="store_true", help=REJECT_KOS_HELP)
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_acquisition_options(analyze)
 
@@ -111,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--count-devices", action="store_true", default=None,
                        help="medical devices lower the default verdict too "
                               "(default: removable objects only)")
+    serve.add_argument("--reject-kos", action="store_true", default=None, help=REJECT_KOS_HELP)
     _add_acquisition_options(serve)
 
     health = commands.add_parser("health", help="C-ECHO a node; exit 0 when it answers (health checks)")
@@ -253,7 +258,8 @@ def run_analyze(args: argparse.Namespace, labels: dict[Path, str] | None = None)
                           refuse_repeated_uids=True)
     settings = build_settings(paths, args.output, model=args.model, device=args.device,
                               saliency=args.saliency, loader=loader, summary_model=args.summary_model,
-                              count_devices=args.count_devices, acquisition=acquisition)
+                              count_devices=args.count_devices, acquisition=acquisition,
+                              reject_kos=args.reject_kos)
     # a bar (and its carriage returns) only on a terminal: log lines must start at column 0
     progress = tqdm(total=len(paths), unit="image", file=sys.stderr,
                     disable=args.no_progress or len(paths) < 2 or not sys.stderr.isatty())
@@ -296,7 +302,7 @@ SERVE_KEYS = ("ae_title", "port", "bind", "storage", "output", "forward", "metri
               "model", "device", "saliency", "modalities",
               "metrics_bind", "max_associations", "acse_timeout", "dimse_timeout", "network_timeout",
               "forward_tls", "forward_tls_ca", "forward_tls_certificate", "forward_tls_key", "retention_days",
-              "retention_bytes", "review_port", "review_bind", "summary_model", "count_devices")
+              "retention_bytes", "review_port", "review_bind", "summary_model", "count_devices", "reject_kos")
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:

@@ -308,6 +308,9 @@ YES = codes.SCT.Yes
 #: UCUM unit of every dimensionless number we report (scores, fractions, counts).
 UNITLESS = codes.UCUM.NoUnits
 
+#: TID 2010 document title (CID 7010) of the optional rejection note (``kos_writer``).
+REJECTED_FOR_QUALITY_REASONS = codes.DCM.RejectedForQualityReasons
+
 #: The summary text (TEXT item) and the SR observer type (TID 1002).
 NARRATIVE_SUMMARY = codes.DCM.NarrativeSummary
 DEVICE_OBSERVER = codes.DCM.Device

@@ -470,15 +470,9 @@ def report_document(
     the referenced instances besides the source (the SEG).  ``series_description``
     replaces the kind's own (what a viewer's series list shows).
     """
-    observer = hd.sr.ObserverContext(
-        observer_type=xc.DEVICE_OBSERVER,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=xc.derive_uid(("device", *algorithm.uid_parts), uid_root),
-            name=algorithm.name, manufacturer_name=MANUFACTURER, model_name=algorithm.model_id,
-        ),
-    )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=device_observer(algorithm, uid_root)),
         procedure_reported=xc.PROCEDURE_REPORTED,
         imaging_measurements=list(groups),
     )
@@ -507,6 +501,17 @@ def report_document(
         device_serial_number=algorithm.model_id,
         coding_schemes=[xc.private_coding_scheme()],
         specific_character_set=OUTPUT_CHARACTER_SET,
+    )
+
+
+def device_observer(algorithm: AlgorithmInfo, uid_root: str | None) -> hd.sr.ObserverContext:
+    """TID 1002 device observer: xiqa with its model, one device UID per algorithm and model."""
+    return hd.sr.ObserverContext(
+        observer_type=xc.DEVICE_OBSERVER,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=xc.derive_uid(("device", *algorithm.uid_parts), uid_root),
+            name=algorithm.name, manufacturer_name=MANUFACTURER, model_name=algorithm.model_id,
+        ),
     )
 
 

@@ -115,6 +115,9 @@ class ServeSettings:
     #: count medical devices (tubes, lines, pacemakers) in the default score and verdict too;
     #: by default the verdict follows the removable objects only and devices are listed
     count_devices: bool = False
+    #: a Poor image also gets a Key Object Selection "Rejected for Quality Reasons", forwarded with
+    #: the other outputs (for reject analysis; off: a PACS with IHE IOCM may hide the image)
+    reject_kos: bool = False
     #: the acquisition checks' site settings (``acquisition.config.SITE_KEYS``); None keeps
     #: ``AcquisitionConfig``'s default, argued in its docstring.  How failed checks combine with the
     #: foreign-object verdict: "report" (default: listed, verdict unchanged) or "poor" (any failed
@@ -158,8 +161,10 @@ class ServeSettings:
             raise ValueError("TLS needs both a certificate and a key")
         if self.tls_ca is not None and self.tls_certificate is None:
             raise ValueError("a TLS CA bundle needs a certificate and key as well")
-        if not isinstance(self.count_devices, bool):
-            raise ValueError(f"count devices must be true or false, got {self.count_devices!r}")
+        for name in ("count_devices", "reject_kos"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name.replace('_', ' ')} must be true or false, got {value!r}")
         from xiqa.operators.acquisition.config import SITE_KEYS
 
         acquisition = self.acquisition_config()  # raises on bad values

@@ -85,6 +85,27 @@ def test_analyze_takes_the_acquisition_settings_that_serve_takes(tmp_path, fixtu
     assert acquisition["checks"]["collimation"]["threshold"] == 1.5
 
 
+def test_reject_kos_writes_a_rejection_note_for_a_poor_image_and_lists_it(tmp_path, fixture_records,
+                                                                           random_bundle):
+    from pydicom import dcmread
+
+    # every landmark within the whole side of the field's edge: cut off, and Poor under effect "poor"
+    poor = ["--acquisition-verdict-effect", "poor", "--cut-off-margin", "1"]
+    for flags, folder in ((["--reject-kos"], "on"), ([], "off")):
+        status = main(["analyze", str(fixture_records[0].dicom_path), "--output", str(tmp_path / folder),
+                       "--model", str(random_bundle), "--no-progress", *poor, *flags])
+        assert status == EXIT_OK
+    (on,) = (tmp_path / "on").glob("*/report.json")
+    report = json.loads(on.read_text())
+    assert report["overall_verdict"] == "Poor" and "anatomy_cut_off" in report["acquisition"]["failed"]
+    note = dcmread(on.parent / report["outputs"]["kos"])
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113001"
+    assert note.StudyInstanceUID == report["study_instance_uid"]
+    (off,) = (tmp_path / "off").glob("*/report.json")
+    assert "kos" not in json.loads(off.read_text())["outputs"]  # off by default
+    assert not list((tmp_path / "off").glob("*/*_kos.dcm"))
+
+
 @pytest.mark.parametrize("flags, error", [
     (["--acquisition-verdict-effect", "ignore"],
      "acquisition_verdict_effect must be one of ('report', 'poor'), got 'ignore'"),

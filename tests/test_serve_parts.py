@@ -114,6 +114,19 @@ def test_a_bad_acquisition_setting_is_refused_by_its_key_in_one_line() -> None:
         assert "\n" not in str(raised.value)
 
 
+def test_reject_kos_is_off_unless_the_config_file_or_the_flag_turns_it_on(tmp_path: Path) -> None:
+    from xiqa.cli import build_parser, serve_settings
+
+    config = tmp_path / "xiqa.toml"
+    config.write_text('storage = "s"\noutput = "o"\n')
+    serve = ["serve", "--config", str(config)]
+    assert not serve_settings(build_parser().parse_args(serve)).reject_kos
+    assert serve_settings(build_parser().parse_args([*serve, "--reject-kos"])).reject_kos
+    assert settings_from_mapping({"storage": "s", "output": "o", "reject-kos": True}, "xiqa.toml").reject_kos
+    with pytest.raises(ValueError, match="^xiqa.toml: reject kos must be true or false, got 'yes'$"):
+        settings_from_mapping({"storage": "s", "output": "o", "reject_kos": "yes"}, "xiqa.toml")
+
+
 def test_settings_refuse_contradictions(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="storage and output must be different folders"):
         ServeSettings(storage=tmp_path, output=tmp_path)
@@ -330,6 +343,34 @@ def test_worker_keeps_one_graph_for_study_after_study_and_builds_a_new_one_when_
     assert not graph.alive
     assert metrics.registry.get_sample_value("xiqa_instances_processed_total") == 2
     assert metrics.registry.get_sample_value("xiqa_instances_rejected_total") == 1
+
+
+def test_worker_forwards_the_rejection_note_of_a_poor_image_with_the_other_outputs(
+        run_settings, fixture_records, tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    from xiqa.operators.acquisition import AcquisitionConfig
+    from xiqa.service.outbox import Outbox
+    from xiqa.service.worker import Worker
+
+    # every landmark "cut off" and verdict effect poor: the plate is Poor, whatever the objects
+    settings = dataclasses.replace(run_settings, output=tmp_path / "out", reject_kos=True,
+                                   acquisition=AcquisitionConfig(verdict_effect="poor", cut_off_margin=1.0))
+    spool, metrics = Spool(tmp_path / "storage"), NodeMetrics()
+    outbox = Outbox(tmp_path / "outbox", [Destination("PACS", "127.0.0.1", 1)], calling_ae_title="XIQA",
+                    metrics=metrics)
+    worker = Worker(settings, spool, metrics, study_timeout=0, forwarder=outbox)
+    header = dcmread(fixture_records[0].dicom_path, stop_before_pixels=True)
+    instance = spool.store([fixture_records[0].dicom_path.read_bytes()], header.SOPInstanceUID, "study0")
+    try:
+        (case,) = worker.process("study0", [instance])
+    finally:
+        worker.close()
+    assert case.ok, case.error
+    assert "kos" in case.outputs
+    queued = {Path(json.loads(entry.read_text())["file"]) for entry in (tmp_path / "outbox").glob("*.json")}
+    assert queued == {case.outputs[kind].absolute() for kind in ("seg", "sc", "sr", "kos")}
 
 
 def test_worker_holds_no_case_and_no_freed_heap_between_studies(
