@@ -3,6 +3,7 @@ where it sits, why it says the image is Poor, when it is written; dciodvfy and P
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from io import BytesIO
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from acquisition_phantoms import chest
 from graph_harness import run_node
+from orthanc import requires_orthanc, running_orthanc
 from pydicom import Dataset, dcmread
 from pydicom.uid import KeyObjectSelectionDocumentStorage
 from writer_cases import (
@@ -59,7 +61,7 @@ def writer_case(cases: dict[str, WriterCase]) -> WriterCase:
 @pytest.fixture(scope="module")
 def note_path(writer_case: WriterCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = writer_case.source
-    dataset = source.dataset.copy()
+    dataset = copy.deepcopy(source.dataset)  # the writer cases are shared: Dataset.copy() would alter them
     for keyword, value in IDENTITY.items():
         setattr(dataset, keyword, value)
     source = dataclasses.replace(source, dataset=dataset)
@@ -167,3 +169,22 @@ def test_a_second_note_on_the_same_image_has_the_same_uids(writer_case: WriterCa
     buffer.seek(0)
     again, first = dcmread(buffer), dcmread(note_path)
     assert (again.SeriesInstanceUID, again.SOPInstanceUID) == (first.SeriesInstanceUID, first.SOPInstanceUID)
+
+
+@requires_orthanc
+def test_orthanc_files_the_note_in_the_source_study_in_a_ko_series(writer_case: WriterCase, tmp_path) -> None:
+    from test_outputs_orthanc import _c_store
+
+    description = rejection_description(_poor(writer_case.quality), _failing_acquisition())
+    note_file = tmp_path / "kos.dcm"
+    note = build_rejection_note(writer_case.source, description, ALGORITHM)
+    note.save_as(note_file, enforce_file_format=True)
+    source = writer_case.source.dataset
+    with running_orthanc(tmp_path / "orthanc") as orthanc:
+        assert _c_store([writer_case.source.path, note_file], orthanc.dicom_port) == [0x0000, 0x0000]
+        (study,) = [orthanc.get(f"/studies/{sid}") for sid in orthanc.get("/studies")]
+        assert study["MainDicomTags"]["StudyInstanceUID"] == source.StudyInstanceUID
+        series = [orthanc.get(f"/series/{sid}")["MainDicomTags"] for sid in study["Series"]]
+    modalities = sorted(tags["Modality"] for tags in series)
+    assert modalities == sorted([source.Modality, "KO"])
+    assert note.SeriesInstanceUID in {tags["SeriesInstanceUID"] for tags in series}
