@@ -9,7 +9,7 @@ Lengths are fractions of the analysis grid's side unless said otherwise.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 #: how failed checks combine with the foreign-object verdict
 VERDICT_EFFECTS = ("report", "poor")
@@ -119,23 +119,18 @@ def site_config(values: Mapping[str, object]) -> AcquisitionConfig:
     unknown = sorted(set(values) - set(SITE_KEYS))
     if unknown:
         raise ValueError(f"unknown acquisition setting {unknown[0]!r}")
-    types = {f.name: f.type for f in fields(AcquisitionConfig)}
     changes = {}
     for key, value in values.items():
         if value is None:
             continue
         name = SITE_KEYS[key]
+        if name == "verdict_effect":
+            changes[name] = value
+            continue
         try:
-            if name == "deviation_index_band":
-                items = value.split(",") if isinstance(value, str) else list(value)
-                if len(items) != 2:
-                    raise ValueError
-                value = (float(items[0]), float(items[1]))
-            elif types[name] == "float":
-                value = float(value)
+            changes[name] = _band(value) if name == "deviation_index_band" else _number(value)
         except (TypeError, ValueError):
             raise ValueError(f"{key} must be {_SHAPES.get(name, 'a number')}, got {value!r}") from None
-        changes[name] = value
     try:
         return AcquisitionConfig(**changes)
     except ValueError as error:
@@ -143,3 +138,18 @@ def site_config(values: Mapping[str, object]) -> AcquisitionConfig:
         for key, name in SITE_KEYS.items():
             message = message.replace(f'Argument "{name}"', key)
         raise ValueError(message) from None
+
+
+def _number(value: object) -> float:
+    """A number from a number or its text; a bool is no number (never coerced)."""
+    if isinstance(value, bool):
+        raise TypeError("a bool is no number")
+    return float(value)
+
+
+def _band(value: object) -> tuple[float, float]:
+    """(low, high) from two numbers or ``"LOW,HIGH"``."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    if len(items) != 2:
+        raise ValueError("two numbers")
+    return _number(items[0]), _number(items[1])
