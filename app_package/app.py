@@ -1,11 +1,12 @@
 """The xiqa MONAI Deploy application: the graph every entry point runs.
 
     loader -> preprocess -> gate -> acquisition -> segmentation -> saliency -> scoring -> object_classes
-           -> summary -> seg_writer -> sc_writer -> sr_writer -> report -> collect
+           -> summary -> seg_writer -> sc_writer -> sr_writer -> kos_writer -> report -> collect
 
 The gate lets only frontal chest radiographs through to the analysis nodes; the others go on
 to the SR and the report with the reason and no verdict.  The acquisition checks (cut-off,
-rotation, inspiration, exposure, collimation) run on the gate's lung fields.
+rotation, inspiration, exposure, collimation) run on the gate's lung fields.  The KOS writer writes
+only where ``RunSettings.reject_kos`` is set and the overall verdict is Poor.
 
 Each arrow carries one ``Case`` on the ``case`` port.  ``xiqa analyze``, the MAP
 entry point (``python -m xiqa``) and the benchmarks build ``RunSettings`` with
@@ -30,6 +31,7 @@ from xiqa.operators.acquisition import AcquisitionConfig
 from xiqa.operators.acquisition.node import AcquisitionOperator
 from xiqa.operators.case import CASE_PORT, Case, CollectOperator
 from xiqa.operators.gate import GateConfig, GateOperator
+from xiqa.operators.kos_writer import KosWriterOperator
 from xiqa.operators.loader import LoaderConfig, LoaderOperator, PathFeed
 from xiqa.operators.object_classes import ClassConfig, ObjectClassifier, ObjectClassOperator
 from xiqa.operators.preprocess import PreprocessConfig, PreprocessOperator
@@ -62,13 +64,15 @@ class RunSettings:
     sc_compression: ScCompression = DEFAULT_COMPRESSION
     classes: ClassConfig = field(default_factory=ClassConfig)
     acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)
+    #: also write a Key Object Selection "Rejected for Quality Reasons" for a Poor image
+    reject_kos: bool = False
 
 
 def build_settings(paths: list[Path], output: Path, *, model: Path | SegmentationModel | None = None,
                    summarizer: Summarizer | None = None, device: str = "auto", saliency: str = "gradcam",
                    loader: LoaderConfig | None = None, summary_model: Path | None = None,
                    count_devices: bool = False,
-                   acquisition: AcquisitionConfig | None = None) -> RunSettings:
+                   acquisition: AcquisitionConfig | None = None, reject_kos: bool = False) -> RunSettings:
     """Settings with the segmentation model (a bundle path, default: ``default_model()``) and the
     summarizer loaded.
 
@@ -76,6 +80,7 @@ def build_settings(paths: list[Path], output: Path, *, model: Path | Segmentatio
     (its text is used only when it passes ``validate_summary``).  ``count_devices``: medical
     devices lower the default verdict too (by default it follows the removable objects only).
     ``acquisition``: the acquisition checks' thresholds and how failures combine with the verdict.
+    ``reject_kos``: a Poor image also gets a Key Object Selection "Rejected for Quality Reasons".
     """
     from xiqa.operators.object_classes import load_classifier
     from xiqa.operators.segmentation import default_model, load_segmentation_model
@@ -90,7 +95,7 @@ def build_settings(paths: list[Path], output: Path, *, model: Path | Segmentatio
                        classifier=load_classifier(), loader=loader or LoaderConfig(),
                        saliency=SaliencyConfig(method=saliency),
                        classes=ClassConfig(count_devices=count_devices),
-                       acquisition=acquisition or AcquisitionConfig())
+                       acquisition=acquisition or AcquisitionConfig(), reject_kos=reject_kos)
 
 
 class XiqaApp(Application):
@@ -131,6 +136,8 @@ class XiqaApp(Application):
         sc_writer = ScWriterOperator(self, output=settings.output, compression=settings.sc_compression,
                                      name="sc_writer")
         sr_writer = SrWriterOperator(self, output=settings.output, name="sr_writer")
+        kos_writer = KosWriterOperator(self, output=settings.output, enabled=settings.reject_kos,
+                                       name="kos_writer")
         report = ReportOperator(self, output=settings.output, name="report")
         collect = CollectOperator(self, on_case=self._collect, name="collect")
 
@@ -145,7 +152,8 @@ class XiqaApp(Application):
         self.add_flow(summary, seg_writer, {(CASE_PORT, CASE_PORT)})
         self.add_flow(seg_writer, sc_writer, {(CASE_PORT, CASE_PORT)})
         self.add_flow(sc_writer, sr_writer, {(CASE_PORT, CASE_PORT)})
-        self.add_flow(sr_writer, report, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(sr_writer, kos_writer, {(CASE_PORT, CASE_PORT)})
+        self.add_flow(kos_writer, report, {(CASE_PORT, CASE_PORT)})
         self.add_flow(report, collect, {(CASE_PORT, CASE_PORT)})
 
 

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_NOT_CHEST = 0, 1, 2, 3
 SALIENCY_METHODS = ("gradcam", "normgrad0", "normgrad1")
+REJECT_KOS_HELP = ("a Poor image also gets a Key Object Selection 'Rejected for Quality Reasons' "
+                   "(DCM 113001), for reject analysis; a PACS with IHE IOCM may hide the image it "
+                   "references (default: off)")
 
 logger = logging.getLogger("xiqa")
 
@@ -45,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--count-devices", action="store_true",
                          help="medical devices lower the default verdict too "
                             "(default: removable objects only)")
+    analyze.add_argument("--reject-kos", action="store_true", help=REJECT_KOS_HELP)
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_acquisition_options(analyze)
 
     demo = commands.add_parser(
         "demo", help="analyse the real plates shipped with xiqa and a synthetic study")
@@ -110,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--count-devices", action="store_true", default=None,
                        help="medical devices lower the default verdict too "
                               "(default: removable objects only)")
+    serve.add_argument("--reject-kos", action="store_true", default=None, help=REJECT_KOS_HELP)
+    _add_acquisition_options(serve)
 
     health = commands.add_parser("health", help="C-ECHO a node; exit 0 when it answers (health checks)")
     health.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
@@ -136,6 +143,35 @@ def build_parser() -> argparse.ArgumentParser:
     fixtures.add_argument("--max-size", type=int, default=1024,
                           help="largest side in pixels (default: %(default)s)")
     return parser
+
+
+#: what each acquisition setting (``acquisition.config.SITE_KEYS``) holds back, for its flag's help
+_ACQUISITION_HELP = {
+    "acquisition_verdict_effect": ("report|poor", "how failed acquisition checks combine with the "
+                                   "foreign-object verdict: report (listed) or poor (overall verdict Poor)"),
+    "deviation_index_band": ("LOW,HIGH", "IEC 62494-1 Deviation Index range the exposure check accepts; "
+                             "a negative LOW needs the = form, --deviation-index-band=-2,2"),
+    "cut_off_margin": ("F", "a lung landmark closer than this to the exposed field's edge is cut off "
+                       "(fraction of the side)"),
+    "max_mediastinum_offset": ("F", "rotation fails beyond this mediastinum offset "
+                               "(fraction of the half width)"),
+    "min_lung_height_ratio": ("F", "inspiration fails below this lung height / thorax width"),
+    "max_clipped_lung": ("F", "exposure fails above this clipped share of the lung fields"),
+    "max_field_ratio": ("F", "collimation fails above this exposed field / lung fields area ratio"),
+}
+
+
+def _add_acquisition_options(parser: argparse.ArgumentParser) -> None:
+    """The acquisition checks' site settings as flags, checked as serve's config file is (``site_config``)."""
+    from xiqa.operators.acquisition.config import SITE_KEYS, AcquisitionConfig
+
+    defaults = AcquisitionConfig()
+    group = parser.add_argument_group("acquisition checks (README \"Acquisition checks\")")
+    for key, name in SITE_KEYS.items():
+        metavar, text = _ACQUISITION_HELP[key]
+        default = getattr(defaults, name)
+        shown = ",".join(f"{v:g}" for v in default) if isinstance(default, tuple) else f"{default}"
+        group.add_argument(f"--{key.replace('_', '-')}", metavar=metavar, help=f"{text} (default: {shown})")
 
 
 def _prepare_runtime(verbose: bool) -> None:
@@ -206,8 +242,14 @@ def run_analyze(args: argparse.Namespace, labels: dict[Path, str] | None = None)
     labels = labels or {}
     from tqdm import tqdm
     from xiqa.app import build_settings, run_graph
+    from xiqa.operators.acquisition.config import SITE_KEYS, site_config
     from xiqa.operators.loader import LoaderConfig, expand_inputs
 
+    try:
+        acquisition = site_config({key: getattr(args, key) for key in SITE_KEYS})
+    except ValueError as error:
+        print(f"xiqa analyze: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     missing = [path for path in args.inputs if not path.exists()]
     paths = [path for path in expand_inputs(args.inputs) if path.exists()]
     for path in missing:
@@ -216,7 +258,8 @@ def run_analyze(args: argparse.Namespace, labels: dict[Path, str] | None = None)
                           refuse_repeated_uids=True)
     settings = build_settings(paths, args.output, model=args.model, device=args.device,
                               saliency=args.saliency, loader=loader, summary_model=args.summary_model,
-                              count_devices=args.count_devices)
+                              count_devices=args.count_devices, acquisition=acquisition,
+                              reject_kos=args.reject_kos)
     # a bar (and its carriage returns) only on a terminal: log lines must start at column 0
     progress = tqdm(total=len(paths), unit="image", file=sys.stderr,
                     disable=args.no_progress or len(paths) < 2 or not sys.stderr.isatty())
@@ -259,7 +302,7 @@ SERVE_KEYS = ("ae_title", "port", "bind", "storage", "output", "forward", "metri
               "model", "device", "saliency", "modalities",
               "metrics_bind", "max_associations", "acse_timeout", "dimse_timeout", "network_timeout",
               "forward_tls", "forward_tls_ca", "forward_tls_certificate", "forward_tls_key", "retention_days",
-              "retention_bytes", "review_port", "review_bind", "summary_model", "count_devices")
+              "retention_bytes", "review_port", "review_bind", "summary_model", "count_devices", "reject_kos")
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
@@ -267,10 +310,12 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
 
     Raises ValueError naming the file (or "command line") and the bad key or value.
     """
+    from xiqa.operators.acquisition.config import SITE_KEYS
     from xiqa.service.settings import read_config, settings_from_mapping
 
     values = read_config(args.config) if args.config else {}
-    values.update({key: getattr(args, key) for key in SERVE_KEYS if getattr(args, key) is not None})
+    values.update({key: getattr(args, key) for key in (*SERVE_KEYS, *SITE_KEYS)
+                   if getattr(args, key) is not None})
     return settings_from_mapping(values, str(args.config or "command line"))
 
 

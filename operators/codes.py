@@ -49,6 +49,7 @@ XQ-0053     All objects                                default verdict basis (si
 XQ-0054     Object class confidence                    NUM, unit 1, the classifier's probability
 XQ-0055     Expected on this plate                     CODE qualifier: an ECG lead the view rule expects
 XQ-0056     Object category                            CODE, the finer category (table below)
+XQ-0057     Object category confidence                 NUM, unit 1, the classifier's probability of it
 XQ-0060     ECG electrode                              object category value
 XQ-0061     ECG lead wire                              object category value
 XQ-0062     Button or snap                             object category value
@@ -82,13 +83,13 @@ pacemaker, ...) but no term for medical devices as a class, and pydicom's dictio
 none, so the device segment's type is XQ-0050.
 
 Object categories (the finer category of ``object_classes.CATEGORY_CLASS``, coded in the SR as
-"Object category" (XQ-0056) only where the classifier names one).  Values come from the standard
-where it has the concept, first from CID 6138 "Chest Non-lesion Object Type" (the chest CAD
-objects: tubes, lines, pacemakers, jewelry, coin), then from CID 7193 / CID 6401 (physical objects)
-and CID 1000; SNOMED CT 17102003 "Nasogastric tube" is in no DICOM context group and not in
-pydicom's dictionary, and is spelled out (SNOMED CT International, 2025-02, as HL7's
-"DeliveryDeviceCode" value set expands it).  No DICOM group or pydicom entry has an ECG electrode,
-an ECG lead wire, a button, a bra hook or a sternal wire; those are private:
+"Object category" (XQ-0056), with its confidence (XQ-0057, unit 1), only where the classifier names
+one). Values come from the standard where it has the concept, first from CID 6138 "Chest Non-lesion
+Object Type" (the chest CAD objects: tubes, lines, pacemakers, jewelry, coin), then from CID 7193 /
+CID 6401 (physical objects) and CID 1000; SNOMED CT 17102003 "Nasogastric tube" is in no DICOM
+context group and not in pydicom's dictionary, and is spelled out (SNOMED CT International,
+2025-02, as HL7's "DeliveryDeviceCode" value set expands it). No DICOM group or pydicom entry has
+an ECG electrode, an ECG lead wire, a button, a bra hook or a sternal wire; those are private:
 
 ====================  ======================  ===================================
 category              code                    from
@@ -180,6 +181,7 @@ ALL_OBJECTS = _private("XQ-0053", "All objects")
 CLASS_CONFIDENCE = _private("XQ-0054", "Object class confidence")
 EXPECTED_ON_PLATE = _private("XQ-0055", "Expected on this plate")
 OBJECT_CATEGORY = _private("XQ-0056", "Object category")
+CATEGORY_CONFIDENCE = _private("XQ-0057", "Object category confidence")
 ECG_ELECTRODE = _private("XQ-0060", "ECG electrode")
 ECG_LEAD_WIRE = _private("XQ-0061", "ECG lead wire")
 BUTTON_OR_SNAP = _private("XQ-0062", "Button or snap")
@@ -207,7 +209,7 @@ PRIVATE_CODES: tuple[Code, ...] = (
     SUMMARY_SOURCE, SUMMARY_FROM_LLM, SUMMARY_FROM_TEMPLATE, INPUT_GATE, NOT_FRONTAL_CHEST,
     NOT_SCORED_REASON, CHEST_REGION_ESTIMATED, CHEST_REGION_ESTIMATION_REASON,
     Q_REMOVABLE, VERDICT_REMOVABLE, VERDICT_BASIS, MEDICAL_DEVICE, OBJECT_CLASS, REMOVABLE_OBJECT,
-    ALL_OBJECTS, CLASS_CONFIDENCE, EXPECTED_ON_PLATE, OBJECT_CATEGORY,
+    ALL_OBJECTS, CLASS_CONFIDENCE, EXPECTED_ON_PLATE, OBJECT_CATEGORY, CATEGORY_CONFIDENCE,
     ECG_ELECTRODE, ECG_LEAD_WIRE, BUTTON_OR_SNAP, BRA_HOOK_OR_UNDERWIRE, STERNAL_WIRE,
     CUT_OFF, ROTATED, SHALLOW_INSPIRATION, EXPOSURE_OUT_OF_RANGE, COLLIMATION_TOO_WIDE, LUNG_MARGIN,
     MEDIASTINUM_OFFSET, LUNG_WIDTH_RATIO, LUNG_HEIGHT_RATIO, CLIPPED_LUNG, FIELD_RATIO,
@@ -305,6 +307,9 @@ YES = codes.SCT.Yes
 
 #: UCUM unit of every dimensionless number we report (scores, fractions, counts).
 UNITLESS = codes.UCUM.NoUnits
+
+#: TID 2010 document title (CID 7010) of the optional rejection note (``kos_writer``).
+REJECTED_FOR_QUALITY_REASONS = codes.DCM.RejectedForQualityReasons
 
 #: The summary text (TEXT item) and the SR observer type (TID 1002).
 NARRATIVE_SUMMARY = codes.DCM.NarrativeSummary

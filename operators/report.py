@@ -241,9 +241,31 @@ def _saliency_blend(image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
     return np.round(blend).astype(np.uint8)
 
 
+def report_title(case: Case) -> tuple[str, tuple[int, int, int]]:
+    """report.png's title and its colour: the overall verdict, the acquisition checks included.
+
+    Under ``acquisition_verdict_effect`` "report" a failed check leaves the verdict to the foreign
+    objects, and the title says both ("image quality Good (foreign objects) - 2 acquisition checks
+    failed"); under "poor" it gives the combined verdict and why ("image quality Poor - 2
+    acquisition checks failed; foreign objects Good").  The colour is the overall verdict's.
+    """
+    lead = f"xiqa {__version__} -"
+    if not case.frontal_chest:
+        return f"{lead} not a frontal chest radiograph", NOT_SCORED_COLOUR
+    verdict = case.quality.default_verdict.value
+    failed = len(case.acquisition.failed) if case.acquisition is not None else 0
+    if not failed:
+        return f"{lead} image quality {verdict}", VERDICT_COLOURS[verdict]
+    checks = f"{failed} acquisition check{'s' if failed > 1 else ''} failed"
+    overall = case.acquisition.overall_verdict(verdict)
+    if overall == verdict:
+        return f"{lead} image quality {verdict} (foreign objects) - {checks}", VERDICT_COLOURS[verdict]
+    return f"{lead} image quality {overall} - {checks}; foreign objects {verdict}", VERDICT_COLOURS[overall]
+
+
 def render_report_png(case: Case, path: Path, max_side: int = PANEL_SIDE) -> Path:
     """Two panels (chest region and contours; saliency blend with its colour scale) and a text
-    block with the scores, under a title in the verdict's colour.
+    block with the scores, under the title of :func:`report_title` in the verdict's colour.
 
     A case that is not a frontal chest shows the image, the reason and no score.  Drawn with
     numpy, OpenCV and Pillow at the size it is shown (no matplotlib figure per image: that cost
@@ -274,12 +296,10 @@ def render_report_png(case: Case, path: Path, max_side: int = PANEL_SIDE) -> Pat
                      *textwrap.wrap(f"lung fields not found: {region.problem}.", 52), "", *lines]
         if case.acquisition is not None:
             lines += _acquisition_lines(case.acquisition)
-        verdict = case.quality.default_verdict.value
-        colour, title = VERDICT_COLOURS[verdict], f"xiqa {__version__} - image quality {verdict}"
     else:
         panel_title = "Not scored"
         lines = ["Not scored: no Q_img, no verdict.", "", *textwrap.wrap(case.gate.reason, 52)]
-        colour, title = NOT_SCORED_COLOUR, f"xiqa {__version__} - not a frontal chest radiograph"
+    title, colour = report_title(case)
     if case.summary is not None:
         lines += ["", *textwrap.wrap(case.summary.text, 52)]
     title_font, panel_font, text_font = _font(18), _font(13), _font(TEXT_SIZE, mono=True)

@@ -25,7 +25,7 @@ and more PACS know Comprehensive SR than Comprehensive 3D SR).  Content tree::
             location weight, size penalty, severity, mean saliency; once classed,
             the class (removable object / medical device) as a qualitative
             evaluation with its confidence, the finer category (e.g. SCT
-            "Endotracheal tube") where the classifier names one, and "Expected on
+            "Endotracheal tube") with its confidence where the classifier names one, and "Expected on
             this plate: Yes" for an ECG lead the view rule expects
       Qualitative Evaluations (TID 1500 row 12)             <- evaluations
         Narrative Summary (TEXT) and where it came from (LLM or template)
@@ -371,6 +371,7 @@ def quality_groups(reference: Dataset, quality: QualityResult, algorithm: Algori
             evaluations.append(hd.sr.QualitativeEvaluation(
                 xc.OBJECT_CLASS, xc.OBJECT_CLASS_CODES[finding.object_class]))
             if finding.category is not None:  # named only where the classifier is sure of it
+                measurements.append(_number(xc.CATEGORY_CONFIDENCE, finding.category_confidence))
                 evaluations.append(hd.sr.QualitativeEvaluation(
                     xc.OBJECT_CATEGORY, xc.CATEGORY_CODES[finding.category]))
             if finding.expected:
@@ -469,15 +470,9 @@ def report_document(
     the referenced instances besides the source (the SEG).  ``series_description``
     replaces the kind's own (what a viewer's series list shows).
     """
-    observer = hd.sr.ObserverContext(
-        observer_type=xc.DEVICE_OBSERVER,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=xc.derive_uid(("device", *algorithm.uid_parts), uid_root),
-            name=algorithm.name, manufacturer_name=MANUFACTURER, model_name=algorithm.model_id,
-        ),
-    )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=device_observer(algorithm, uid_root)),
         procedure_reported=xc.PROCEDURE_REPORTED,
         imaging_measurements=list(groups),
     )
@@ -506,6 +501,17 @@ def report_document(
         device_serial_number=algorithm.model_id,
         coding_schemes=[xc.private_coding_scheme()],
         specific_character_set=OUTPUT_CHARACTER_SET,
+    )
+
+
+def device_observer(algorithm: AlgorithmInfo, uid_root: str | None) -> hd.sr.ObserverContext:
+    """TID 1002 device observer: xiqa with its model, one device UID per algorithm and model."""
+    return hd.sr.ObserverContext(
+        observer_type=xc.DEVICE_OBSERVER,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=xc.derive_uid(("device", *algorithm.uid_parts), uid_root),
+            name=algorithm.name, manufacturer_name=MANUFACTURER, model_name=algorithm.model_id,
+        ),
     )
 
 

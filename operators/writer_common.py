@@ -1,13 +1,13 @@
-"""What the SEG, SC and SR writers share: identity of an output, and a clean copy of the source.
+"""What the SEG, SC, SR (and KOS) writers share: identity of an output, and a clean copy of the source.
 
 Placement of outputs
 --------------------
-Every output goes into the source's study.  Each kind (SEG, SC, SR) has its own
+Every output goes into the source's study.  Each kind (SEG, SC, SR, KOS) has its own
 series per study, algorithm version and model: the series UID is derived from
 the Study Instance UID and those, the SOP Instance UID from the source's SOP
 Instance UID and those (see :func:`xiqa.operators.codes.derive_uid`), so
 reprocessing a source replaces its outputs instead of duplicating them, and
-all images of a study analysed by one model land in the same three series.
+all images of a study analysed by one model land in the same series per kind.
 Series Date/Time are left out (Type 3): a series spans instances made at
 different times.  The Instance Number is the source's, so outputs sort like
 their sources.
@@ -77,16 +77,18 @@ logging.getLogger("highdicom.base").addFilter(_DropPersonNames())
 
 
 class OutputKind(str, Enum):
-    """The three DICOM objects written per source image."""
+    """The DICOM objects written per source image: SEG, SC and SR, and where a site asks for it, a
+    Key Object Selection for a Poor image (``kos_writer``)."""
 
     SEG = "seg"
     SC = "sc"
     SR = "sr"
+    KOS = "kos"
 
     @property
     def series_number(self) -> int:
         """Fixed per kind, high enough to sort after the modality's own series."""
-        return {"seg": 9101, "sc": 9102, "sr": 9103}[self.value]
+        return {"seg": 9101, "sc": 9102, "sr": 9103, "kos": 9104}[self.value]
 
     @property
     def series_description(self) -> str:
@@ -94,6 +96,7 @@ class OutputKind(str, Enum):
             "seg": "xiqa foreign objects (SEG)",
             "sc": "xiqa saliency heatmap (SC)",
             "sr": "xiqa image quality report (SR)",
+            "kos": "xiqa rejected for quality reasons (KOS)",
         }[self.value]
 
 

@@ -51,7 +51,8 @@ class Node:
                                       saliency=settings.saliency, loader=loader,
                                       summary_model=settings.summary_model,
                                       count_devices=settings.count_devices,
-                                      acquisition=settings.acquisition_config())
+                                      acquisition=settings.acquisition_config(),
+                                      reject_kos=settings.reject_kos)
         self.worker = Worker(run_settings, self.spool, self.metrics, settings.study_timeout, self.outbox,
                              run_guard=self._signals_held, housekeeping=self._expire)
         self.listener = Listener(settings, self.spool, self.metrics, self.worker.add)

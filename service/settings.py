@@ -115,11 +115,21 @@ class ServeSettings:
     #: count medical devices (tubes, lines, pacemakers) in the default score and verdict too;
     #: by default the verdict follows the removable objects only and devices are listed
     count_devices: bool = False
-    #: how failed acquisition checks combine with the foreign-object verdict: "report" (listed,
-    #: verdict unchanged) or "poor" (any failed check makes the overall verdict Poor)
-    acquisition_verdict_effect: str = "report"
-    #: IEC 62494-1 Deviation Index range the exposure check accepts (AcquisitionConfig)
-    deviation_index_band: tuple[float, float] = (-3.0, 3.0)
+    #: a Poor image also gets a Key Object Selection "Rejected for Quality Reasons", forwarded with
+    #: the other outputs (for reject analysis; off: a PACS with IHE IOCM may hide the image)
+    reject_kos: bool = False
+    #: the acquisition checks' site settings (``acquisition.config.SITE_KEYS``); None keeps
+    #: ``AcquisitionConfig``'s default, argued in its docstring.  How failed checks combine with the
+    #: foreign-object verdict: "report" (default: listed, verdict unchanged) or "poor" (any failed
+    #: check makes the overall verdict Poor)
+    acquisition_verdict_effect: str | None = None
+    #: IEC 62494-1 Deviation Index range the exposure check accepts (default -3, 3)
+    deviation_index_band: tuple[float, float] | None = None
+    cut_off_margin: float | None = None
+    max_mediastinum_offset: float | None = None
+    min_lung_height_ratio: float | None = None
+    max_clipped_lung: float | None = None
+    max_field_ratio: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ae_title", check_ae_title(self.ae_title, "AE title"))
@@ -151,13 +161,16 @@ class ServeSettings:
             raise ValueError("TLS needs both a certificate and a key")
         if self.tls_ca is not None and self.tls_certificate is None:
             raise ValueError("a TLS CA bundle needs a certificate and key as well")
-        if not isinstance(self.count_devices, bool):
-            raise ValueError(f"count devices must be true or false, got {self.count_devices!r}")
-        from xiqa.operators.acquisition import AcquisitionConfig
+        for name in ("count_devices", "reject_kos"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name.replace('_', ' ')} must be true or false, got {value!r}")
+        from xiqa.operators.acquisition.config import SITE_KEYS
 
-        object.__setattr__(self, "deviation_index_band", tuple(self.deviation_index_band))
-        AcquisitionConfig(deviation_index_band=self.deviation_index_band,
-                          verdict_effect=self.acquisition_verdict_effect)  # raises on bad values
+        acquisition = self.acquisition_config()  # raises on bad values
+        for key, name in SITE_KEYS.items():  # as the checks read them: "-2,2" becomes (-2.0, 2.0)
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, getattr(acquisition, name))
         if Path(self.storage).resolve() == Path(self.output).resolve():
             raise ValueError("storage and output must be different folders")
 
@@ -166,16 +179,15 @@ class ServeSettings:
         return self.study_timeout == 0
 
     def acquisition_config(self):
-        """The acquisition checks' ``AcquisitionConfig`` from these settings."""
-        from xiqa.operators.acquisition import AcquisitionConfig
+        """The acquisition checks' ``AcquisitionConfig`` from these settings (ValueError on bad values)."""
+        from xiqa.operators.acquisition.config import SITE_KEYS, site_config
 
-        return AcquisitionConfig(deviation_index_band=self.deviation_index_band,
-                                 verdict_effect=self.acquisition_verdict_effect)
+        return site_config({key: getattr(self, key) for key in SITE_KEYS})
 
 
 _PATHS = {"storage", "output", "tls_certificate", "tls_key", "tls_ca", "forward_tls_ca",
           "forward_tls_certificate", "forward_tls_key", "model", "summary_model"}
-_TUPLES = {"allowed_ae_titles", "allowed_hosts", "modalities", "deviation_index_band"}
+_TUPLES = {"allowed_ae_titles", "allowed_hosts", "modalities"}
 
 
 def settings_from_mapping(values: dict[str, Any], origin: str) -> ServeSettings:
@@ -192,12 +204,6 @@ def settings_from_mapping(values: dict[str, Any], origin: str) -> ServeSettings:
             value = Path(value)
         elif key in _TUPLES:
             value = tuple(value.split(",") if isinstance(value, str) else value)
-            if key == "deviation_index_band":
-                try:
-                    value = tuple(float(item) for item in value)
-                except (TypeError, ValueError):
-                    raise ValueError(f"{origin}: deviation index band must be two numbers, got {raw_key!r}") \
-                        from None
         elif key == "forward":
             value = tuple(Destination.parse(item) if isinstance(item, str) else item
                           for item in ([value] if isinstance(value, str) else value))

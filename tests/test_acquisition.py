@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -165,6 +166,20 @@ def test_verdict_effect_poor_turns_a_failed_check_into_a_poor_overall_verdict() 
 def test_bad_thresholds_are_refused(changes: dict, match: str) -> None:
     with pytest.raises(ValueError, match=f'Argument "{match}"'):
         AcquisitionConfig(**changes)
+
+
+def test_site_settings_are_read_by_their_site_keys_and_never_coerced() -> None:
+    from xiqa.operators.acquisition.config import site_config
+
+    assert site_config({}) == AcquisitionConfig()
+    assert site_config({"acquisition_verdict_effect": "poor", "deviation_index_band": "-2,2.5",
+                        "max_field_ratio": "4", "cut_off_margin": None}) == AcquisitionConfig(
+        verdict_effect="poor", deviation_index_band=(-2.0, 2.5), max_field_ratio=4.0)
+    for values, message in (({"max_field_ratio": True}, "max_field_ratio must be a number, got True"),
+                            ({"deviation_index_band": [1, 2, 3]}, "deviation_index_band must be two numbers"),
+                            ({"clip_level": 0.1}, "unknown acquisition setting 'clip_level'")):
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+            site_config(values)
 
 
 def test_each_failure_gets_a_sentence_saying_what_to_correct() -> None:

@@ -92,6 +92,17 @@ def test_the_sr_codes_the_finer_category_only_where_one_was_named(classed) -> No
     assert coded[2:] == [[] for _ in quality.objects[2:]]  # unnamed: no category item
 
 
+def test_the_sr_gives_a_named_category_its_confidence_in_the_object_group(classed) -> None:
+    _, quality, paths = classed
+    content = hd.sr.srread(paths["sr"]).content
+    _, *objects = content.get_planar_roi_measurement_groups()
+    confidences = [[(m.value, m.unit.value) for m in group.get_measurements(name=xc.CATEGORY_CONFIDENCE)]
+                   for group in objects]
+    assert confidences == [[] if f.category is None else [(f.category_confidence, "1")]
+                           for f in quality.objects]
+    assert confidences[0] == [(0.93, "1")]
+
+
 @requires_dciodvfy
 def test_dciodvfy_finds_no_error_in_the_classed_seg_and_sr(classed) -> None:
     _, _, paths = classed

@@ -72,6 +72,55 @@ def test_missing_input_is_rejected_by_name(tmp_path, fixture_records, random_bun
     assert len(list((tmp_path / "o").glob("*/report.json"))) == 1
 
 
+def test_analyze_takes_the_acquisition_settings_that_serve_takes(tmp_path, fixture_records, random_bundle,
+                                                                 capsys):
+    status = main(["analyze", str(fixture_records[0].dicom_path), "--output", str(tmp_path),
+                   "--model", str(random_bundle), "--acquisition-verdict-effect", "poor",
+                   "--deviation-index-band=-1,1.5", "--cut-off-margin", "0.02", "--max-field-ratio", "1.5"])
+    assert status == EXIT_OK, capsys.readouterr().err
+    (report_path,) = tmp_path.glob("*/report.json")
+    acquisition = json.loads(report_path.read_text())["acquisition"]
+    assert acquisition["verdict_effect"] == "poor"
+    assert acquisition["checks"]["anatomy_cut_off"]["threshold"] == 0.02
+    assert acquisition["checks"]["collimation"]["threshold"] == 1.5
+
+
+def test_reject_kos_writes_a_rejection_note_for_a_poor_image_and_lists_it(tmp_path, fixture_records,
+                                                                           random_bundle):
+    from pydicom import dcmread
+
+    # every landmark within the whole side of the field's edge: cut off, and Poor under effect "poor"
+    poor = ["--acquisition-verdict-effect", "poor", "--cut-off-margin", "1"]
+    for flags, folder in ((["--reject-kos"], "on"), ([], "off")):
+        status = main(["analyze", str(fixture_records[0].dicom_path), "--output", str(tmp_path / folder),
+                       "--model", str(random_bundle), "--no-progress", *poor, *flags])
+        assert status == EXIT_OK
+    (on,) = (tmp_path / "on").glob("*/report.json")
+    report = json.loads(on.read_text())
+    assert report["overall_verdict"] == "Poor" and "anatomy_cut_off" in report["acquisition"]["failed"]
+    note = dcmread(on.parent / report["outputs"]["kos"])
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113001"
+    assert note.StudyInstanceUID == report["study_instance_uid"]
+    (off,) = (tmp_path / "off").glob("*/report.json")
+    assert "kos" not in json.loads(off.read_text())["outputs"]  # off by default
+    assert not list((tmp_path / "off").glob("*/*_kos.dcm"))
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--acquisition-verdict-effect", "ignore"],
+     "acquisition_verdict_effect must be one of ('report', 'poor'), got 'ignore'"),
+    (["--deviation-index-band", "3,1"],
+     "deviation_index_band must be (low, high) with low < high, got (3.0, 1.0)"),
+    (["--deviation-index-band", "3"], "deviation_index_band must be two numbers LOW,HIGH, got '3'"),
+    (["--max-field-ratio", "0.5"], "max_field_ratio must be at least 1, got 0.5"),
+    (["--min-lung-height-ratio", "tall"], "min_lung_height_ratio must be a number, got 'tall'"),
+])
+def test_a_bad_acquisition_setting_is_one_error_line_and_exit_2(tmp_path, capsys, flags, error):
+    assert main(["analyze", str(tmp_path), "--output", str(tmp_path / "o"), *flags]) == EXIT_USAGE
+    assert capsys.readouterr().err.splitlines() == [f"xiqa analyze: error: {error}"]
+    assert not (tmp_path / "o").exists()  # refused before anything ran
+
+
 def test_usage_errors_exit_2():
     assert main(["analyze", "x.dcm"]) == EXIT_USAGE  # --output missing
     assert main(["analyze", "x.dcm", "--output", "o", "--saliency", "lime"]) == EXIT_USAGE

@@ -106,3 +106,57 @@ def test_an_estimated_chest_region_is_dashed_captioned_and_in_report_json(plate_
     described = report_dict(case)["gate"]["chest_region"]
     assert described["estimated"] is True and described["estimated_from"] == "body outline"
     assert described["problem"] == "found 0 lung field(s), a frontal chest shows 2"
+
+
+def _drawn_title(case, folder: Path, monkeypatch) -> tuple[str, tuple[int, int, int]]:
+    """The title text and colour render_report_png draws (its centred texts, recorded, not read back
+    from pixels)."""
+    from xiqa.operators import report
+
+    drawn = []
+    draw_centred = report._centred
+    monkeypatch.setattr(report, "_centred", lambda draw, x, top, text, font, fill: (
+        drawn.append((top, text, fill)), draw_centred(draw, x, top, text, font, fill)))
+    render_report_png(case, folder / "title.png")
+    monkeypatch.undo()
+    (title,) = [(text, fill) for top, text, fill in drawn if top < TITLE_HEIGHT]
+    return title
+
+
+def _with_failed_checks(case, failed: tuple[str, ...], verdict_effect: str):
+    from dataclasses import replace
+
+    from xiqa.operators.acquisition import CheckStatus
+
+    acquisition = case.acquisition
+    checks = tuple(replace(check, status=CheckStatus.FAIL if check.check in failed else CheckStatus.PASS)
+                   for check in acquisition.checks)
+    return replace(case, acquisition=replace(acquisition, checks=checks, verdict_effect=verdict_effect),
+                   outputs={})
+
+
+def test_the_title_states_the_verdict_and_the_failed_acquisition_checks(plate_case, tmp_path, monkeypatch):
+    from xiqa import __version__
+
+    verdict = plate_case.quality.default_verdict.value
+    lead = f"xiqa {__version__} - image quality"
+    passed = _with_failed_checks(plate_case, (), "report")
+    assert _drawn_title(passed, tmp_path, monkeypatch) == (f"{lead} {verdict}", VERDICT_COLOURS[verdict])
+    two_failed = _with_failed_checks(plate_case, ("anatomy_cut_off", "rotation"), "report")
+    assert _drawn_title(two_failed, tmp_path, monkeypatch) == (
+        f"{lead} {verdict} (foreign objects) - 2 acquisition checks failed", VERDICT_COLOURS[verdict])
+    one_failed = _with_failed_checks(plate_case, ("exposure",), "report")
+    assert _drawn_title(one_failed, tmp_path, monkeypatch)[0].endswith("- 1 acquisition check failed")
+
+
+def test_under_verdict_effect_poor_the_title_gives_the_combined_verdict(plate_case, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from xiqa import __version__
+    from xiqa.operators.scoring import Verdict
+
+    good = replace(plate_case.quality, verdict=Verdict.GOOD, verdict_removable=Verdict.GOOD)
+    case = _with_failed_checks(replace(plate_case, quality=good), ("inspiration", "collimation"), "poor")
+    assert _drawn_title(case, tmp_path, monkeypatch) == (
+        f"xiqa {__version__} - image quality Poor - 2 acquisition checks failed; foreign objects Good",
+        VERDICT_COLOURS["Poor"])

@@ -3,6 +3,7 @@ and the worker running the real graph on spooled studies."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import ssl
@@ -82,6 +83,48 @@ def test_review_page_and_summary_model_come_from_the_config_file_and_flags_win(t
         9090, "0.0.0.0", Path("/m/b.gguf"))
     assert serve_settings(build_parser().parse_args(["serve", "--storage", "s", "--output", "o"])) \
         .summary_model is None  # the template
+
+
+def test_acquisition_settings_come_from_the_config_file_and_flags_win(tmp_path: Path) -> None:
+    from xiqa.cli import build_parser, serve_settings
+    from xiqa.operators.acquisition import AcquisitionConfig
+
+    config = tmp_path / "xiqa.toml"
+    config.write_text('storage = "s"\noutput = "o"\nacquisition-verdict-effect = "poor"\n'
+                      'deviation_index_band = [-2, 2]\nmax_clipped_lung = 0.1\n')
+    settings = serve_settings(build_parser().parse_args(["serve", "--config", str(config)]))
+    from_file = {"verdict_effect": "poor", "deviation_index_band": (-2.0, 2.0), "max_clipped_lung": 0.1}
+    assert settings.acquisition_config() == AcquisitionConfig(**from_file)
+    flags = ["--deviation-index-band=-1,1", "--min-lung-height-ratio", "0.5"]
+    settings = serve_settings(build_parser().parse_args(["serve", "--config", str(config), *flags]))
+    assert settings.deviation_index_band == (-1.0, 1.0)
+    assert settings.acquisition_config() == AcquisitionConfig(
+        **{**from_file, "deviation_index_band": (-1.0, 1.0), "min_lung_height_ratio": 0.5})
+    defaults = ServeSettings(storage=tmp_path / "s", output=tmp_path / "o")
+    assert defaults.acquisition_config() == AcquisitionConfig()
+
+
+def test_a_bad_acquisition_setting_is_refused_by_its_key_in_one_line() -> None:
+    for key, value, message in (
+            ("max_field_ratio", 0.5, "max_field_ratio must be at least 1, got 0.5"),
+            ("deviation_index_band", "x", "deviation_index_band must be two numbers LOW,HIGH"),
+            ("acquisition_verdict_effect", "ignore", "acquisition_verdict_effect must be one of")):
+        with pytest.raises(ValueError, match=rf"^xiqa.toml: {re.escape(message)}") as raised:
+            settings_from_mapping({"storage": "s", "output": "o", key: value}, "xiqa.toml")
+        assert "\n" not in str(raised.value)
+
+
+def test_reject_kos_is_off_unless_the_config_file_or_the_flag_turns_it_on(tmp_path: Path) -> None:
+    from xiqa.cli import build_parser, serve_settings
+
+    config = tmp_path / "xiqa.toml"
+    config.write_text('storage = "s"\noutput = "o"\n')
+    serve = ["serve", "--config", str(config)]
+    assert not serve_settings(build_parser().parse_args(serve)).reject_kos
+    assert serve_settings(build_parser().parse_args([*serve, "--reject-kos"])).reject_kos
+    assert settings_from_mapping({"storage": "s", "output": "o", "reject-kos": True}, "xiqa.toml").reject_kos
+    with pytest.raises(ValueError, match="^xiqa.toml: reject kos must be true or false, got 'yes'$"):
+        settings_from_mapping({"storage": "s", "output": "o", "reject_kos": "yes"}, "xiqa.toml")
 
 
 def test_settings_refuse_contradictions(tmp_path: Path) -> None:
@@ -300,6 +343,34 @@ def test_worker_keeps_one_graph_for_study_after_study_and_builds_a_new_one_when_
     assert not graph.alive
     assert metrics.registry.get_sample_value("xiqa_instances_processed_total") == 2
     assert metrics.registry.get_sample_value("xiqa_instances_rejected_total") == 1
+
+
+def test_worker_forwards_the_rejection_note_of_a_poor_image_with_the_other_outputs(
+        run_settings, fixture_records, tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    from xiqa.operators.acquisition import AcquisitionConfig
+    from xiqa.service.outbox import Outbox
+    from xiqa.service.worker import Worker
+
+    # every landmark "cut off" and verdict effect poor: the plate is Poor, whatever the objects
+    settings = dataclasses.replace(run_settings, output=tmp_path / "out", reject_kos=True,
+                                   acquisition=AcquisitionConfig(verdict_effect="poor", cut_off_margin=1.0))
+    spool, metrics = Spool(tmp_path / "storage"), NodeMetrics()
+    outbox = Outbox(tmp_path / "outbox", [Destination("PACS", "127.0.0.1", 1)], calling_ae_title="XIQA",
+                    metrics=metrics)
+    worker = Worker(settings, spool, metrics, study_timeout=0, forwarder=outbox)
+    header = dcmread(fixture_records[0].dicom_path, stop_before_pixels=True)
+    instance = spool.store([fixture_records[0].dicom_path.read_bytes()], header.SOPInstanceUID, "study0")
+    try:
+        (case,) = worker.process("study0", [instance])
+    finally:
+        worker.close()
+    assert case.ok, case.error
+    assert "kos" in case.outputs
+    queued = {Path(json.loads(entry.read_text())["file"]) for entry in (tmp_path / "outbox").glob("*.json")}
+    assert queued == {case.outputs[kind].absolute() for kind in ("seg", "sc", "sr", "kos")}
 
 
 def test_worker_holds_no_case_and_no_freed_heap_between_studies(

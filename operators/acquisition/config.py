@@ -8,6 +8,7 @@ Lengths are fractions of the analysis grid's side unless said otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: how failed checks combine with the foreign-object verdict
@@ -87,3 +88,68 @@ class AcquisitionConfig:
         if self.verdict_effect not in VERDICT_EFFECTS:
             raise ValueError(f'Argument "verdict_effect" must be one of {VERDICT_EFFECTS}, '
                              f"got {self.verdict_effect!r}")
+
+
+#: What a site sets, by its name in ``xiqa serve``'s config file and in the flags of ``xiqa serve`` and
+#: ``xiqa analyze`` (``-`` for ``_``), and the :class:`AcquisitionConfig` field each one sets.  The
+#: others (``clip_level``, ``relaxed_border_contact``) tune the lung finder, not a site's policy.
+SITE_KEYS: dict[str, str] = {
+    "acquisition_verdict_effect": "verdict_effect",
+    "deviation_index_band": "deviation_index_band",
+    "cut_off_margin": "cut_off_margin",
+    "max_mediastinum_offset": "max_mediastinum_offset",
+    "min_lung_height_ratio": "min_lung_height_ratio",
+    "max_clipped_lung": "max_clipped_lung",
+    "max_field_ratio": "max_field_ratio",
+}
+#: what a value must look like, where "a number" does not say it
+_SHAPES = {"deviation_index_band": "two numbers LOW,HIGH", "verdict_effect": f"one of {VERDICT_EFFECTS}"}
+
+
+def site_config(values: Mapping[str, object]) -> AcquisitionConfig:
+    """The :class:`AcquisitionConfig` of a site's settings, keyed by :data:`SITE_KEYS`; a key that is
+    missing or None keeps its default.  ``deviation_index_band`` may be two numbers or ``"LOW,HIGH"``.
+
+    Raises
+    ------
+    ValueError
+        A key is unknown, or a value is not a number or out of its range; the message names the site's
+        key and fits one line.
+    """
+    unknown = sorted(set(values) - set(SITE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown acquisition setting {unknown[0]!r}")
+    changes = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        name = SITE_KEYS[key]
+        if name == "verdict_effect":
+            changes[name] = value
+            continue
+        try:
+            changes[name] = _band(value) if name == "deviation_index_band" else _number(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be {_SHAPES.get(name, 'a number')}, got {value!r}") from None
+    try:
+        return AcquisitionConfig(**changes)
+    except ValueError as error:
+        message = str(error)
+        for key, name in SITE_KEYS.items():
+            message = message.replace(f'Argument "{name}"', key)
+        raise ValueError(message) from None
+
+
+def _number(value: object) -> float:
+    """A number from a number or its text; a bool is no number (never coerced)."""
+    if isinstance(value, bool):
+        raise TypeError("a bool is no number")
+    return float(value)
+
+
+def _band(value: object) -> tuple[float, float]:
+    """(low, high) from two numbers or ``"LOW,HIGH"``."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    if len(items) != 2:
+        raise ValueError("two numbers")
+    return _number(items[0]), _number(items[1])
