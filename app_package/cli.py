@@ -237,6 +237,16 @@ def run_demo(args: argparse.Namespace) -> int:
     return status
 
 
+def acquisition_words(case) -> str:
+    """The failed acquisition checks and, when they change it, the overall verdict, for the result line."""
+    acquisition = case.acquisition
+    if acquisition is None or not acquisition.failed:
+        return ""
+    words = f" acquisition failed {','.join(check.check for check in acquisition.failed)}"
+    overall = acquisition.overall_verdict(case.quality.default_verdict.value)
+    return words + (f" overall {overall}" if overall != case.quality.default_verdict.value else "")
+
+
 def run_analyze(args: argparse.Namespace, labels: dict[Path, str] | None = None) -> int:
     """Analyse ``args.inputs``; an input in ``labels`` is printed by its label, with its report.png."""
     labels = labels or {}
@@ -284,7 +294,7 @@ def run_analyze(args: argparse.Namespace, labels: dict[Path, str] | None = None)
             progress.write(f"{name}: Q_img {quality.q_img:.3f} Q_filtered {quality.q_filtered:.3f} "
                            f"verdict {quality.default_verdict.value} ({quality.verdict_basis}) "
                            f"objects {len(quality.objects)} removable {len(quality.removable_objects)} "
-                           f"devices {len(quality.devices)}{picture}",
+                           f"devices {len(quality.devices)}{acquisition_words(case)}{picture}",
                            file=sys.stdout)
 
     started = time.perf_counter()

@@ -85,6 +85,22 @@ def test_analyze_takes_the_acquisition_settings_that_serve_takes(tmp_path, fixtu
     assert acquisition["checks"]["collimation"]["threshold"] == 1.5
 
 
+def test_the_result_line_names_the_failed_checks_and_the_overall_verdict_they_make(
+        tmp_path, fixture_records, random_bundle, capsys):
+    # every landmark within the whole side of the field's edge: cut off, and Poor under effect "poor"
+    for effect in ("report", "poor"):
+        status = main(["analyze", str(fixture_records[0].dicom_path), "--output", str(tmp_path / effect),
+                       "--model", str(random_bundle), "--no-progress", "--cut-off-margin", "1",
+                       "--acquisition-verdict-effect", effect])
+        assert status == EXIT_OK
+        (line,) = capsys.readouterr().out.splitlines()
+        report = json.loads(next((tmp_path / effect).glob("*/report.json")).read_text())
+        assert f" acquisition failed {','.join(report['acquisition']['failed'])}" in line, line
+        assert "anatomy_cut_off" in line
+        changed = report["overall_verdict"] != report["verdict"]
+        assert (" overall Poor" in line) == (effect == "poor" and changed), line
+
+
 def test_reject_kos_writes_a_rejection_note_for_a_poor_image_and_lists_it(tmp_path, fixture_records,
                                                                            random_bundle):
     from pydicom import dcmread
