@@ -30,6 +30,30 @@ export DOCKER_BUILDKIT=1
 
 log() { echo "build-image: $(date -u +%H:%M:%S) $*"; }
 
+# BuildKit builds: Docker 20.10's client (Debian's docker.io) has BuildKit built in; a client of 23 or
+# later builds with BuildKit only through the buildx plugin ("BuildKit is enabled but the buildx
+# component is missing").  Where the first docker on PATH is such a client without buildx (a static
+# client in /usr/local/bin ahead of docker.io's /usr/bin/docker, as on these machines), use docker.io's.
+buildkit_client() {
+    local client major
+    for client in docker /usr/bin/docker; do
+        command -v "$client" >/dev/null 2>&1 || continue
+        if "$client" buildx version >/dev/null 2>&1; then
+            echo "$client"
+            return
+        fi
+        major=$("$client" --version | sed -n 's/^Docker version \([0-9]*\)\..*/\1/p')
+        if [ -n "$major" ] && [ "$major" -lt 23 ]; then
+            echo "$client"
+            return
+        fi
+    done
+    echo "build-image: no docker client that builds with BuildKit (install buildx, or Debian's docker.io)" >&2
+    return 1
+}
+DOCKER_CLIENT=$(buildkit_client)
+docker() { command "$DOCKER_CLIENT" "$@"; }
+
 # local/debian:bookworm from debootstrap (minbase: apt, dpkg, bash, coreutils), about a minute
 debian_base() {
     if docker image inspect local/debian:bookworm >/dev/null 2>&1; then
