@@ -58,8 +58,11 @@ COPY training ./training
 COPY dicom_fixtures ./dicom_fixtures
 COPY service ./service
 # the import runs, as root, holoscan's wheel-axle step (its library links, made on the first start
-# after the install; a read-only container could not) and checks holoscan finds its CUDA runtime
-RUN pip install --no-cache-dir --progress-bar off --no-deps . && rm -rf build ./*.egg-info \
+# after the install; a read-only container could not) and checks holoscan finds its CUDA runtime.
+# The install builds in isolation, so pip fetches setuptools from the index: the site CA again.
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+    && pip install --no-cache-dir --progress-bar off --no-deps . && rm -rf build ./*.egg-info \
     && python3 -W ignore -c "import xiqa, holoscan.core, llama_cpp"
 
 COPY app_package/bundles/xiqa_cxr_seg /opt/holoscan/models/xiqa_cxr_seg

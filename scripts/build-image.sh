@@ -30,6 +30,30 @@ export DOCKER_BUILDKIT=1
 
 log() { echo "build-image: $(date -u +%H:%M:%S) $*"; }
 
+# BuildKit builds: Docker 20.10's client (Debian's docker.io) has BuildKit built in; a client of 23 or
+# later builds with BuildKit only through the buildx plugin ("BuildKit is enabled but the buildx
+# component is missing").  Where the first docker on PATH is such a client without buildx (a static
+# client in /usr/local/bin ahead of docker.io's /usr/bin/docker, as on these machines), use docker.io's.
+buildkit_client() {
+    local client major
+    for client in docker /usr/bin/docker; do
+        command -v "$client" >/dev/null 2>&1 || continue
+        if "$client" buildx version >/dev/null 2>&1; then
+            echo "$client"
+            return
+        fi
+        major=$("$client" --version | sed -n 's/^Docker version \([0-9]*\)\..*/\1/p')
+        if [ -n "$major" ] && [ "$major" -lt 23 ]; then
+            echo "$client"
+            return
+        fi
+    done
+    echo "build-image: no docker client that builds with BuildKit (install buildx, or Debian's docker.io)" >&2
+    return 1
+}
+DOCKER_CLIENT=$(buildkit_client)
+docker() { command "$DOCKER_CLIENT" "$@"; }
+
 # local/debian:bookworm from debootstrap (minbase: apt, dpkg, bash, coreutils), about a minute
 debian_base() {
     if docker image inspect local/debian:bookworm >/dev/null 2>&1; then
@@ -39,7 +63,15 @@ debian_base() {
     local rootfs
     rootfs=$(mktemp -d)
     debootstrap --variant=minbase bookworm "$rootfs" "$DEBIAN_MIRROR" >/dev/null
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/lib/apt/lists/*
+    # as Docker's debian images: apt keeps no package cache (else every apt-get layer carries
+    # 78 MB of pkgcache.bin/srcpkgcache.bin)
+    cat > "$rootfs"/etc/apt/apt.conf.d/docker-clean <<'APT'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+APT
     tar -C "$rootfs" -c . | docker import --change 'CMD ["bash"]' --change 'ENV LANG=C.UTF-8' \
         - local/debian:bookworm >/dev/null
     rm -rf "$rootfs"

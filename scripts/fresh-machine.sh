@@ -10,7 +10,8 @@
 #   FRESH_COMMANDS "demo" to run the first command only (default: both)
 #   SITE_CA        a CA bundle pip and npm must trust (networks that inspect TLS); default: the host's
 #                  /etc/ssl/certs/ca-certificates.crt.  Mounted read-only for this run only.
-# Output: the container's log on stdout; the exit status of the commands.
+# Output: the container's log on stdout (with the times bootstrap and the demo ended); the exit status
+# of the commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SITE_CA=${SITE_CA:-/etc/ssl/certs/ca-certificates.crt}
@@ -29,8 +30,9 @@ if [ -s "$SITE_CA" ]; then
     ca_args=(-v "$SITE_CA:/etc/site-ca.pem:ro" -e PIP_CERT=/etc/site-ca.pem
              -e NPM_CONFIG_CAFILE=/etc/site-ca.pem -e NODE_EXTRA_CA_CERTS=/etc/site-ca.pem)
 fi
-commands='bash scripts/bootstrap.sh && .venv/bin/xiqa demo'
+commands='bash scripts/bootstrap.sh && echo "fresh-machine: $(date -u +%H:%M:%S) bootstrap done" && .venv/bin/xiqa demo'
 if [ "$FRESH_COMMANDS" != demo ]; then
+    commands+=' && echo "fresh-machine: $(date -u +%H:%M:%S) demo passed"'
     commands+=' && bash scripts/bootstrap.sh && .venv/bin/python -m pytest -m "not slow and not gpu" -q -p no:cacheprovider'
 fi
 name=xiqa-fresh-$$

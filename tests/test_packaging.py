@@ -146,6 +146,16 @@ def test_demo_plates_are_small_permissive_and_the_files_their_provenance_names()
         assert plate["attribution"] in demo["attribution"] and plate["changes"]
 
 
+def test_every_package_folder_is_one_setuptools_installs():
+    """pyproject names the packages one by one: a subpackage left out is absent from every non-editable
+    install (the wheel, the images), while the editable checkout still imports it."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join((package, *init.parent.relative_to(ROOT / folder).parts))
+             for package, folder in setuptools["package-dir"].items()
+             for init in (ROOT / folder).rglob("__init__.py") if "__pycache__" not in init.parts}
+    assert found - set(setuptools["packages"]) == set()
+
+
 def test_an_installed_wheel_carries_the_demo_plates_and_the_default_model(tmp_path):
     """Not editable: the package data must be found where pip puts the package, not in a checkout."""
     import zipfile
@@ -159,7 +169,8 @@ def test_an_installed_wheel_carries_the_demo_plates_and_the_default_model(tmp_pa
     assert "xiqa/demo.py" in names and "xiqa/demo_plates/manifest.json" in names
     assert {f"xiqa/demo_plates/{plate['file']}" for plate in demo["plates"]} <= names
     assert "xiqa/dicom_fixtures/radiographs.py" in names
-    assert {"xiqa/operators/object_classes.npz", "xiqa/operators/summary/validator.py"} <= names
+    assert {"xiqa/operators/object_classes.npz", "xiqa/operators/summary/validator.py",
+            "xiqa/operators/acquisition/node.py"} <= names
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
                     str(wheel)], check=True, timeout=600, capture_output=True)
