@@ -37,13 +37,12 @@ from .loader import SourceImage
 from .scoring import QualityResult, Verdict
 from .sr_writer import device_observer
 from .writer_common import (
-    MANUFACTURER,
-    OUTPUT_CHARACTER_SET,
     AlgorithmInfo,
     DicomWriterOperator,
     OutputKind,
     algorithm_for_case,
     check_argument_type,
+    document_arguments,
     output_identity,
     reference_dataset,
 )
@@ -118,16 +117,7 @@ def build_rejection_note(source: SourceImage, description: str, algorithm: Algor
     document = hd.ko.KeyObjectSelectionDocument(
         evidence=[reference],
         content=content,
-        series_instance_uid=identity.series_instance_uid,
-        series_number=identity.series_number,
-        sop_instance_uid=identity.sop_instance_uid,
-        instance_number=identity.instance_number,
-        manufacturer=MANUFACTURER,
-        series_description=identity.series_description,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=algorithm.model_id,
-        specific_character_set=OUTPUT_CHARACTER_SET,
+        **document_arguments(identity, algorithm),
     )
     for item in document.ContentSequence:
         # highdicom names each reference SCT "Source"; TID 2010 forbids a purpose of reference on its

@@ -61,14 +61,13 @@ from .preprocess import resize_image
 from .scoring import QualityResult, counted_at_source
 from .seg_writer import DISPLAY_RGB, check_source_mask
 from .writer_common import (
-    MANUFACTURER,
-    OUTPUT_CHARACTER_SET,
     AlgorithmInfo,
     DicomWriterOperator,
     OutputKind,
     algorithm_for_case,
     check_argument_type,
     describe_body_part,
+    document_arguments,
     output_identity,
     patient_orientation,
     pixel_spacing,
@@ -311,22 +310,13 @@ def build_heatmap_capture(
         pixel_array=rgb,
         photometric_interpretation=stored_as.photometric_interpretation,
         bits_allocated=8,
+        **document_arguments(identity, algorithm),
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=identity.series_instance_uid,
-        series_number=identity.series_number,
-        sop_instance_uid=identity.sop_instance_uid,
-        instance_number=identity.instance_number,
-        manufacturer=MANUFACTURER,
         pixel_spacing=pixel_spacing(source.dataset),
         # highdicom accepts only single-letter orientations (and demands one for PATIENT);
         # the real value, or an empty Type 2 value, is set below.
         patient_orientation=orientation if single_letters else ("L", "F"),
         transfer_syntax_uid=stored_as.transfer_syntax,
-        series_description=identity.series_description,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=algorithm.model_id,
-        specific_character_set=OUTPUT_CHARACTER_SET,
     )
     if pillow_jpeg2000:
         _store_jpeg2000_lossless(sc, rgb)

@@ -46,14 +46,13 @@ from .codes import CLASS_SEGMENTS, DEFAULT_UID_ROOT, derive_uid, private_coding_
 from .loader import SourceImage
 from .scoring import QualityResult, counted_at_source
 from .writer_common import (
-    MANUFACTURER,
-    OUTPUT_CHARACTER_SET,
     AlgorithmInfo,
     DicomWriterOperator,
     OutputKind,
     algorithm_for_case,
     check_argument_type,
     describe_body_part,
+    document_arguments,
     output_identity,
     patient_orientation,
     pixel_spacing,
@@ -150,19 +149,10 @@ def build_segmentation(
         pixel_array=np.stack([binary, devices], axis=-1)[None],  # (frames, rows, columns, segments)
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=identity.series_instance_uid,
-        series_number=identity.series_number,
-        sop_instance_uid=identity.sop_instance_uid,
-        instance_number=identity.instance_number,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=algorithm.model_id,
+        **document_arguments(identity, algorithm),
         content_label="XIQA_OBJECTS",
         content_description="Objects over the chest (those Q_img counts), by class",
         omit_empty_frames=False,
-        series_description=identity.series_description,
-        specific_character_set=OUTPUT_CHARACTER_SET,
     )
     # General Image: Patient Orientation is Type 2C, required here because a SEG of a
     # projection image has no Frame of Reference; highdicom leaves it out.  The SEG's pixels

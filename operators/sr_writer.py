@@ -78,13 +78,13 @@ from .loader import SourceImage
 from .scoring import ObjectFinding, QualityResult, Verdict
 from .writer_common import (
     MANUFACTURER,
-    OUTPUT_CHARACTER_SET,
     AlgorithmInfo,
     DicomWriterOperator,
     OutputIdentity,
     OutputKind,
     algorithm_for_case,
     check_argument_type,
+    document_arguments,
     imager_pixel_spacing,
     output_identity,
     patient_orientation,
@@ -487,20 +487,12 @@ def report_document(
     return hd.sr.ComprehensiveSR(
         evidence=[reference, *evidence],
         content=report[0],
-        series_instance_uid=identity.series_instance_uid,
-        series_number=identity.series_number,
-        sop_instance_uid=identity.sop_instance_uid,
-        instance_number=identity.instance_number,
-        manufacturer=MANUFACTURER,
+        **(document_arguments(identity, algorithm)
+           | {"series_description": series_description or identity.series_description}),
         is_complete=True,
         is_final=True,
         is_verified=False,
-        series_description=series_description or identity.series_description,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=algorithm.model_id,
         coding_schemes=[xc.private_coding_scheme()],
-        specific_character_set=OUTPUT_CHARACTER_SET,
     )
 
 

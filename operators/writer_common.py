@@ -185,6 +185,23 @@ class OutputIdentity:
         return self.kind.series_description
 
 
+def document_arguments(identity: OutputIdentity, algorithm: AlgorithmInfo) -> dict:
+    """The keyword arguments every highdicom constructor of an output takes alike: where the
+    output sits (series, instance) and the device that made it (manufacturer, model, versions)."""
+    return {
+        "series_instance_uid": identity.series_instance_uid,
+        "series_number": identity.series_number,
+        "sop_instance_uid": identity.sop_instance_uid,
+        "instance_number": identity.instance_number,
+        "series_description": identity.series_description,
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": algorithm.name,
+        "software_versions": algorithm.version,
+        "device_serial_number": algorithm.model_id,
+        "specific_character_set": OUTPUT_CHARACTER_SET,
+    }
+
+
 def output_identity(source: Dataset, kind: OutputKind | str, algorithm: AlgorithmInfo,
                     uid_root: str | None = DEFAULT_UID_ROOT) -> OutputIdentity:
     """Derived, reproducible UIDs and numbers of the ``kind`` output for ``source``.
