@@ -79,18 +79,12 @@ class SegmentationModel:
     threshold: float = 0.5
     seed_threshold: float | None = None  # None: every component above ``threshold`` is kept
     sure_area: int | None = None  # grid pixels: a component this large is kept without the seed
-    mirror_average: bool = False  # also run the left-right mirrored image and average the two maps
 
     def probability(self, batch: torch.Tensor) -> torch.Tensor:
-        """Mean over the ensemble (and, with ``mirror_average``, over the image and its mirror
-        image, mapped back) of sigmoid(logits); batch is (N, C, H, W) in [0, 1]."""
+        """Mean over the ensemble of sigmoid(logits); batch is (N, C, H, W) in [0, 1]."""
         batch = batch.to(self.device)
         with torch.no_grad():
-            maps = [torch.sigmoid(net(batch)) for net in self.networks]
-            if self.mirror_average:
-                mirrored = batch.flip(-1)
-                maps += [torch.sigmoid(net(mirrored)).flip(-1) for net in self.networks]
-            return torch.stack(maps).mean(dim=0)
+            return torch.stack([torch.sigmoid(net(batch)) for net in self.networks]).mean(dim=0)
 
 
 def pick_device(prefer: str = "auto") -> torch.device:
@@ -174,15 +168,11 @@ def _load_segmentation_model(path: Path, device: str) -> SegmentationModel:
     seed_threshold = float(np.mean(seeds)) if all(seed is not None for seed in seeds) else None
     areas = [meta["xiqa"].get("sure_area") for meta in metadata]
     sure_area = int(np.mean(areas)) if seed_threshold is not None and all(areas) else None
-    # calibrated with the mirror average, a bundle must run with it (its thresholds assume it)
-    mirror_average = any(meta["xiqa"].get("mirror_average", False) for meta in metadata)
     name = metadata[0].get("name", folders[0].name)
     digest = hashlib.sha256("".join(digests).encode()).hexdigest()[:12]
-    model_id = f"{name}@{digest}" + (f"x{len(folders)}" if len(folders) > 1 else "") \
-        + ("+mirror" if mirror_average else "")
+    model_id = f"{name}@{digest}" + (f"x{len(folders)}" if len(folders) > 1 else "")
     logger.info("segmentation model %s (%d network(s)) on %s", model_id, len(folders), target)
-    return SegmentationModel(networks, specs.pop(), model_id, target, threshold, seed_threshold, sure_area,
-                             mirror_average)
+    return SegmentationModel(networks, specs.pop(), model_id, target, threshold, seed_threshold, sure_area)
 
 
 @dataclass

@@ -76,43 +76,6 @@ def test_a_bundle_carries_its_seed_threshold_to_the_loaded_model(tmp_path: Path)
     assert (model.threshold, model.seed_threshold, model.sure_area) == (0.8, 0.99, 30)
 
 
-def test_a_bundle_calibrated_with_the_mirror_average_loads_with_it(tmp_path: Path):
-    """Its thresholds were chosen on the mirror-averaged maps, so the loaded model must average too."""
-    import json
-
-    spec = NetworkSpec(encoder="mobilenet_v2")
-    write_bundle(tmp_path / "b", build_network(spec), spec, name="random", description="untrained",
-                 metrics={}, training={}, threshold=0.5)
-    plain = load_segmentation_model(tmp_path / "b", device="cpu")
-    metadata_path = tmp_path / "b" / "configs" / "metadata.json"
-    metadata = json.loads(metadata_path.read_text())
-    metadata["xiqa"]["mirror_average"] = True
-    metadata_path.write_text(json.dumps(metadata))
-    mirrored = load_segmentation_model(tmp_path / "b", device="cpu")
-    assert not plain.mirror_average and mirrored.mirror_average
-    assert mirrored.model_id == plain.model_id + "+mirror"
-
-
-def test_the_mirror_average_is_the_mean_of_the_image_map_and_the_mirror_image_map_mapped_back():
-    import torch
-    from xiqa.operators.segmentation import SegmentationModel, pick_device
-
-    class LeaningRight(torch.nn.Module):  # logits: the image plus a ramp that rises to the right
-        def forward(self, batch: torch.Tensor) -> torch.Tensor:
-            return batch[:, :1] + torch.linspace(-4, 4, batch.shape[-1])
-
-    image = torch.zeros(1, 3, 8, 8)
-    image[..., 2, 1] = 6.0  # one bright pixel near the left edge
-    model = SegmentationModel([LeaningRight()], NetworkSpec(), "lean", pick_device("cpu"),
-                              mirror_average=True)
-    probability = model.probability(image)[0, 0]
-    ramp = torch.linspace(-4, 4, 8)
-    expected = (torch.sigmoid(image[0, 0] + ramp) + torch.sigmoid(image[0, 0] + ramp.flip(0))) / 2
-    assert torch.allclose(probability, expected, atol=1e-6)
-    assert torch.allclose(probability[5], probability[5].flip(0), atol=1e-6)  # the ramp cancels out
-    assert probability[2, 1] > 0.9 and probability[2, 6] < 0.6  # the pixel stays on its own side
-
-
 def test_loading_runs_torch_on_one_thread_and_gives_the_caller_its_thread_count_back(monkeypatch):
     """The caller loads, the graph's thread runs: a load on several OpenMP threads would leave the caller
     a thread team that halves the graph's torch speed on 2 cores."""
