@@ -239,12 +239,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def acquisition_words(case) -> str:
     """The failed acquisition checks and, when they change it, the overall verdict, for the result line."""
+    from xiqa.operators.scoring import overall_verdict
+
     acquisition = case.acquisition
     if acquisition is None or not acquisition.failed:
         return ""
     words = f" acquisition failed {','.join(check.check for check in acquisition.failed)}"
-    overall = acquisition.overall_verdict(case.quality.default_verdict.value)
-    return words + (f" overall {overall}" if overall != case.quality.default_verdict.value else "")
+    overall = overall_verdict(case.quality, acquisition)
+    return words + (f" overall {overall.value}" if overall is not case.quality.default_verdict else "")
 
 
 def run_analyze(args: argparse.Namespace, labels: dict[Path, str] | None = None) -> int:

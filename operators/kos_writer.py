@@ -34,7 +34,7 @@ from pydicom import Dataset
 from . import codes as xc
 from .case import Case
 from .loader import SourceImage
-from .scoring import QualityResult, Verdict
+from .scoring import QualityResult, Verdict, overall_verdict
 from .sr_writer import device_observer
 from .writer_common import (
     AlgorithmInfo,
@@ -49,12 +49,6 @@ from .writer_common import (
 
 #: TID 2010 document title (CID 7010)
 DOCUMENT_TITLE = xc.REJECTED_FOR_QUALITY_REASONS
-
-
-def overall_verdict(quality: QualityResult, acquisition=None) -> Verdict:
-    """The foreign-object default verdict combined with the acquisition checks (their verdict effect)."""
-    verdict = quality.default_verdict
-    return verdict if acquisition is None else Verdict(acquisition.overall_verdict(verdict.value))
 
 
 def rejection_reasons(quality: QualityResult, acquisition=None) -> list[str]:

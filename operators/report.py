@@ -19,6 +19,7 @@ from xiqa import __version__
 from xiqa.durable import write_atomically, write_bytes_atomically
 
 from .case import Case, CaseOperator
+from .scoring import overall_verdict
 
 REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
@@ -63,7 +64,7 @@ def report_dict(case: Case) -> dict:
     if case.acquisition is not None:
         report["acquisition"] = case.acquisition.to_dict()
         if case.quality is not None:
-            report["overall_verdict"] = case.acquisition.overall_verdict(case.quality.default_verdict.value)
+            report["overall_verdict"] = overall_verdict(case.quality, case.acquisition).value
     return report
 
 
@@ -257,7 +258,7 @@ def report_title(case: Case) -> tuple[str, tuple[int, int, int]]:
     if not failed:
         return f"{lead} image quality {verdict}", VERDICT_COLOURS[verdict]
     checks = f"{failed} acquisition check{'s' if failed > 1 else ''} failed"
-    overall = case.acquisition.overall_verdict(verdict)
+    overall = overall_verdict(case.quality, case.acquisition).value
     if overall == verdict:
         return f"{lead} image quality {verdict} (foreign objects) - {checks}", VERDICT_COLOURS[verdict]
     return f"{lead} image quality {overall} - {checks}; foreign objects {verdict}", VERDICT_COLOURS[overall]

@@ -205,6 +205,13 @@ def verdict_for(quality: float, config: ScoringConfig = ScoringConfig()) -> Verd
     return Verdict.POOR
 
 
+def overall_verdict(quality: QualityResult, acquisition=None) -> Verdict:
+    """The default (foreign-object) verdict combined with the acquisition checks, by their verdict
+    effect (``AcquisitionResult.overall_verdict``); the default verdict where no checks ran."""
+    verdict = quality.default_verdict
+    return verdict if acquisition is None else Verdict(acquisition.overall_verdict(verdict.value))
+
+
 def _components(mask: np.ndarray) -> tuple[int, np.ndarray]:
     count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     return count - 1, labels

@@ -75,7 +75,7 @@ from pydicom.uid import SegmentationStorage
 from . import codes as xc
 from .case import Case
 from .loader import SourceImage
-from .scoring import ObjectFinding, QualityResult, Verdict
+from .scoring import ObjectFinding, QualityResult, overall_verdict
 from .writer_common import (
     MANUFACTURER,
     AlgorithmInfo,
@@ -427,7 +427,7 @@ def acquisition_evaluations(acquisition, quality: QualityResult) -> list[hd.sr.Q
                                                xc.CHECK_STATUS_CODES[check.status.value])
                    for check in acquisition.checks]
     if acquisition.verdict_effect == "poor":
-        overall = Verdict(acquisition.overall_verdict(quality.default_verdict.value))
+        overall = overall_verdict(quality, acquisition)
         evaluations.append(hd.sr.QualitativeEvaluation(xc.VERDICT_WITH_ACQUISITION,
                                                        xc.VERDICT_CODES[overall]))
     return evaluations
