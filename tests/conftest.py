@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,27 @@ from xiqa.service.spool import Spool, SpooledInstance
 warnings.filterwarnings("ignore", message=".*stack size.*")
 
 FIXTURE_SEED = 7
+#: the name of the thread a ``RunningGraph`` (``xiqa serve``'s worker) runs the Application in
+GRAPH_THREAD = "xiqa-graph"
+
+
+def _graph_threads() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name == GRAPH_THREAD and thread.is_alive()}
+
+
+@pytest.fixture(autouse=True)
+def no_graph_left_running() -> Iterator[None]:
+    """Every test ends the graphs it starts (``Worker.close``): a daemon graph thread still inside
+    Holoscan's scheduler runs native code while the interpreter tears down at exit, where the suite
+    in a fresh container once died after its summary with glibc's ``malloc_consolidate(): invalid
+    chunk size``; one test had left such a thread running."""
+    before = _graph_threads()
+    yield
+    left = _graph_threads() - before
+    for thread in left:
+        thread.join(timeout=5)  # ``RunningGraph.close`` returns as the thread ends, not after
+    running = sorted(thread.name for thread in left if thread.is_alive())
+    assert not running, f"the test left {running} running: close the Worker or RunningGraph it started"
 
 
 @pytest.fixture(scope="session")

@@ -115,7 +115,10 @@ def test_a_vanished_output_folder_is_made_again(canary_sources, tmp_path, figure
     header = dcmread(canary_sources[0], stop_before_pixels=True)
     worker.add(spool.store([canary_sources[0].read_bytes()], header.SOPInstanceUID, header.StudyInstanceUID))
     shutil.rmtree(tmp_path / "volume", ignore_errors=True)  # the output volume went away
-    cases = worker.process_complete()
+    try:
+        cases = worker.process_complete()
+    finally:
+        worker.close()  # a graph thread left running dies inside Holoscan at interpreter exit
     assert [case.ok for case in cases] == [True]
     assert (output / str(header.SOPInstanceUID) / "report.json").exists()
     figures.setdefault("full disk", {})["vanished output folder"] = "recreated"
