@@ -77,3 +77,37 @@ def test_stream_draws_new_images_each_epoch_and_repeats_under_a_seed(background)
     assert not np.array_equal(first[0], second[0])
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert first[0].shape == (3, 256, 256) and stream[0]["label"].shape == (1, 256, 256)
+
+
+def test_the_mediastinum_is_the_brightest_column_band_of_the_upper_thorax():
+    from xiqa.training.composite import _mediastinum_x
+
+    size = 512
+    columns = np.arange(size)
+    mediastinum = np.exp(-(((columns - 0.42 * size) / (0.05 * size)) ** 2))
+    image = np.tile(0.2 + 0.6 * mediastinum, (size, 1)).astype(np.float32)
+    image[:, : int(0.1 * size)] = 0.9  # a bright arm at the border is not the mediastinum
+    assert abs(_mediastinum_x(image) - 0.42 * size) < 0.02 * size
+
+
+def _runs(row: np.ndarray) -> int:
+    return int(np.count_nonzero(np.diff(np.concatenate([[0], row.astype(np.int8), [0]])) == 1))
+
+
+def test_tubes_down_the_mediastinum_follow_it_and_show_two_walls(background):
+    from xiqa.training.composite import _mediastinum_x
+
+    midline_tubes = 0
+    for seed in range(12):
+        composite = make_composite(np.random.default_rng([5, seed]), background, NO_NEGATIVES, kinds=["tube"])
+        size = composite.mask.shape[0]
+        top = composite.mask[: int(0.12 * size)]
+        if not top.any():  # a chest drain, which enters from the side
+            continue
+        midline_tubes += 1
+        _, columns = np.nonzero(top)
+        assert abs(columns.mean() - _mediastinum_x(composite.image)) < 0.08 * size
+        rows = [row for row in top if row.any()]
+        # tram lines: the plastic walls seen edge on, with the lumen between them unmasked
+        assert max(_runs(row) for row in rows) >= 2
+    assert midline_tubes >= 4

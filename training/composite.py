@@ -560,9 +560,23 @@ def _central_line(rng, layers, centre, unit):
         outside = _curve(rng, start, unit * rng.uniform(40, 120), bend=0.3, angle=-math.pi / 2)
         _polyline(layers.layer(rng.uniform(0.35, 0.65)), outside, unit * rng.uniform(2.2, 3.5))
 
+def _normals(path: np.ndarray) -> np.ndarray:
+    """Unit normals of a polyline, one per point."""
+    tangent = np.gradient(path, axis=0)
+    tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True), 1e-9)
+    return np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)
+
+
 def _tube(rng, layers, centre, unit):
-    """An endotracheal, feeding or chest-drain tube: a faint plastic wall (drawn, not masked) with
-    the radio-opaque stripe that radiographs show (the object)."""
+    """An endotracheal, feeding or chest-drain tube.
+
+    Endotracheal and feeding tubes run down the mediastinum (``centre``'s x, found on the placed
+    background by :func:`_mediastinum_x`). On real ICU plates such a tube shows mostly as its two
+    plastic walls seen edge on (tram lines) with a faint radio-opaque stripe, far less conspicuous
+    than a wire: a model that learnt only a bright stripe missed nearly every real one (median
+    peak probability 0.15 over Hannover's 89 labelled endotracheal tubes). The walls and the
+    stripe are the object; the lumen between them is drawn, not masked.
+    """
     size = layers.size
     kind = rng.choice(["endotracheal", "feeding", "drain"])
     if kind == "drain":
@@ -570,18 +584,37 @@ def _tube(rng, layers, centre, unit):
         start = np.array([size * (0.5 + side * rng.uniform(0.38, 0.48)), size * rng.uniform(0.55, 0.8)])
         via = np.array([size * (0.5 + side * rng.uniform(0.3, 0.4)), size * rng.uniform(0.35, 0.5)])
         end = np.array([size * (0.5 + side * rng.uniform(0.15, 0.3)), size * rng.uniform(0.15, 0.3)])
+        diameter = unit * rng.uniform(8, 12)
     else:
-        x = size * rng.uniform(0.46, 0.54)
-        start = np.array([x, size * rng.uniform(0.0, 0.05)])
-        via = np.array([x + size * rng.uniform(-0.03, 0.03), size * rng.uniform(0.15, 0.25)])
-        bottom = rng.uniform(0.25, 0.35) if kind == "endotracheal" else rng.uniform(0.75, 0.95)
-        end = np.array([x + size * rng.uniform(0.0, 0.12), size * bottom])
-    t = np.linspace(0, 1, 40)[:, None]
+        x = centre[0] + size * rng.uniform(-0.02, 0.02)
+        start = np.array([x + size * rng.uniform(-0.04, 0.04), size * rng.uniform(-0.05, 0.03)])
+        via = np.array([x + size * rng.uniform(-0.015, 0.015), size * rng.uniform(0.15, 0.25)])
+        if kind == "endotracheal":  # tip above the carina; about 10 mm across
+            end = np.array([x + size * rng.uniform(-0.02, 0.02), size * rng.uniform(0.25, 0.4)])
+            diameter = unit * rng.uniform(10, 15)
+        else:  # down the oesophagus, through the diaphragm, into the stomach (the plate may be mirrored)
+            side = rng.choice([-1, 1])
+            end = np.array([x + size * side * rng.uniform(0.04, 0.16), size * rng.uniform(0.75, 1.0)])
+            diameter = unit * rng.uniform(5, 8)
+    t = np.linspace(0, 1, 60)[:, None]
     path = (1 - t) ** 2 * start + 2 * (1 - t) * t * via + t**2 * end
-    wall = unit * (rng.uniform(8, 12) if kind == "drain" else rng.uniform(5, 9))
-    _polyline(layers.layer(rng.uniform(0.05, 0.12)), path, wall)
-    offset = np.array([1.0, 0.0]) * wall * rng.uniform(-0.3, 0.3)
-    _polyline(layers.layer(rng.uniform(0.3, 0.6)), path + offset, unit * rng.uniform(1.2, 2.2))
+    _polyline(layers.layer(rng.uniform(0.03, 0.08)), path, diameter)
+    wall_opacity, wall = rng.uniform(0.2, 0.28), unit * rng.uniform(1.2, 2.5)
+    for side in (-1, 1):
+        _polyline(layers.layer(wall_opacity), path + side * (diameter - wall) / 2 * _normals(path), wall)
+    if rng.random() < 0.8:
+        stripe = path + _normals(path) * diameter * rng.uniform(-0.3, 0.3)
+        _polyline(layers.layer(rng.uniform(0.2, 0.45)), stripe, unit * rng.uniform(1.0, 2.0))
+
+
+def _mediastinum_x(image: np.ndarray) -> float:
+    """The canvas column of the mediastinum on a placed frontal chest: the brightest band of the
+    upper thorax (the spine and the vessels between the dark lung fields) in the middle 40 %."""
+    size = image.shape[1]
+    profile = image[int(size * 0.15) : int(size * 0.6)].mean(axis=0)
+    profile = cv2.GaussianBlur(profile.reshape(1, -1).astype(np.float32), (0, 0), size * 0.03).ravel()
+    low, high = int(size * 0.3), int(size * 0.7)
+    return float(low + np.argmax(profile[low:high]))
 
 
 _DRAWERS: dict[str, Callable] = {
@@ -703,6 +736,8 @@ def make_composite(
     objects = []
     for kind in kinds:
         centre = _object_centre(rng, size, rng.random() < config.inside_chest_fraction)
+        if kind == "tube":
+            centre[0] = _mediastinum_x(image)
         own = _insert_object(rng, image, kind, centre, blur_sigma, density)
         objects.append(InsertedObject(kind, int(own.sum())))
         mask |= own
