@@ -24,16 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_radiographs import tagged_dataset  # noqa: E402
+
 COLOURS = [(0, 0, 255), (0, 200, 0), (255, 128, 0), (200, 0, 200)]  # BGR, one per bundle
-
-
-def tagged(projection: str = "PA"):
-    from pydicom import Dataset
-
-    dataset = Dataset()
-    dataset.BodyPartExamined = "CHEST"
-    dataset.ViewPosition = projection
-    return dataset
 
 
 def overlay(pixels: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
@@ -72,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         pixels = read_raster(path)
         network_input = to_network_input(pixels)
-        decision = judge_frontal_chest(tagged(), network_input[0], source_shape=pixels.shape)
+        decision = judge_frontal_chest(tagged_dataset("PA"), network_input[0], source_shape=pixels.shape)
         if not decision.frontal_chest:
             print(f"not scored {Path(path).name}: {decision.reason}", file=sys.stderr)
             continue

@@ -26,6 +26,7 @@ General Study modules require.
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 from monai.deploy.core import Fragment
@@ -47,11 +48,14 @@ from .writer_common import (
     reference_dataset,
 )
 
+if TYPE_CHECKING:
+    from .acquisition import AcquisitionResult
+
 #: TID 2010 document title (CID 7010)
 DOCUMENT_TITLE = xc.REJECTED_FOR_QUALITY_REASONS
 
 
-def rejection_reasons(quality: QualityResult, acquisition=None) -> list[str]:
+def rejection_reasons(quality: QualityResult, acquisition: AcquisitionResult | None = None) -> list[str]:
     """Why the image is Poor, in words: the foreign objects where their verdict is Poor (what the
     default verdict counts, by category or class), the failed acquisition checks.  No patient data."""
     reasons = []
@@ -74,7 +78,7 @@ def _kind(finding) -> str:
     return {"device": "medical device", "removable": "removable object"}.get(finding.object_class, "object")
 
 
-def rejection_description(quality: QualityResult, acquisition=None) -> str:
+def rejection_description(quality: QualityResult, acquisition: AcquisitionResult | None = None) -> str:
     """The Key Object Description of a Poor image.
 
     Raises

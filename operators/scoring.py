@@ -28,12 +28,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from monai.deploy.core import Fragment
 
 from .case import Case, CaseOperator
+
+if TYPE_CHECKING:
+    from .acquisition import AcquisitionResult
 
 
 class Verdict(str, Enum):
@@ -205,7 +209,7 @@ def verdict_for(quality: float, config: ScoringConfig = ScoringConfig()) -> Verd
     return Verdict.POOR
 
 
-def overall_verdict(quality: QualityResult, acquisition=None) -> Verdict:
+def overall_verdict(quality: QualityResult, acquisition: AcquisitionResult | None = None) -> Verdict:
     """The default (foreign-object) verdict combined with the acquisition checks, by their verdict
     effect (``AcquisitionResult.overall_verdict``); the default verdict where no checks ran."""
     verdict = quality.default_verdict
