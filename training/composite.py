@@ -610,18 +610,71 @@ def _spinal_screws(rng, layers, centre, unit):
             cv2.circle(rod, _pt(head), int(unit * 5), 1, -1)
 
 
+def _bezier(start, via, end, points: int) -> np.ndarray:
+    """A quadratic Bezier path from ``start`` through the pull of ``via`` to ``end``."""
+    t = np.linspace(0, 1, points)[:, None]
+    return (1 - t) ** 2 * np.asarray(start) + 2 * (1 - t) * t * np.asarray(via) + t**2 * np.asarray(end)
+
+
+def _tram_lines(layers: _Layers, path: np.ndarray, diameter: float, opacity: float, wall: float) -> None:
+    """A plastic tube's two walls seen edge on, ``diameter`` apart outside to outside."""
+    for side in (-1, 1):
+        _polyline(layers.layer(opacity), path + side * (diameter - wall) / 2 * _normals(path), wall)
+
+
+def _port(rng, layers, centre, unit):
+    """An implanted venous port seen face on or tilted: a dense ring round the septum (the needle's
+    way in, far less dense), often with suture holes, sometimes on a fainter base plate."""
+    radius = unit * rng.uniform(10, 15)
+    axes = np.array([radius, radius * rng.uniform(0.6, 1.0)])
+    tilt = rng.uniform(0, 180)
+
+    def ellipse(layer, scale, value):
+        half = tuple(int(a) for a in np.maximum(axes * scale, 1))
+        cv2.ellipse(layer, _pt(centre), half, tilt, 0, 360, value, -1)
+
+    if rng.random() < 0.5:
+        ellipse(layers.layer(rng.uniform(0.2, 0.35)), 1.35, 1)
+    body = layers.layer(rng.uniform(0.7, 1.0))
+    ellipse(body, 1.0, 1)
+    septum = rng.uniform(0.35, 0.55)
+    ellipse(body, septum, 0)
+    ellipse(layers.layer(rng.uniform(0.08, 0.25)), septum, 1)
+    if rng.random() < 0.5:
+        for angle in np.linspace(0, 2 * math.pi, int(rng.integers(3, 7)), endpoint=False):
+            hole = centre + 0.78 * axes * np.array([math.cos(angle), math.sin(angle)])
+            cv2.circle(body, _pt(hole), max(1, int(radius * 0.1)), 0, -1)
+
+
 def _central_line(rng, layers, centre, unit):
+    """A central venous catheter from the neck or the arm down to the superior vena cava, or an
+    implanted port below the clavicle whose catheter climbs to the vein and then runs down it.
+
+    Most of NIH's labelled central lines are ports (a dense ring with its catheter), which no
+    renderer drew; on Hannover's ICU plates a catheter is a thin faint line, now and then with its
+    walls seen as tram lines.
+    """
     size = layers.size
     side = rng.choice([-1, 1])
-    start = np.array([size * (0.5 + side * rng.uniform(0.15, 0.3)), size * rng.uniform(0.0, 0.12)])
-    via = np.array([size * (0.5 + side * rng.uniform(0.05, 0.12)), size * rng.uniform(0.2, 0.28)])
     tip = np.array([size * (0.5 + side * rng.uniform(0.0, 0.05)), size * rng.uniform(0.35, 0.48)])
-    t = np.linspace(0, 1, 30)[:, None]
-    path = (1 - t) ** 2 * start + 2 * (1 - t) * t * via + t**2 * tip
-    _polyline(layers.layer(rng.uniform(0.35, 0.65)), path, unit * rng.uniform(2.2, 3.5))
-    if rng.random() < 0.5:  # an outside section looping over the shoulder
+    port = rng.random() < 0.35
+    if port:
+        start = np.array([size * (0.5 + side * rng.uniform(0.15, 0.3)), size * rng.uniform(0.2, 0.35)])
+        via = np.array([size * (0.5 + side * rng.uniform(0.08, 0.15)), size * rng.uniform(-0.05, 0.1)])
+    else:
+        start = np.array([size * (0.5 + side * rng.uniform(0.15, 0.3)), size * rng.uniform(0.0, 0.12)])
+        via = np.array([size * (0.5 + side * rng.uniform(0.05, 0.12)), size * rng.uniform(0.2, 0.28)])
+    path = _bezier(start, via, tip, 40)
+    opacity, width = rng.uniform(0.3, 0.65), unit * rng.uniform(1.3, 3.5)
+    if rng.random() < 0.25:
+        _tram_lines(layers, path, unit * rng.uniform(4, 7), opacity, unit * rng.uniform(1.0, 1.6))
+    else:
+        _polyline(layers.layer(opacity), path, width)
+    if port:
+        _port(rng, layers, start, unit)
+    elif rng.random() < 0.5:  # an outside section looping over the shoulder
         outside = _curve(rng, start, unit * rng.uniform(40, 120), bend=0.3, angle=-math.pi / 2)
-        _polyline(layers.layer(rng.uniform(0.35, 0.65)), outside, unit * rng.uniform(2.2, 3.5))
+        _polyline(layers.layer(opacity), outside, width)
 
 
 def _normals(path: np.ndarray) -> np.ndarray:
@@ -660,12 +713,9 @@ def _tube(rng, layers, centre, unit):
             side = rng.choice([-1, 1])
             end = np.array([x + size * side * rng.uniform(0.04, 0.16), size * rng.uniform(0.75, 1.0)])
             diameter = unit * rng.uniform(5, 8)
-    t = np.linspace(0, 1, 60)[:, None]
-    path = (1 - t) ** 2 * start + 2 * (1 - t) * t * via + t**2 * end
+    path = _bezier(start, via, end, 60)
     _polyline(layers.layer(rng.uniform(0.03, 0.08)), path, diameter)
-    wall_opacity, wall = rng.uniform(0.2, 0.28), unit * rng.uniform(1.2, 2.5)
-    for side in (-1, 1):
-        _polyline(layers.layer(wall_opacity), path + side * (diameter - wall) / 2 * _normals(path), wall)
+    _tram_lines(layers, path, diameter, rng.uniform(0.2, 0.28), unit * rng.uniform(1.2, 2.5))
     if rng.random() < 0.8:
         stripe = path + _normals(path) * diameter * rng.uniform(-0.3, 0.3)
         _polyline(layers.layer(rng.uniform(0.2, 0.45)), stripe, unit * rng.uniform(1.0, 2.0))
