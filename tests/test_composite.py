@@ -135,10 +135,8 @@ def test_ecg_electrodes_show_as_outlined_clips_or_ringed_discs_not_a_filled_stud
 
 
 def test_some_central_lines_are_implanted_ports_a_dense_ring_on_the_catheter(background):
-    lines = [
-        make_composite(np.random.default_rng([9, seed]), background, NO_NEGATIVES, kinds=["central_line"]).mask
-        for seed in range(30)
-    ]
+    rngs = [np.random.default_rng([9, seed]) for seed in range(30)]
+    lines = [make_composite(rng, background, NO_NEGATIVES, kinds=["central_line"]).mask for rng in rngs]
     # a catheter is at most 3.5 px wide; a port's ring is several pixels thick
     thickest = [cv2.distanceTransform(mask, cv2.DIST_L2, 5).max() for mask in lines]
     ports = sum(depth >= 2.5 for depth in thickest)
