@@ -134,9 +134,8 @@ def _place_background(
         canvas = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
         if flip:
             canvas = canvas[:, ::-1]
-        return cv2.warpAffine(
-            np.ascontiguousarray(canvas), matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=border
-        )
+        return cv2.warpAffine(np.ascontiguousarray(canvas), matrix, (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=border)
 
     image = place(pixels, cv2.BORDER_REFLECT)
     if mask is None:
@@ -379,64 +378,15 @@ def _chain(rng, layers, centre, unit):
     _beads(rng, layers, centre, unit, link=True)
 
 
-def _in_frame(centre: np.ndarray, angle: float, points) -> np.ndarray:
-    """Points given in an object's own frame (x across, y along its axis), placed at ``centre``."""
-    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    return np.asarray(points, np.float64) @ rotation.T + np.asarray(centre, np.float64)
-
-
 def _ecg_electrode(rng, layers, centre, unit):
-    """An ECG electrode and the start of its lead, in one of the three looks real plates show.
-
-    The first renderer drew a bright filled stud; real electrodes did not look like that and the
-    network did not answer on them (median peak probability 0.03 over Hannover's 426 labelled
-    electrodes). On Hannover's ICU plates an electrode shows as the lead's clip connector: a
-    rounded head and two jaws outlined by thin metal edges, the lead leaving with a bead. On
-    NIH's plates it is the snap electrode (a grey sensor disc with a denser rim and a central
-    stud) or a tab clip (a small rectangular frame). The foam pad under all of them is nearly
-    radiolucent: drawn faint, not part of the radio-opaque object.
-    """
-    cv2.circle(layers.layer(0.06), _pt(centre), int(unit * rng.uniform(14, 20)), 1, -1)
-    angle = rng.uniform(0, 2 * math.pi)
-    look = rng.choice(["clip", "snap", "tab"], p=[0.45, 0.35, 0.2])
-    edge, edge_width = rng.uniform(0.35, 0.8), unit * rng.uniform(1.0, 1.8)
-    if look == "snap":
-        radius = unit * rng.uniform(4.5, 8)
-        cv2.circle(layers.layer(rng.uniform(0.2, 0.4)), _pt(centre), int(radius), 1, -1)
-        cv2.circle(layers.layer(edge), _pt(centre), int(radius), 1, max(1, int(edge_width)))
-        if rng.random() < 0.5:  # the snap's own ring
-            cv2.circle(layers.layer(edge), _pt(centre), int(radius * 0.5), 1, max(1, int(edge_width)))
-        stud = int(unit * rng.uniform(1.2, 2.5))
-        cv2.circle(layers.layer(rng.uniform(0.6, 0.95)), _pt(centre), stud, 1, -1)
-        lead_start = _in_frame(centre, angle, [(0, radius)])[0]
-    elif look == "clip":
-        width, head, jaws = (unit * rng.uniform(*bounds) for bounds in ((11, 17), (7, 12), (18, 32)))
-        arch = np.linspace(math.pi, 2 * math.pi, 16)
-        outline = np.stack([width / 2 * np.cos(arch), head * np.sin(arch)], 1)
-        taper = width * rng.uniform(0.25, 0.4)
-        left = [(-width / 2, 0), (-taper, jaws)]
-        right = [(width / 2, 0), (taper, jaws)]
-        edges = layers.layer(edge)
-        for part in (outline, left, right, [(-width / 2, 0), (width / 2, 0)]):
-            _polyline(edges, _in_frame(centre, angle, part), edge_width)
-        for step in rng.uniform(0.2, 0.8, int(rng.integers(1, 4))):  # springs and bars across the jaws
-            across = width / 2 + (taper - width / 2) * step
-            bar = [(-across, jaws * step), (across, jaws * step)]
-            _polyline(edges, _in_frame(centre, angle, bar), edge_width)
-        lead_start = _in_frame(centre, angle, [(0, jaws)])[0]
-    else:  # a tab clip: a small rectangular frame on a stem
-        half = np.array([rng.uniform(3.5, 5), rng.uniform(5, 7.5)]) * unit
-        frame = half * np.array([(-1, -1), (1, -1), (1, 1), (-1, 1), (-1, -1)])
-        stem = half[1] + unit * rng.uniform(4, 8)
-        _polyline(layers.layer(edge), _in_frame(centre, angle, frame), edge_width * 1.3)
-        _polyline(layers.layer(edge), _in_frame(centre, angle, [(0, half[1]), (0, stem)]), edge_width * 1.5)
-        lead_start = _in_frame(centre, angle, [(0, stem)])[0]
-    if rng.random() < 0.85:
-        lead = _curve(rng, lead_start, unit * rng.uniform(60, 220), bend=0.25, angle=angle + math.pi / 2)
-        lead_layer = layers.layer(rng.uniform(0.3, 0.8))
-        _polyline(lead_layer, lead, unit * rng.uniform(1.6, 3))
-        if look == "clip" and rng.random() < 0.7:  # the bead where the lead leaves the clip
-            cv2.circle(lead_layer, _pt(lead[1]), int(unit * rng.uniform(1.5, 2.5)), 1, -1)
+    # the foam pad is nearly radiolucent: drawn (faint) but not part of the radio-opaque object
+    pad = layers.layer(0.06)
+    cv2.circle(pad, _pt(centre), int(unit * rng.uniform(14, 20)), 1, -1)
+    stud = layers.layer(rng.uniform(0.85, 1.0))
+    cv2.circle(stud, _pt(centre), int(unit * rng.uniform(3.5, 5.5)), 1, -1)
+    if rng.random() < 0.8:
+        lead = _curve(rng, centre, unit * rng.uniform(60, 220), bend=0.25)
+        _polyline(layers.layer(rng.uniform(0.3, 0.8)), lead, unit * rng.uniform(1.6, 3))
 
 
 def _rounded_outline(centre: np.ndarray, half: np.ndarray, angle: float, roundness: float) -> np.ndarray:
@@ -465,37 +415,24 @@ def _device(rng, layers, unit, *, can: tuple[float, float], leads: int):
     cv2.fillPoly(layers.layer(housing), [np.round(outline).astype(np.int32)], 1)
     _polyline(layers.layer(min(1.0, housing + 0.2)), np.vstack([outline, outline[:1]]), unit * 1.5)
     rotation = math.radians(angle)
-    along, across = (
-        np.array([math.cos(rotation), math.sin(rotation)]),
-        np.array([-math.sin(rotation), math.cos(rotation)]),
-    )
+    along, across = np.array([math.cos(rotation), math.sin(rotation)]), np.array([-math.sin(rotation),
+                                                                                 math.cos(rotation)])
 
     def part(offset_x: float, offset_y: float, width: float, height: float, opacity: float) -> None:
         middle = centre + along * offset_x * half[0] + across * offset_y * half[1]
-        box = cv2.boxPoints(
-            ((float(middle[0]), float(middle[1])), (float(width * half[0]), float(height * half[1])), angle)
-        )
+        box = cv2.boxPoints(((float(middle[0]), float(middle[1])),
+                             (float(width * half[0]), float(height * half[1])), angle))
         cv2.fillPoly(layers.layer(opacity), [np.round(box).astype(np.int32)], 1)
 
     header_top = -1.0 if rng.random() < 0.5 else 1.0  # connector block on one end of the can
     part(0.0, header_top * 0.8, 1.1, 0.35, rng.uniform(0.45, 0.75))
     for _ in range(int(rng.integers(2, 5))):
         part(rng.uniform(-0.4, 0.4), header_top * rng.uniform(0.7, 0.9), 0.12, 0.12, rng.uniform(0.85, 1.0))
-    part(
-        0.0,
-        -header_top * rng.uniform(0.3, 0.45),
-        rng.uniform(1.1, 1.5),
-        rng.uniform(0.6, 0.9),
-        rng.uniform(0.7, 0.95),
-    )  # battery
+    part(0.0, -header_top * rng.uniform(0.3, 0.45), rng.uniform(1.1, 1.5), rng.uniform(0.6, 0.9),
+         rng.uniform(0.7, 0.95))  # battery
     for _ in range(int(rng.integers(3, 10))):  # circuit parts between header and battery
-        part(
-            rng.uniform(-0.6, 0.6),
-            header_top * rng.uniform(0.0, 0.5),
-            rng.uniform(0.08, 0.4),
-            rng.uniform(0.06, 0.25),
-            rng.uniform(0.75, 1.0),
-        )
+        part(rng.uniform(-0.6, 0.6), header_top * rng.uniform(0.0, 0.5), rng.uniform(0.08, 0.4),
+             rng.uniform(0.06, 0.25), rng.uniform(0.75, 1.0))
     header = centre + across * header_top * 0.8 * half[1]
     heart = np.array([size * rng.uniform(0.45, 0.6), size * rng.uniform(0.55, 0.7)])
     for _ in range(leads):
@@ -610,72 +547,18 @@ def _spinal_screws(rng, layers, centre, unit):
             cv2.circle(rod, _pt(head), int(unit * 5), 1, -1)
 
 
-def _bezier(start, via, end, points: int) -> np.ndarray:
-    """A quadratic Bezier path from ``start`` through the pull of ``via`` to ``end``."""
-    t = np.linspace(0, 1, points)[:, None]
-    return (1 - t) ** 2 * np.asarray(start) + 2 * (1 - t) * t * np.asarray(via) + t**2 * np.asarray(end)
-
-
-def _tram_lines(layers: _Layers, path: np.ndarray, diameter: float, opacity: float, wall: float) -> None:
-    """A plastic tube's two walls seen edge on, ``diameter`` apart outside to outside."""
-    for side in (-1, 1):
-        _polyline(layers.layer(opacity), path + side * (diameter - wall) / 2 * _normals(path), wall)
-
-
-def _port(rng, layers, centre, unit):
-    """An implanted venous port seen face on or tilted: a dense ring round the septum (the needle's
-    way in, far less dense), often with suture holes, sometimes on a fainter base plate."""
-    radius = unit * rng.uniform(10, 15)
-    axes = np.array([radius, radius * rng.uniform(0.6, 1.0)])
-    tilt = rng.uniform(0, 180)
-
-    def ellipse(layer, scale, value):
-        half = tuple(int(a) for a in np.maximum(axes * scale, 1))
-        cv2.ellipse(layer, _pt(centre), half, tilt, 0, 360, value, -1)
-
-    if rng.random() < 0.5:
-        ellipse(layers.layer(rng.uniform(0.2, 0.35)), 1.35, 1)
-    body = layers.layer(rng.uniform(0.7, 1.0))
-    ellipse(body, 1.0, 1)
-    septum = rng.uniform(0.35, 0.55)
-    ellipse(body, septum, 0)
-    ellipse(layers.layer(rng.uniform(0.08, 0.25)), septum, 1)
-    if rng.random() < 0.5:
-        for angle in np.linspace(0, 2 * math.pi, int(rng.integers(3, 7)), endpoint=False):
-            hole = centre + 0.78 * axes * np.array([math.cos(angle), math.sin(angle)])
-            cv2.circle(body, _pt(hole), max(1, int(radius * 0.1)), 0, -1)
-
-
 def _central_line(rng, layers, centre, unit):
-    """A central venous catheter from the neck or the arm down to the superior vena cava, or an
-    implanted port below the clavicle whose catheter climbs to the vein and then runs down it.
-
-    Most of NIH's labelled central lines are ports (a dense ring with its catheter), which no
-    renderer drew; on Hannover's ICU plates a catheter is a thin faint line, now and then with its
-    walls seen as tram lines.
-    """
     size = layers.size
     side = rng.choice([-1, 1])
+    start = np.array([size * (0.5 + side * rng.uniform(0.15, 0.3)), size * rng.uniform(0.0, 0.12)])
+    via = np.array([size * (0.5 + side * rng.uniform(0.05, 0.12)), size * rng.uniform(0.2, 0.28)])
     tip = np.array([size * (0.5 + side * rng.uniform(0.0, 0.05)), size * rng.uniform(0.35, 0.48)])
-    port = rng.random() < 0.35
-    if port:
-        start = np.array([size * (0.5 + side * rng.uniform(0.15, 0.3)), size * rng.uniform(0.2, 0.35)])
-        via = np.array([size * (0.5 + side * rng.uniform(0.08, 0.15)), size * rng.uniform(-0.05, 0.1)])
-    else:
-        start = np.array([size * (0.5 + side * rng.uniform(0.15, 0.3)), size * rng.uniform(0.0, 0.12)])
-        via = np.array([size * (0.5 + side * rng.uniform(0.05, 0.12)), size * rng.uniform(0.2, 0.28)])
-    path = _bezier(start, via, tip, 40)
-    opacity, width = rng.uniform(0.3, 0.65), unit * rng.uniform(1.3, 3.5)
-    if rng.random() < 0.25:
-        _tram_lines(layers, path, unit * rng.uniform(4, 7), opacity, unit * rng.uniform(1.0, 1.6))
-    else:
-        _polyline(layers.layer(opacity), path, width)
-    if port:
-        _port(rng, layers, start, unit)
-    elif rng.random() < 0.5:  # an outside section looping over the shoulder
+    t = np.linspace(0, 1, 30)[:, None]
+    path = (1 - t) ** 2 * start + 2 * (1 - t) * t * via + t**2 * tip
+    _polyline(layers.layer(rng.uniform(0.35, 0.65)), path, unit * rng.uniform(2.2, 3.5))
+    if rng.random() < 0.5:  # an outside section looping over the shoulder
         outside = _curve(rng, start, unit * rng.uniform(40, 120), bend=0.3, angle=-math.pi / 2)
-        _polyline(layers.layer(opacity), outside, width)
-
+        _polyline(layers.layer(rng.uniform(0.35, 0.65)), outside, unit * rng.uniform(2.2, 3.5))
 
 def _normals(path: np.ndarray) -> np.ndarray:
     """Unit normals of a polyline, one per point."""
@@ -713,9 +596,12 @@ def _tube(rng, layers, centre, unit):
             side = rng.choice([-1, 1])
             end = np.array([x + size * side * rng.uniform(0.04, 0.16), size * rng.uniform(0.75, 1.0)])
             diameter = unit * rng.uniform(5, 8)
-    path = _bezier(start, via, end, 60)
+    t = np.linspace(0, 1, 60)[:, None]
+    path = (1 - t) ** 2 * start + 2 * (1 - t) * t * via + t**2 * end
     _polyline(layers.layer(rng.uniform(0.03, 0.08)), path, diameter)
-    _tram_lines(layers, path, diameter, rng.uniform(0.2, 0.28), unit * rng.uniform(1.2, 2.5))
+    wall_opacity, wall = rng.uniform(0.2, 0.28), unit * rng.uniform(1.2, 2.5)
+    for side in (-1, 1):
+        _polyline(layers.layer(wall_opacity), path + side * (diameter - wall) / 2 * _normals(path), wall)
     if rng.random() < 0.8:
         stripe = path + _normals(path) * diameter * rng.uniform(-0.3, 0.3)
         _polyline(layers.layer(rng.uniform(0.2, 0.45)), stripe, unit * rng.uniform(1.0, 2.0))
