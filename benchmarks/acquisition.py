@@ -1,7 +1,11 @@
 """Acquisition checks on real plates: time per check, lung-field Dice, agreement with labels.
 
     python benchmarks/acquisition.py [--corpus /work/corpus] [--labels data/acquisition_labels/labels.jsonl]
-        [--v7 /work/.mirror/v7labs+covid-19-xray-dataset/repo]
+        [--v7 /work/.mirror/v7labs+covid-19-xray-dataset/repo] [--eye-masks data/lung_fields/nih_lungs.jsonl]
+        [--lung-finder network|classical]
+
+Every figure is printed once per lung finder (``AcquisitionConfig.lung_finder``), the learned
+network first, then the classical dark-field finder, in the same process.
 
 * Time: every check function on every labelled plate (and every plate with a v7labs mask), the
   gate's lung fields given (the gate runs anyway); ms per plate, mean and 95th percentile, on
@@ -10,8 +14,11 @@
   v7labs/covid-19-xray-dataset, on the Hannover plates they cover (``--v7`` is a bare git mirror
   of that repository; its covid-only Darwin export maps the mask ids to the plates' file names).
   Both are compared on the 256 x 256 analysis grid.  v7labs' masks include the lung behind the
-  heart and below the diaphragm's dome where it shows; the finder's do not, so this Dice is a
-  lower bound of how well the outlines the checks use agree.
+  heart and below the diaphragm's dome where it shows; the classical finder's do not, so for it
+  this Dice is a lower bound of how well the outlines agree.  The network trained on these masks
+  except those of the acquisition-labelled plates: only those are a held-out figure (same
+  hospital).  ``--eye-masks``: lung polygons drawn by eye on NIH plates, a source that gave
+  nothing to the network (``data/lung_fields``).
 * Agreement: per check, sensitivity and specificity (95 % Wilson intervals) of the check's
   fail against the by-eye label ``fail``; plates whose label is null (not judged) or whose check
   could not tell are counted apart.  The thresholds were set from the literature and from the
@@ -22,14 +29,10 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
-import re
-import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import cv2
@@ -57,7 +60,8 @@ def grid_image(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
     return to_network_input(pixels)[0], pixels.shape
 
 
-def timed_checks(grid: np.ndarray, source_shape, dataset=None) -> tuple[object, dict[str, float]]:
+def timed_checks(grid: np.ndarray, source_shape, dataset=None,
+                 config=None) -> tuple[object, dict[str, float]]:
     """The checks one by one as ``assess_acquisition`` runs them, each timed (ms)."""
     from xiqa.operators.acquisition import AcquisitionConfig
     from xiqa.operators.acquisition.assess import AcquisitionResult, acquisition_lungs
@@ -69,7 +73,7 @@ def timed_checks(grid: np.ndarray, source_shape, dataset=None) -> tuple[object, 
     from xiqa.operators.chest_region import exposed_field
     from xiqa.operators.gate import judge_frontal_chest
 
-    config = AcquisitionConfig()
+    config = config or AcquisitionConfig()
     region = judge_frontal_chest(dataset, grid, source_shape=source_shape).region
     times: dict[str, float] = {}
 
@@ -79,43 +83,16 @@ def timed_checks(grid: np.ndarray, source_shape, dataset=None) -> tuple[object, 
         times[name] = 1000 * (time.perf_counter() - started)
         return value
 
-    lungs, labels, lungs_from = clock("lung fields", acquisition_lungs, grid, region, config)
+    lungs = clock("lung fields", acquisition_lungs, grid, region, config)
     field = clock("exposed field", lambda: FieldBox.of(exposed_field(grid)))
-    checks = (clock("anatomy_cut_off", check_cut_off, lungs, field, grid.shape, config),
-              clock("rotation", check_rotation, lungs, config),
-              clock("inspiration", check_inspiration, lungs, grid.shape, source_shape, config),
-              clock("exposure", check_exposure, grid, lungs, dataset, config),
-              clock("collimation", check_collimation, lungs, field, config))
+    checks = (clock("anatomy_cut_off", check_cut_off, lungs.outline, field, grid.shape, config),
+              clock("rotation", check_rotation, lungs.dark, config),
+              clock("inspiration", check_inspiration, lungs.dark, grid.shape, source_shape, config),
+              clock("exposure", check_exposure, grid, lungs.outline, dataset, config),
+              clock("collimation", check_collimation, lungs.outline, field, config))
     times["all"] = sum(times.values())
-    return AcquisitionResult(checks, lungs_from, labels, field, config.verdict_effect), times
-
-
-def v7_masks(git_dir: Path) -> dict[str, str]:
-    """Hannover plate id (8 hex digits) -> v7labs mask id, from the covid-only Darwin export."""
-    blob = subprocess.run(["git", "--git-dir", str(git_dir), "show", "HEAD:annotations/covid-only.zip"],
-                          capture_output=True, check=True).stdout
-    mapping = {}
-    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
-        for name in archive.namelist():
-            if not name.endswith(".json"):
-                continue
-            original = json.loads(archive.read(name))["image"]["original_filename"]
-            if re.fullmatch(r"[0-9a-f]{8}\.(jpg|png)", original):
-                mapping[original[:8]] = Path(name).stem
-    return mapping
-
-
-def v7_mask(git_dir: Path, mask_id: str) -> np.ndarray:
-    raw = subprocess.run(["git", "--git-dir", str(git_dir), "show",
-                          f"HEAD:annotations/all-images-semantic-masks/{mask_id}.png"],
-                         capture_output=True, check=True).stdout
-    mask = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_GRAYSCALE) == 255
-    return cv2.resize(mask.astype(np.uint8), (256, 256), interpolation=cv2.INTER_NEAREST) > 0
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else 2 * float((a & b).sum()) / float(total)
+    return AcquisitionResult(checks, lungs.outline_from, lungs.outline_labels, field, config.verdict_effect,
+                             lungs.dark_from), times
 
 
 def _share(numerator: int, denominator: int) -> str:
@@ -149,44 +126,69 @@ def agreement(results: dict[str, object], labels: list[dict]) -> list[str]:
     return lines
 
 
+def finder_figures(finder: str, args, labels: list[dict]) -> None:
+    """Times, Dice and label agreement of the checks with the lung fields of ``finder``."""
+    from xiqa.operators.acquisition import AcquisitionConfig
+    from xiqa.training.lung_fields import dice, polygon_mask, v7_mask, v7_masks
+
+    config = AcquisitionConfig(lung_finder=finder)
+    results, times = {}, []
+    labelled = {label["id"] for label in labels}
+    for label in labels:
+        grid, shape = grid_image(args.corpus / label["file"])
+        results[label["id"]], spent = timed_checks(grid, shape, config=config)
+        times.append(spent)
+    dices: dict[str, list[float]] = {}
+    if args.v7.exists():
+        plates = {path.stem.split("_", 1)[1]: path for folder in (args.corpus, REPO / "data" / "real_cxr")
+                  for path in folder.glob("hannover_*.png")}
+        for plate, mask_id in sorted(v7_masks(args.v7).items()):
+            if plate in plates:
+                grid, shape = grid_image(plates[plate])
+                result, spent = timed_checks(grid, shape, config=config)
+                times.append(spent)
+                seen = "left out of training" if f"hannover_{plate}" in labelled else "trained on"
+                dices.setdefault(f"Hannover vs v7labs masks, {seen}", []).append(
+                    dice(_found(result), v7_mask(args.v7, mask_id)))
+    for path in args.eye_masks:
+        for record in (json.loads(line) for line in path.read_text().splitlines() if line.strip()):
+            grid, shape = grid_image(args.corpus / f"{record['id']}.png")
+            result, spent = timed_checks(grid, shape, config=config)
+            times.append(spent)
+            dices.setdefault(f"{record['id'].split('_')[0].upper()} vs by-eye masks", []).append(
+                dice(_found(result), polygon_mask(record)))
+    print(f"lung finder {finder}: plates timed {len(times)}")
+    for name in times[0]:
+        values = np.array([t[name] for t in times])
+        print(f"  {name:16s} mean {values.mean():6.2f} ms  p95 {np.percentile(values, 95):6.2f} ms  "
+              f"max {values.max():6.2f} ms")
+    for name, values in dices.items():
+        values = np.array(values)
+        print(f"  lung-field Dice, {name} ({len(values)} plates): mean {values.mean():.3f}, "
+              f"median {np.median(values):.3f}, no two lung fields {int((values == 0).sum())}")
+    nih = sum(label["source"] == "nih" for label in labels)
+    print(f"  agreement with by-eye labels ({len(labels)} plates, {nih} NIH, {len(labels) - nih} Hannover):")
+    for line in agreement(results, labels):
+        print("    " + line)
+
+
+def _found(result) -> np.ndarray:
+    return result.lung_labels > 0 if result.lung_labels is not None else np.zeros((256, 256), bool)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=Path("/work/corpus"))
     parser.add_argument("--labels", type=Path, default=REPO / "data" / "acquisition_labels" / "labels.jsonl")
     parser.add_argument("--v7", type=Path, default=Path("/work/.mirror/v7labs+covid-19-xray-dataset/repo"))
+    parser.add_argument("--eye-masks", type=Path, action="append",
+                        default=[REPO / "data" / "lung_fields" / "nih_lungs.jsonl"])
+    parser.add_argument("--lung-finder", action="append", choices=("network", "classical"),
+                        help="the lung fields the checks measure on (default: both, one after the other)")
     args = parser.parse_args(argv)
     labels = [json.loads(line) for line in args.labels.read_text().splitlines() if line.strip()]
-    results, times = {}, []
-    for label in labels:
-        grid, shape = grid_image(args.corpus / label["file"])
-        results[label["id"]], spent = timed_checks(grid, shape)
-        times.append(spent)
-    dices = []
-    if args.v7.exists():
-        plates = {path.stem.split("_", 1)[1]: path for folder in (args.corpus, REPO / "data" / "real_cxr")
-                  for path in folder.glob("hannover_*.png")}
-        for plate, mask_id in sorted(v7_masks(args.v7).items()):
-            if plate not in plates:
-                continue
-            grid, shape = grid_image(plates[plate])
-            result, spent = timed_checks(grid, shape)
-            times.append(spent)
-            found = result.lung_labels > 0 if result.lung_labels is not None else np.zeros((256, 256), bool)
-            dices.append(dice(found, v7_mask(args.v7, mask_id)))
-    print(f"plates timed: {len(times)} (labelled {len(labels)}, with a v7labs mask {len(dices)})")
-    for name in times[0]:
-        values = np.array([t[name] for t in times])
-        print(f"  {name:16s} mean {values.mean():6.2f} ms  p95 {np.percentile(values, 95):6.2f} ms  "
-              f"max {values.max():6.2f} ms")
-    if dices:
-        values = np.array(dices)
-        print(f"lung-field Dice vs v7labs masks, Hannover ({len(values)} plates): mean {values.mean():.3f}, "
-              f"median {np.median(values):.3f}, plates with no two lung fields (Dice of nothing) "
-              f"{int((values == 0).sum())}")
-    nih = sum(label["source"] == "nih" for label in labels)
-    print(f"agreement with by-eye labels ({len(labels)} plates, {nih} NIH, {len(labels) - nih} Hannover):")
-    for line in agreement(results, labels):
-        print("  " + line)
+    for finder in args.lung_finder or ("network", "classical"):
+        finder_figures(finder, args, labels)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,8 +19,12 @@ from xiqa.operators.acquisition.sentences import (
 )
 from xiqa.operators.gate import judge_frontal_chest
 
+#: the synthetic chests set the geometry of dark lung fields; the learned lung-field network is
+#: made for real plates and is tested on them (test_lung_fields.py)
+SYNTHETIC = AcquisitionConfig(lung_finder="classical")
 
-def _assess(image: np.ndarray, dataset=None, config: AcquisitionConfig = AcquisitionConfig(),
+
+def _assess(image: np.ndarray, dataset=None, config: AcquisitionConfig = SYNTHETIC,
             source_shape=None):
     region = judge_frontal_chest(None, image).region
     return assess_acquisition(image, region, dataset, source_shape, config)
@@ -153,8 +158,9 @@ def test_no_lung_fields_means_cannot_tell_not_pass() -> None:
 def test_verdict_effect_poor_turns_a_failed_check_into_a_poor_overall_verdict() -> None:
     failing = chest(shift_y=60)
     assert _assess(failing).overall_verdict("Good") == "Good"
-    assert _assess(failing, config=AcquisitionConfig(verdict_effect="poor")).overall_verdict("Good") == "Poor"
-    assert _assess(chest(), config=AcquisitionConfig(verdict_effect="poor")).overall_verdict("Good") == "Good"
+    poor = replace(SYNTHETIC, verdict_effect="poor")
+    assert _assess(failing, config=poor).overall_verdict("Good") == "Poor"
+    assert _assess(chest(), config=poor).overall_verdict("Good") == "Good"
 
 
 @pytest.mark.parametrize("changes, match", [

@@ -30,7 +30,9 @@ def _acquisition(verdict_effect: str = "report"):
     tags = Dataset()
     tags.ExposureIndex, tags.TargetExposureIndex, tags.DeviationIndex = 1000, 400, 3.98
     region = judge_frontal_chest(None, image).region
-    return assess_acquisition(image, region, tags, config=AcquisitionConfig(verdict_effect=verdict_effect))
+    # the synthetic chest sets the geometry of dark lung fields (see test_acquisition.SYNTHETIC)
+    config = AcquisitionConfig(verdict_effect=verdict_effect, lung_finder="classical")
+    return assess_acquisition(image, region, tags, config=config)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..chest_region import ChestRegion, ChestRegionConfig, exposed_field, find_chest_region
+from ..lung_fields import load_lung_model
 from .collimation import check_collimation
 from .common import CheckResult, LungBox, lung_boxes
 from .config import AcquisitionConfig
@@ -20,8 +21,14 @@ from .rotation import check_rotation
 class AcquisitionResult:
     """The checks of one image, in :data:`~.common.CHECKS` order, and what they measured on.
 
-    ``lungs_from``: ``"gate"`` (the input gate's lung fields), ``"relaxed"`` (found again with
-    more border contact allowed, where the gate's finder found fewer than two) or ``"none"``.
+    Two kinds of lung field are measured on (:func:`acquisition_lungs`): the lung's outline
+    (``lung_labels``; cut-off, exposure, collimation) and the dark, aerated fields of the classical
+    finder (rotation and inspiration, whose measures are defined on the mediastinum's borders and
+    the diaphragm's dome).  ``lungs_from`` says where the outline came from: ``"network"`` (the
+    learned lung-field network) or, where the network is off or found fewer than two fields, the
+    dark fields' own source; ``dark_fields_from``: ``"gate"`` (the input gate's lung fields),
+    ``"relaxed"`` (found again with more border contact allowed, where the gate's finder found
+    fewer than two) or ``"none"``.
     """
 
     checks: tuple[CheckResult, ...]
@@ -29,6 +36,7 @@ class AcquisitionResult:
     lung_labels: np.ndarray | None  # uint8 grid labels, 1 right lung (image left), 2 left lung
     field: FieldBox
     verdict_effect: str
+    dark_fields_from: str = "gate"
 
     @property
     def failed(self) -> tuple[CheckResult, ...]:
@@ -45,12 +53,23 @@ class AcquisitionResult:
     def to_dict(self) -> dict:
         return {"checks": {check.check: check.to_dict() for check in self.checks},
                 "failed": [check.check for check in self.failed], "lungs_from": self.lungs_from,
-                "verdict_effect": self.verdict_effect}
+                "dark_fields_from": self.dark_fields_from, "verdict_effect": self.verdict_effect}
 
 
-def acquisition_lungs(image: np.ndarray, region: ChestRegion | None,
-                      config: AcquisitionConfig) -> tuple[dict[str, LungBox], np.ndarray | None, str]:
-    """The lung fields the checks measure: the gate's, or found again with a relaxed border rule."""
+@dataclass(frozen=True)
+class AcquisitionLungs:
+    """The lung fields of one image, as the checks measure on them (see :class:`AcquisitionResult`)."""
+
+    outline: dict[str, LungBox]
+    outline_labels: np.ndarray | None
+    outline_from: str
+    dark: dict[str, LungBox]
+    dark_from: str
+
+
+def dark_lung_fields(image: np.ndarray, region: ChestRegion | None,
+                     config: AcquisitionConfig) -> tuple[dict[str, LungBox], np.ndarray | None, str]:
+    """The classical finder's dark lung fields: the gate's, or found again with a relaxed border rule."""
     labels = region.lung_labels if region is not None else None
     lungs = lung_boxes(labels)
     if len(lungs) == 2:
@@ -61,6 +80,19 @@ def acquisition_lungs(image: np.ndarray, region: ChestRegion | None,
     if len(relaxed_lungs) == 2 and relaxed.found:
         return relaxed_lungs, relaxed.lung_labels, "relaxed"
     return lungs, labels, "gate" if lungs else "none"
+
+
+def acquisition_lungs(image: np.ndarray, region: ChestRegion | None,
+                      config: AcquisitionConfig) -> AcquisitionLungs:
+    """The dark fields, and the outline: the network's where ``config.lung_finder`` is "network"
+    and it finds two fields, else the dark fields."""
+    dark, dark_labels, dark_from = dark_lung_fields(image, region, config)
+    if config.lung_finder == "network":
+        labels = load_lung_model().lung_labels(image)
+        outline = lung_boxes(labels)
+        if len(outline) == 2:
+            return AcquisitionLungs(outline, labels, "network", dark, dark_from)
+    return AcquisitionLungs(dark, dark_labels, dark_from, dark, dark_from)
 
 
 def assess_acquisition(image: np.ndarray, region: ChestRegion | None, dataset,
@@ -81,13 +113,14 @@ def assess_acquisition(image: np.ndarray, region: ChestRegion | None, dataset,
         raise ValueError(f'Argument "image" must be 2-D, got shape {image.shape}')
     shape = image.shape
     source_shape = tuple(source_shape) if source_shape is not None else shape
-    lungs, labels, lungs_from = acquisition_lungs(image, region, config)
+    lungs = acquisition_lungs(image, region, config)
     field = FieldBox.of(exposed_field(image))
     checks = (
-        check_cut_off(lungs, field, shape, config),
-        check_rotation(lungs, config),
-        check_inspiration(lungs, shape, source_shape, config),
-        check_exposure(image, lungs, dataset, config),
-        check_collimation(lungs, field, config),
+        check_cut_off(lungs.outline, field, shape, config),
+        check_rotation(lungs.dark, config),
+        check_inspiration(lungs.dark, shape, source_shape, config),
+        check_exposure(image, lungs.outline, dataset, config),
+        check_collimation(lungs.outline, field, config),
     )
-    return AcquisitionResult(checks, lungs_from, labels, field, config.verdict_effect)
+    return AcquisitionResult(checks, lungs.outline_from, lungs.outline_labels, field, config.verdict_effect,
+                             lungs.dark_from)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 #: how failed checks combine with the foreign-object verdict
 VERDICT_EFFECTS = ("report", "poor")
+#: where the checks' lung fields come from
+LUNG_FINDERS = ("network", "classical")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,12 @@ class AcquisitionConfig:
     with the usual margins gives 1.6-2.4; an uncollimated 43 x 43 cm plate on an average adult
     about 3 or more.
 
+    ``lung_finder``: ``"network"`` (default) measures on the lung fields of the learned network
+    (``xiqa.operators.lung_fields``), trained on lung outlines drawn by people, which follow the
+    lung to the ribs, the apex and the costophrenic angle also where it is not dark; where it
+    finds fewer than two fields the classical finder is asked.  ``"classical"`` uses the gate's
+    dark-field finder only (README "Acquisition checks" compares the two on the labelled plates).
+
     ``verdict_effect``: ``"report"`` (default) reports failed checks and leaves the foreign-object
     verdict as it is: the foreign-object verdict keeps its meaning (the thesis' Q_img) and the
     acquisition checks have their own pass/fail; ``"poor"`` makes the overall verdict Poor when
@@ -72,6 +80,7 @@ class AcquisitionConfig:
     #: their outline; where the gate's finder found no two lungs, the checks look again with this
     #: much contact allowed (a lung field cut by the border touches it along its cut)
     relaxed_border_contact: float = 0.3
+    lung_finder: str = "network"
     verdict_effect: str = "report"
 
     def __post_init__(self) -> None:
@@ -85,6 +94,9 @@ class AcquisitionConfig:
                 raise ValueError(f'Argument "{name}" must be in [0, 1], got {getattr(self, name)!r}')
         if self.max_field_ratio < 1:
             raise ValueError(f'Argument "max_field_ratio" must be at least 1, got {self.max_field_ratio!r}')
+        if self.lung_finder not in LUNG_FINDERS:
+            raise ValueError(f'Argument "lung_finder" must be one of {LUNG_FINDERS}, '
+                             f"got {self.lung_finder!r}")
         if self.verdict_effect not in VERDICT_EFFECTS:
             raise ValueError(f'Argument "verdict_effect" must be one of {VERDICT_EFFECTS}, '
                              f"got {self.verdict_effect!r}")
@@ -92,7 +104,8 @@ class AcquisitionConfig:
 
 #: What a site sets, by its name in ``xiqa serve``'s config file and in the flags of ``xiqa serve`` and
 #: ``xiqa analyze`` (``-`` for ``_``), and the :class:`AcquisitionConfig` field each one sets.  The
-#: others (``clip_level``, ``relaxed_border_contact``) tune the lung finder, not a site's policy.
+#: others (``clip_level``, ``relaxed_border_contact``, ``lung_finder``) tune the lung finder, not a
+#: site's policy.
 SITE_KEYS: dict[str, str] = {
     "acquisition_verdict_effect": "verdict_effect",
     "deviation_index_band": "deviation_index_band",
