@@ -18,11 +18,9 @@ collimation and the image border never count.
    otherwise fall outside a skewed hull, and objects over it would not count.
 
 Where the lung fields cannot be found on a plate that is a frontal chest (an ICU plate, a white-out
-hemithorax, black borders), :func:`estimate_chest_region` stands in: the hull of the lung fields
-that the learned lung-field network (:mod:`.lung_fields`) outlines, which follows lung that is not
-dark; where it finds no two fields, the body outline (what is neither outside air nor a collimator
-shutter) shrunk by the margin, or a central template where no outline can be told from the
-background.  Such a region says that it is estimated, and from what.
+hemithorax, black borders), :func:`estimate_chest_region` stands in: the body outline (what is
+neither outside air nor a collimator shutter) shrunk by the margin, or a central template where no
+outline can be told from the background.  Such a region says that it is estimated.
 """
 
 from __future__ import annotations
@@ -31,8 +29,6 @@ from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
-
-from .lung_fields import load_lung_model
 
 #: grid pixels: a dark seam narrower than this does not carry the outside air into a lung
 AIR_SEAM = 7
@@ -199,18 +195,13 @@ def estimate_chest_region(image: np.ndarray, found: ChestRegion, body: np.ndarra
     """A stand-in chest region for a frontal chest whose lung fields ``found`` could not show;
     ``body`` is the image's :func:`body_outline`.
 
-    First the :func:`lungs_hull` of the lung-field network's two fields, where it finds two of at
-    least ``min_lung_fraction`` each.  Else the convex hull of the body outline's largest part and
-    of its mirror image about the plate's centre line, shrunk by the margin (the outline runs along
-    the skin; objects at the skin line, markers and text outside it still do not count).  The
-    mirror image keeps a white-out hemithorax inside, which can be as flat and bright as a
-    collimator shutter.  A plate where the body fills the frame or cannot be told from the
-    background gets a central template instead, which leaves out the border strip where markers
-    and text sit.
+    The convex hull of the body outline's largest part and of its mirror image about the plate's
+    centre line, shrunk by the margin (the outline runs along the skin; objects at the skin line,
+    markers and text outside it still do not count).  The mirror image keeps a white-out
+    hemithorax inside, which can be as flat and bright as a collimator shutter.  A
+    plate where the body fills the frame or cannot be told from the background gets a central
+    template instead, which leaves out the border strip where markers and text sit.
     """
-    outlined = load_lung_model().lung_labels(image)
-    if all((outlined == value).mean() >= config.min_lung_fraction for value in (1, 2)):
-        return replace(found, mask=lungs_hull(outlined, config), estimated_from="lung network")
     height, width = image.shape
     margin = max(1, int(round(config.margin_fraction * max(height, width))))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(body.astype(np.uint8), connectivity=8)
@@ -319,20 +310,13 @@ def find_chest_region(image: np.ndarray, config: ChestRegionConfig = ChestRegion
         problem = f"no mediastinum between the dark fields (gap {gap:.0%}, contrast {contrast:.2f})"
     if problem is not None:
         return ChestRegion(empty, lungs, gap, contrast, problem, lung_labels=labels)
-    return ChestRegion(lungs_hull(labels, config), lungs, gap, contrast, None, lung_labels=labels)
-
-
-def lungs_hull(labels: np.ndarray, config: ChestRegionConfig = ChestRegionConfig()) -> np.ndarray:
-    """The chest region around two lung fields (``labels`` 1 and 2): the convex hull of both and of
-    their mirror images about the body's axis (halfway between their outer edges), grown by the
-    margin."""
-    height, width = labels.shape
-    fields = labels > 0
-    columns = np.nonzero(fields.any(axis=0))[0]
-    axis = (columns[0] + columns[-1] + 1) / 2
+    fields = sides["left"] | sides["right"]
+    # the body's axis: halfway between the outer edges of the two lung fields
+    axis = (left.x_range[0] + right.x_range[1]) / 2 * width
     both = (fields | _mirrored(fields, axis)).astype(np.uint8)
+    points = cv2.findNonZero(both)
     hull = np.zeros((height, width), np.uint8)
-    cv2.fillConvexPoly(hull, cv2.convexHull(cv2.findNonZero(both)), 1)
+    cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
     margin = max(1, int(round(config.margin_fraction * max(height, width))))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
-    return cv2.dilate(hull, kernel) > 0
+    return ChestRegion(cv2.dilate(hull, kernel) > 0, lungs, gap, contrast, None, lung_labels=labels)

@@ -156,8 +156,7 @@ def test_frontal_chest_whose_lungs_are_not_found_is_scored_with_an_estimated_reg
     assert region.mask[128, 64] and region.mask[128, 192]
     assert not region.mask[:8, :8].any() and not region.mask[-8:, -8:].any()
     described = decision.to_dict()["chest_region"]
-    assert described["estimated"] is True
-    assert described["estimated_from"] in ("lung network", "body outline", "template")
+    assert described["estimated"] is True and described["estimated_from"] in ("body outline", "template")
     assert described["problem"] == region.problem
     # with no tags one lung field is enough for the image check
     assert judge_frontal_chest(None, grid).frontal_chest

@@ -57,11 +57,13 @@ class AcquisitionConfig:
     with the usual margins gives 1.6-2.4; an uncollimated 43 x 43 cm plate on an average adult
     about 3 or more.
 
-    ``lung_finder``: ``"network"`` (default) measures on the lung fields of the learned network
-    (``xiqa.operators.lung_fields``), trained on lung outlines drawn by people, which follow the
-    lung to the ribs, the apex and the costophrenic angle also where it is not dark; where it
-    finds fewer than two fields the classical finder is asked.  ``"classical"`` uses the gate's
-    dark-field finder only (README "Acquisition checks" compares the two on the labelled plates).
+    ``lung_finder``: ``"network"`` (default): cut-off, exposure and collimation measure on the
+    lung outline of the learned network (``xiqa.operators.lung_fields``), trained on lung outlines
+    drawn by people, which follow the lung to the ribs, the apex and the costophrenic angle also
+    where it is not dark; where it finds fewer than two fields the dark fields stand in.
+    ``"classical"``: every check on the gate's dark fields.  Rotation and inspiration measure on
+    the dark fields either way (their measures are defined on the mediastinum's borders and the
+    dome); README "Acquisition checks" compares the two on the labelled plates.
 
     ``verdict_effect``: ``"report"`` (default) reports failed checks and leaves the foreign-object
     verdict as it is: the foreign-object verdict keeps its meaning (the thesis' Q_img) and the
