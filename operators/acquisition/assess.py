@@ -7,7 +7,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..chest_region import ChestRegion, ChestRegionConfig, exposed_field, find_chest_region
-from ..lung_fields import load_lung_model
 from .collimation import check_collimation
 from .common import CheckResult, LungBox, lung_boxes
 from .config import AcquisitionConfig
@@ -88,6 +87,10 @@ def acquisition_lungs(image: np.ndarray, region: ChestRegion | None,
     and it finds two fields, else the dark fields."""
     dark, dark_labels, dark_from = dark_lung_fields(image, region, config)
     if config.lung_finder == "network":
+        # imported here: the CLI reads this package for its options before it prepares Holoscan,
+        # which MONAI (the network's architecture) imports
+        from ..lung_fields import load_lung_model
+
         labels = load_lung_model().lung_labels(image)
         outline = lung_boxes(labels)
         if len(outline) == 2:
