@@ -169,8 +169,8 @@ def test_an_installed_wheel_carries_the_demo_plates_and_the_default_model(tmp_pa
     assert "xiqa/demo.py" in names and "xiqa/demo_plates/manifest.json" in names
     assert {f"xiqa/demo_plates/{plate['file']}" for plate in demo["plates"]} <= names
     assert "xiqa/dicom_fixtures/radiographs.py" in names
-    assert {"xiqa/operators/object_classes.npz", "xiqa/operators/summary/validator.py",
-            "xiqa/operators/acquisition/node.py"} <= names
+    assert {"xiqa/operators/object_classes.npz", "xiqa/operators/lung_fields.pt",
+            "xiqa/operators/summary/validator.py", "xiqa/operators/acquisition/node.py"} <= names
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
                     str(wheel)], check=True, timeout=600, capture_output=True)
@@ -182,6 +182,8 @@ def test_an_installed_wheel_carries_the_demo_plates_and_the_default_model(tmp_pa
              "assert (DEFAULT_BUNDLE / 'models' / 'model.pt').is_file(), DEFAULT_BUNDLE\n"
              "from xiqa.operators.object_classes import load_classifier\n"
              "assert load_classifier().categories\n"
+             "from xiqa.operators.lung_fields import load_lung_model\n"
+             "assert load_lung_model().input_size == 128\n"
              "print(len(write_demo_plates(Path(sys.argv[2]))))\n")
     # the site folder first on the path, ahead of the editable checkout this venv also has
     result = subprocess.run([sys.executable, "-c", probe, str(site), str(tmp_path / "plates")],
