@@ -64,12 +64,8 @@ def timed_checks(grid: np.ndarray, source_shape, dataset=None,
                  config=None) -> tuple[object, dict[str, float]]:
     """The checks one by one as ``assess_acquisition`` runs them, each timed (ms)."""
     from xiqa.operators.acquisition import AcquisitionConfig
-    from xiqa.operators.acquisition.assess import AcquisitionResult, acquisition_lungs
-    from xiqa.operators.acquisition.collimation import check_collimation
-    from xiqa.operators.acquisition.cut_off import FieldBox, check_cut_off
-    from xiqa.operators.acquisition.exposure import check_exposure
-    from xiqa.operators.acquisition.inspiration import check_inspiration
-    from xiqa.operators.acquisition.rotation import check_rotation
+    from xiqa.operators.acquisition.assess import AcquisitionResult, acquisition_lungs, run_checks
+    from xiqa.operators.acquisition.cut_off import FieldBox
     from xiqa.operators.chest_region import exposed_field
     from xiqa.operators.gate import judge_frontal_chest
 
@@ -85,11 +81,7 @@ def timed_checks(grid: np.ndarray, source_shape, dataset=None,
 
     lungs = clock("lung fields", acquisition_lungs, grid, region, config)
     field = clock("exposed field", lambda: FieldBox.of(exposed_field(grid)))
-    checks = (clock("anatomy_cut_off", check_cut_off, lungs.outline, field, grid.shape, config),
-              clock("rotation", check_rotation, lungs.dark, config),
-              clock("inspiration", check_inspiration, lungs.dark, grid.shape, source_shape, config),
-              clock("exposure", check_exposure, grid, lungs.outline, dataset, config),
-              clock("collimation", check_collimation, lungs.outline, field, config))
+    checks = run_checks(grid, lungs, field, source_shape, dataset, config, call=clock)
     times["all"] = sum(times.values())
     return AcquisitionResult(checks, lungs.outline_from, lungs.outline_labels, field, config.verdict_effect,
                              lungs.dark_from), times

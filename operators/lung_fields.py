@@ -88,22 +88,18 @@ def split_lung_fields(mask: np.ndarray, min_fraction: float = 0.01) -> np.ndarra
                                                                            connectivity=8)
     labels = np.zeros(mask.shape, np.uint8)
     width = mask.shape[1]
-    minimum = min_fraction * mask.size
-    kept = [index for index in range(1, count) if stats[index, cv2.CC_STAT_AREA] >= minimum]
-    for index in kept:
+    kept = [index for index in range(1, count) if stats[index, cv2.CC_STAT_AREA] >= min_fraction * mask.size]
+    if len(kept) == 1:
+        (index,) = kept
         left = stats[index, cv2.CC_STAT_LEFT]
-        right = left + stats[index, cv2.CC_STAT_WIDTH]
-        if left < width / 2 < right and len(kept) == 1:
+        if left < width / 2 < left + stats[index, cv2.CC_STAT_WIDTH]:
             component = components == index
-            columns = component.sum(axis=0)[width // 4: 3 * width // 4]
-            cut = width // 4 + int(np.argmin(columns))
-            component_left = component.copy()
-            component_left[:, cut:] = False
-            labels[component_left] = 1
-            labels[component & ~component_left] = 2
+            cut = width // 4 + int(np.argmin(component.sum(axis=0)[width // 4: 3 * width // 4]))
+            labels[:, :cut][component[:, :cut]] = 1
+            labels[:, cut:][component[:, cut:]] = 2
             return labels
-    for value, side in ((1, lambda x: x < width / 2), (2, lambda x: x >= width / 2)):
-        candidates = [index for index in kept if side(centroids[index][0])]
+    for value, on_side in ((1, lambda x: x < width / 2), (2, lambda x: x >= width / 2)):
+        candidates = [index for index in kept if on_side(centroids[index][0])]
         if candidates:
             largest = max(candidates, key=lambda index: stats[index, cv2.CC_STAT_AREA])
             labels[components == largest] = value

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="JSONL of by-eye lung polygons on plates of a held-out source")
     parser.add_argument("--folds", type=int, default=5, help="patient-grouped folds on the masks (0: none)")
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=300, help="300 made the shipped model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--write", type=Path, help="train on every mask and write the model here")

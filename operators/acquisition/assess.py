@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -114,16 +115,28 @@ def assess_acquisition(image: np.ndarray, region: ChestRegion | None, dataset,
     """
     if image.ndim != 2:
         raise ValueError(f'Argument "image" must be 2-D, got shape {image.shape}')
-    shape = image.shape
-    source_shape = tuple(source_shape) if source_shape is not None else shape
+    source_shape = tuple(source_shape) if source_shape is not None else image.shape
     lungs = acquisition_lungs(image, region, config)
     field = FieldBox.of(exposed_field(image))
-    checks = (
-        check_cut_off(lungs.outline, field, shape, config),
-        check_rotation(lungs.dark, config),
-        check_inspiration(lungs.dark, shape, source_shape, config),
-        check_exposure(image, lungs.outline, dataset, config),
-        check_collimation(lungs.outline, field, config),
-    )
+    checks = run_checks(image, lungs, field, source_shape, dataset, config)
     return AcquisitionResult(checks, lungs.outline_from, lungs.outline_labels, field, config.verdict_effect,
                              lungs.dark_from)
+
+
+def _call(name: str, check: Callable[..., CheckResult], *args) -> CheckResult:
+    return check(*args)
+
+
+def run_checks(image: np.ndarray, lungs: AcquisitionLungs, field: FieldBox, source_shape: tuple[int, int],
+               dataset, config: AcquisitionConfig,
+               call: Callable[..., CheckResult] = _call) -> tuple[CheckResult, ...]:
+    """Each check on the lung fields it measures on, in :data:`~.common.CHECKS` order; ``call(name,
+    check, *args)`` runs one (``benchmarks/acquisition.py`` times each)."""
+    shape = image.shape
+    return (
+        call("anatomy_cut_off", check_cut_off, lungs.outline, field, shape, config),
+        call("rotation", check_rotation, lungs.dark, config),
+        call("inspiration", check_inspiration, lungs.dark, shape, source_shape, config),
+        call("exposure", check_exposure, image, lungs.outline, dataset, config),
+        call("collimation", check_collimation, lungs.outline, field, config),
+    )
